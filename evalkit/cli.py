@@ -1,0 +1,114 @@
+"""The command line: each command parses, calls one library function, prints. Errors the
+user can fix are one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from evalkit.errors import EvalkitError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  no_args_is_help=True, help="evalkit: what did this scene change?")
+
+
+def _say(message: str) -> None:
+    typer.echo(message)
+
+
+@app.command()
+def validate(paths: list[Path] = typer.Argument(..., help="Scene or probe files, or folders of them.")) -> None:
+    """Check scene and probe files; report the first problem of each file with file, item and field."""
+    from evalkit.validate import validate_paths
+
+    for line in validate_paths(paths):
+        _say(line)
+
+
+@app.command()
+def train(
+    scenes: Path = typer.Argument(..., help="A scene file, or a folder of scenes."),
+    base: Optional[Path] = typer.Option(None, help="Base model folder (default: the embedded demo base)."),
+    out: Optional[Path] = typer.Option(None, help="Adapter folder (default: adapters/<scene id>)."),
+    stack: bool = typer.Option(False, help="Train cumulative adapters for scenes 1..k of a folder."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default 60, or the scene's own)."),
+    seed: Optional[int] = typer.Option(None, help="Training seed (default 0, or the scene's own)."),
+) -> None:
+    """Train one LoRA adapter per scene (or a stack), seeded, with an evalkit manifest."""
+    from dataclasses import replace
+
+    from evalkit.adapter import TrainSettings
+    from evalkit.workflow import train as do_train
+
+    settings = TrainSettings()
+    if steps is not None:
+        settings = replace(settings, steps=steps)
+    if seed is not None:
+        settings = replace(settings, seed=seed)
+    base_dir = base if base is not None else _demo_base()
+    for path in do_train(scenes, base_dir, out, stack, settings, log=_say):
+        _say(str(path))
+
+
+@app.command()
+def run(
+    adapter: list[Path] = typer.Option(..., "--adapter", help="Adapter folder; repeat for several."),
+    base: Optional[Path] = typer.Option(None, help="Base model folder (default: the adapters' manifest)."),
+    suite: Optional[list[Path]] = typer.Option(None, "--suite", help="Probe file or folder (default: probes/)."),
+    out: Path = typer.Option(Path("reports"), help="Reports folder; each subject gets <out>/<name>/."),
+    batch_size: int = typer.Option(16, help="lm-eval batch size."),
+    dtype: str = typer.Option("float32", help="float32 (default) or bfloat16 (faster on CPU, changes numbers)."),
+    alpha: float = typer.Option(0.05, help="Significance level for q-values."),
+    test: str = typer.Option("wilcoxon", help="wilcoxon, t or permutation."),
+    resamples: int = typer.Option(2000, help="Bootstrap resamples."),
+    seed: int = typer.Option(0, help="Seed for bootstrap and lm-eval."),
+    no_cache: bool = typer.Option(False, help="Recompute the reference instead of using the cache."),
+) -> None:
+    """Score the base and each adapter on the probe suites, pair by item, test, report."""
+    from evalkit.run import RunSettings
+    from evalkit.stats import StatsSettings
+    from evalkit.workflow import default_folder, run as do_run
+
+    if dtype not in ("float32", "bfloat16"):
+        raise EvalkitError(f"--dtype '{dtype}' is not one of float32, bfloat16")
+    if test not in ("wilcoxon", "t", "permutation"):
+        raise EvalkitError(f"--test '{test}' is not one of wilcoxon, t, permutation")
+    settings = RunSettings(batch_size=batch_size, dtype=dtype,
+                           stats=StatsSettings(alpha=alpha, test=test, resamples=resamples, seed=seed))
+    for report in do_run(adapter, base, suite or [default_folder("probes")], out, settings, log=_say,
+                         use_cache=not no_cache):
+        _say(f"report: {report}")
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("reports") / "demo", help="Where the demo's reports go.")) -> None:
+    """Build (or reuse) the demo base, train the bundled scenes, run every suite, write reports."""
+    from evalkit.workflow import demo as do_demo
+
+    index = do_demo(out, log=_say)
+    _say(f"open this report: {index.resolve()}")
+
+
+@app.command()
+def report(results: Path = typer.Argument(..., help="A results.json written by 'evalkit run'.")) -> None:
+    """Re-render report.html from results.json, without loading any model."""
+    from evalkit.workflow import rerender
+
+    _say(f"report: {rerender(results)}")
+
+
+def _demo_base() -> Path:
+    from evalkit.demo_base import ensure_demo_base
+
+    return ensure_demo_base(log=_say)
+
+
+def main() -> None:
+    try:
+        app()
+    except EvalkitError as exc:
+        print(f"evalkit: error: {exc.line()}", file=sys.stderr)
+        sys.exit(2)

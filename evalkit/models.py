@@ -1,0 +1,140 @@
+"""Load a base once, fingerprint it, and put adapters on it (peft), checked against their manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evalkit.errors import EvalkitError
+
+MANIFEST_NAME = "evalkit.json"
+
+# LoRA targets per architecture family; other models fall back to every linear layer but the head.
+LORA_TARGETS: dict[str, list[str]] = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+}
+
+
+@dataclass
+class Base:
+    """A loaded base model with its tokenizer and the fingerprint adapters are checked against."""
+
+    model: Any
+    tokenizer: Any
+    path: str
+    fingerprint: str
+    model_type: str
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 over every parameter and buffer name, dtype, shape and bytes, in name order.
+
+    Content, not file, identity: the same weights give the same fingerprint whatever
+    format or folder they were saved in.
+    """
+    import torch
+
+    h = hashlib.sha256()
+    state = model.state_dict()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_base(path: Path, dtype: str = "float32") -> Base:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
+    path = Path(path).resolve()
+    if not (path / "config.json").is_file():
+        raise EvalkitError("not a Hugging Face model folder (no config.json)", where=str(path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+    except (OSError, ValueError) as exc:
+        raise EvalkitError(f"cannot load the model: {str(exc).splitlines()[0]}", where=str(path)) from None
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Base(model=model, tokenizer=tokenizer, path=str(path),
+                fingerprint=weights_fingerprint(model), model_type=model.config.model_type)
+
+
+def lora_targets(model) -> list[str]:
+    """LoRA target module names for this architecture (table above, else every linear layer)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    model_type = getattr(model.config, "model_type", "")
+    if model_type in LORA_TARGETS:
+        return LORA_TARGETS[model_type]
+    head = model.get_output_embeddings()
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head
+    }
+    if not names:
+        raise EvalkitError(f"no linear layers found to put LoRA on in a '{model_type}' model")
+    return sorted(names)
+
+
+def read_manifest(adapter_dir: Path) -> dict[str, Any]:
+    path = adapter_dir / MANIFEST_NAME
+    if not adapter_dir.is_dir():
+        raise EvalkitError("no such adapter folder", where=str(adapter_dir))
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise EvalkitError("not a peft adapter folder (no adapter_config.json)", where=str(adapter_dir))
+    if not path.is_file():
+        raise EvalkitError("no evalkit manifest, so its base cannot be checked", where=str(path),
+                           hint="train it with 'evalkit train'")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise EvalkitError(f"not valid JSON: {exc}", where=str(path)) from None
+
+
+def check_adapter_base(adapter_dir: Path, manifest: dict[str, Any], base: Base) -> None:
+    """Refuse an adapter trained on another base: its numbers would mean nothing."""
+    trained_on = manifest.get("base", {}).get("fingerprint")
+    if trained_on != base.fingerprint:
+        raise EvalkitError(
+            f"field 'base.fingerprint': adapter was trained on base {str(trained_on)[:12]} "
+            f"({manifest.get('base', {}).get('path', '?')}), but the loaded base is {base.fingerprint[:12]} ({base.path})",
+            where=str(adapter_dir / MANIFEST_NAME), hint="pass --base with the base it was trained on",
+        )
+
+
+def attach_adapters(base: Base, adapters: dict[str, Path]):
+    """Wrap the base in one PeftModel holding every adapter by name; returns the PeftModel.
+
+    The base weights are shared: switching is `set_adapter(name)`, and the reference is
+    `with model.disable_adapter():`. (HFLM's `peft=` argument is ignored for model objects.)
+    """
+    from peft import PeftModel
+
+    model = None
+    for name, path in adapters.items():
+        if model is None:
+            model = PeftModel.from_pretrained(base.model, str(path), adapter_name=name, is_trainable=False)
+        else:
+            model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+    model.eval()
+    return model

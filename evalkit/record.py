@@ -1,0 +1,146 @@
+"""The run record: everything a report shows, versioned, so a report re-renders without a model.
+
+Modelled on inspect_ai's log: `version` first, every field documented where it is declared.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from evalkit.errors import EvalkitError
+from evalkit.files import validation_error, write_text_atomic
+
+RECORD_VERSION = 1
+
+Score = float | int | str | list[float] | list[int] | None
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRef(_Record):
+    """One side of a comparison: the base, an adapter on it, or a checkpoint."""
+
+    kind: Literal["base", "adapter", "checkpoint"]
+    name: str
+    """Short label shown in reports (adapter folder name, 'base', checkpoint folder name)."""
+    path: str
+    fingerprint: str
+    """sha256 over the weights that produce this model's outputs (base + adapter for adapters)."""
+    base_fingerprint: str | None = None
+    scene_ids: list[str] = []
+    scene_title: str | None = None
+    scene_excerpt: str | None = None
+    training: dict[str, Any] | None = None
+    """The adapter's or checkpoint's manifest (hyper-parameters, seed, steps, final loss)."""
+
+
+class SuiteRef(_Record):
+    name: str
+    kind: str
+    path: str
+    hash: str
+    n_items: int
+    normalization: str
+    """Which log-probability the suite's margins use: 'sum' over tokens or 'per_token'."""
+
+
+class StatsRef(_Record):
+    alpha: float
+    test: str
+    resamples: int
+    seed: int
+    power: float
+    multiple_comparisons: str = "benjamini-hochberg over every effect of the run"
+
+
+class Manifest(_Record):
+    evalkit_version: str
+    git_commit: str | None
+    created: str
+    packages: dict[str, str]
+    seeds: dict[str, int]
+    decoding: dict[str, Any]
+    """Settings that change per-item scores: dtype, batch size, lm-eval request settings."""
+    scoring: str
+    """How scores were computed (which engine produced which number)."""
+    suites: list[SuiteRef]
+    requests: dict[str, int] = {}
+    """Requests computed and taken from the reference cache in this run."""
+
+
+class ItemRecord(_Record):
+    """One item's scores under the reference and the subject, paired by (suite, item id)."""
+
+    suite: str
+    kind: str
+    item_id: str
+    cluster: str | None
+    prompt: str
+    options: list[str] = []
+    reference: dict[str, Score]
+    subject: dict[str, Score]
+
+
+class Effect(_Record):
+    """One paired test: a suite x metric, optionally restricted to a cluster or an item."""
+
+    suite: str
+    metric: str
+    scope: str
+    """'suite' for all items; 'cluster:<name>' for one cluster."""
+    n: int
+    reference_mean: float
+    subject_mean: float
+    mean_diff: float
+    se: float | None
+    se_kind: str
+    ci_low: float
+    ci_high: float
+    p_value: float
+    q_value: float
+    test: str
+    effect_size: float | None
+    effect_size_kind: str
+    mde: float | None
+    """Minimum detectable effect at the run's alpha and power; read 'no change larger than this'."""
+    significant: bool
+    """q < alpha."""
+    direction: Literal["up", "down", "none"]
+
+
+class RunRecord(_Record):
+    version: int = RECORD_VERSION
+    """Schema version of this file; bumped on any incompatible change."""
+    run_id: str
+    manifest: Manifest
+    reference: ModelRef
+    subject: ModelRef
+    stats: StatsRef
+    items: list[ItemRecord]
+    effects: list[Effect]
+
+
+def write_record(record: RunRecord, path: Path) -> None:
+    write_text_atomic(path, record.model_dump_json(indent=2) + "\n")
+
+
+def read_record(path: Path) -> RunRecord:
+    if not path.is_file():
+        raise EvalkitError("no such results file", where=str(path))
+    try:
+        import json
+
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EvalkitError(f"not valid JSON: {exc}", where=str(path)) from None
+    if isinstance(data, dict) and data.get("version") != RECORD_VERSION:
+        raise EvalkitError(f"record version {data.get('version')!r} is not {RECORD_VERSION}", where=str(path))
+    try:
+        return RunRecord.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(path, exc) from None

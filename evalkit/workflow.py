@@ -1,0 +1,108 @@
+"""The library functions the CLI is thin over: train, run, demo. Each validates all input
+before it writes anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from evalkit.adapter import TrainSettings, train_adapter, train_stack
+from evalkit.errors import EvalkitError
+from evalkit.files import write_text_atomic
+from evalkit.models import Base, load_base, read_manifest
+from evalkit.paths import project_root
+from evalkit.probe import load_suites
+from evalkit.record import RunRecord, write_record
+from evalkit.report import render_index, write_run_report
+from evalkit.run import RunSettings, run_adapters
+from evalkit.scene import load_scenes, scene_files
+
+Log = Callable[[str], None]
+
+
+def default_folder(name: str) -> Path:
+    """`./<name>` when it exists, else the checkout's bundled one."""
+    here = Path.cwd() / name
+    return here if here.is_dir() else project_root() / name
+
+
+def train(scene_path: Path, base_dir: Path, out: Path | None, stack: bool, settings: TrainSettings,
+          log: Log = print) -> list[Path]:
+    scenes = load_scenes(scene_path)
+    files = [str(f.resolve()) for f in scene_files(scene_path)]
+    if stack and not scene_path.is_dir():
+        raise EvalkitError("--stack needs a folder of scenes", where=str(scene_path))
+    if out is not None and len(scenes) > 1 and not stack:
+        raise EvalkitError("--out names one adapter, but the folder holds several scenes", where=str(scene_path))
+    base = load_base(base_dir)
+    if stack:
+        return train_stack(scenes, base, out or Path("adapters") / "stack", settings, log=log)
+    return [train_adapter([s], base, out or Path("adapters") / s.id, settings, scene_paths=[f], log=log)
+            for s, f in zip(scenes, files)]
+
+
+def base_of(adapters: list[Path]) -> Path:
+    """The base named by the adapters' manifests (they must agree)."""
+    paths = {read_manifest(a).get("base", {}).get("path") for a in adapters}
+    if len(paths) != 1 or None in paths:
+        raise EvalkitError("the adapters name different bases; pass --base")
+    return Path(paths.pop())
+
+
+def run(adapters: list[Path], base_dir: Path | None, suite_paths: list[Path], out_root: Path,
+        settings: RunSettings, log: Log = print, use_cache: bool = True, base: Base | None = None) -> list[Path]:
+    if not adapters:
+        raise EvalkitError("give at least one --adapter")
+    suites = load_suites(suite_paths)
+    for a in adapters:
+        read_manifest(a)
+    if base is None:
+        base = load_base(base_dir or base_of(adapters))
+    records = run_adapters(base, [a.resolve() for a in adapters], suites, settings, log=log, use_cache=use_cache)
+    return [write_outputs(r, out_root / r.run_id) for r in records]
+
+
+def write_outputs(record: RunRecord, folder: Path) -> Path:
+    write_record(record, folder / "results.json")
+    return write_run_report(record, folder / "report.html")
+
+
+def write_index(reports: list[Path], out: Path) -> Path:
+    from evalkit.record import read_record
+
+    entries = []
+    for report in reports:
+        record = read_record(report.parent / "results.json")
+        top = max((e for e in record.effects if e.scope == "suite" and e.metric == "margin"),
+                  key=lambda e: abs(e.mean_diff), default=None)
+        entries.append({
+            "href": str(report.relative_to(out.parent)), "name": record.run_id,
+            "scene": record.subject.scene_title or "", "significant": str(sum(e.significant for e in record.effects)),
+            "headline": f"{top.suite} {top.metric} {top.mean_diff:+.3f} [{top.ci_low:+.3f}, {top.ci_high:+.3f}]"
+            if top else "",
+        })
+    write_text_atomic(out, render_index(entries))
+    return out
+
+
+def demo(out_root: Path, log: Log = print) -> Path:
+    """Build or reuse the demo base, train or reuse the bundled scenes, run every suite."""
+    from evalkit.demo_base import ensure_demo_base
+
+    scenes_dir, probes_dir = default_folder("scenes"), default_folder("probes")
+    scenes = load_scenes(scenes_dir)
+    files = [str(f.resolve()) for f in scene_files(scenes_dir)]
+    suites = load_suites([probes_dir])
+    base = load_base(ensure_demo_base(log=log))
+    adapters = [train_adapter([s], base, default_folder("adapters") / s.id, TrainSettings(), scene_paths=[f], log=log)
+                for s, f in zip(scenes, files)]
+    records = run_adapters(base, [a.resolve() for a in adapters], suites, RunSettings(), log=log)
+    reports = [write_outputs(r, out_root / r.run_id) for r in records]
+    return write_index(reports, out_root / "index.html")
+
+
+def rerender(results: Path) -> Path:
+    from evalkit.record import read_record
+
+    return write_run_report(read_record(results), results.parent / "report.html")
+
