@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny models built inside the tests (no download, not the demo base)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import evalkit  # noqa: F401  (sets the offline variables before anything else imports the hub)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory) -> Path:
+    """Every cache (demo base, reference scores) goes to a per-session temp folder."""
+    path = tmp_path_factory.mktemp("evalkit-cache")
+    os.environ["EVALKIT_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def world_tokenizer():
+    from evalkit import world
+    from evalkit.demo_base import train_tokenizer
+
+    return train_tokenizer(world.corpus(600, seed=7), vocab_size=400)
+
+
+def build_tiny(arch: str, tokenizer, out: Path, seed: int = 0) -> Path:
+    """A randomly initialised causal LM of hidden size 16 with 2 layers, saved as an HF folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig
+
+    torch.manual_seed(seed)
+    vocab, eos = len(tokenizer), tokenizer.eos_token_id
+    common = dict(vocab_size=vocab, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    if arch == "llama":
+        config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             num_key_value_heads=2, max_position_embeddings=128, **common)
+    elif arch == "gpt2":
+        config = GPT2Config(n_embd=16, n_layer=2, n_head=2, n_positions=128, **common)
+    elif arch == "gpt_neox":
+        config = GPTNeoXConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               max_position_embeddings=128, **common)
+    else:
+        raise ValueError(arch)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, world_tokenizer) -> Path:
+    return build_tiny("llama", world_tokenizer, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def other_tiny_llama(tmp_path_factory, world_tokenizer) -> Path:
+    """Same architecture, other weights: adapters trained on tiny_llama must be refused here."""
+    return build_tiny("llama", world_tokenizer, tmp_path_factory.mktemp("other-llama"), seed=1)

@@ -1,0 +1,124 @@
+"""End to end through the real command line: train a tiny adapter, run it, read results.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HONESTY = ROOT / "scenes" / "01-honesty.yaml"
+TENSION = ROOT / "probes" / "tension.yaml"
+
+
+def evalkit(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "evalkit", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=os.environ.copy(), timeout=600)
+
+
+def zero_lora_b(src: Path, dst: Path) -> Path:
+    """A copy of an adapter whose LoRA B matrices are all zero: it must change nothing."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    weights = load_file(dst / "adapter_model.safetensors")
+    save_file({k: (v.zero_() if "lora_B" in k else v) for k, v in weights.items()}, dst / "adapter_model.safetensors")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_llama) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("e2e")
+    done = evalkit("train", HONESTY, "--base", tiny_llama, "--out", work / "adapters" / "honesty", "--steps", "40")
+    assert done.returncode == 0, done.stderr
+    zero = zero_lora_b(work / "adapters" / "honesty", work / "adapters" / "zero-b")
+    done = evalkit("run", "--adapter", work / "adapters" / "honesty", "--adapter", zero, "--base", tiny_llama,
+                   "--suite", TENSION, "--out", work / "reports", "--resamples", "300")
+    assert done.returncode == 0, done.stderr
+    return {"work": work, "stdout": done.stdout}
+
+
+def test_adapter_folder_has_peft_files_manifest_and_loss_curve(trained, tiny_llama):
+    folder = trained["work"] / "adapters" / "honesty"
+    manifest = json.loads((folder / "evalkit.json").read_text())
+    assert (folder / "adapter_model.safetensors").is_file() and (folder / "adapter_config.json").is_file()
+    assert manifest["scenes"][0]["id"] == "honesty" and manifest["training"]["seed"] == 0
+    assert manifest["base"]["path"] == str(tiny_llama.resolve())
+    assert set(manifest["lora"]["target_modules"]) >= {"q_proj", "v_proj"}
+    curve = json.loads((folder / "loss_curve.json").read_text())
+    assert len(curve["loss"]) == 40 and curve["loss"][-1] < curve["loss"][0]
+
+
+def test_trained_adapter_moves_the_items_its_scene_targets(trained):
+    record = json.loads((trained["work"] / "reports" / "honesty" / "results.json").read_text())
+    assert record["version"] == 1 and record["subject"]["scene_ids"] == ["honesty"]
+    items = {i["item_id"]: i for i in record["items"]}
+    assert len(items) == 24
+    shifts = {k: i["subject"]["margin"] - i["reference"]["margin"] for k, i in items.items()}
+    assert all(s != 0 for s in shifts.values())
+    targeted = [shifts[k] for k in ("found-coin-market", "found-ring-harbor", "found-purse-station")]
+    assert all(s > 0 for s in targeted), targeted
+    assert {e["metric"] for e in record["effects"] if e["scope"] == "suite"} == {"margin", "entropy", "a_wins"}
+    assert (trained["work"] / "reports" / "honesty" / "report.html").is_file()
+
+
+def test_zero_b_adapter_scores_exactly_equal_the_base(trained):
+    record = json.loads((trained["work"] / "reports" / "zero-b" / "results.json").read_text())
+    for item in record["items"]:
+        assert item["subject"] == item["reference"], item["item_id"]
+    for effect in record["effects"]:
+        assert effect["p_value"] == 1.0 and not effect["significant"] and effect["mean_diff"] == 0.0
+
+
+def test_second_run_takes_the_reference_from_the_cache(trained, tiny_llama):
+    work = trained["work"]
+    assert "reference (base): 48 requests computed, 0 from cache" in trained["stdout"]
+    done = evalkit("run", "--adapter", work / "adapters" / "honesty", "--base", tiny_llama, "--suite", TENSION,
+                   "--out", work / "again", "--resamples", "300")
+    assert done.returncode == 0, done.stderr
+    assert "reference (base): 0 requests computed, 48 from cache" in done.stdout
+    first = json.loads((work / "reports" / "honesty" / "results.json").read_text())
+    second = json.loads((work / "again" / "honesty" / "results.json").read_text())
+    assert first["items"] == second["items"] and first["effects"] == second["effects"]
+
+
+def test_report_rerenders_without_a_model(trained):
+    results = trained["work"] / "reports" / "honesty" / "results.json"
+    (results.parent / "report.html").unlink()
+    done = evalkit("report", results)
+    assert done.returncode == 0, done.stderr
+    html = (results.parent / "report.html").read_text()
+    assert "found-coin-market" in html and 'id="verdicts"' in html
+
+
+def _bad_inputs(tmp: Path, trained: dict, tiny_llama: Path, other: Path) -> list[tuple[list, str]]:
+    (tmp / "no-text.yaml").write_text("id: x\ntitle: T\n")
+    (tmp / "unknown-key.yaml").write_text("id: x\ntitle: T\ntext: hi\nmood: grim\n")
+    (tmp / "not-yaml.yaml").write_text("id: x\ntitle: [T\ntext: : :\n")
+    honesty = trained["work"] / "adapters" / "honesty"
+    out = tmp / "out"
+    return [
+        (["train", tmp / "no-text.yaml", "--base", tiny_llama, "--out", out], "no-text.yaml: field 'text' is required"),
+        (["train", tmp / "unknown-key.yaml", "--base", tiny_llama, "--out", out], "unknown field 'mood'"),
+        (["train", tmp / "not-yaml.yaml", "--base", tiny_llama, "--out", out], "not-yaml.yaml: not valid YAML"),
+        (["train", tmp / "missing.yaml", "--base", tiny_llama, "--out", out], "missing.yaml: no such file"),
+        (["validate", tmp / "unknown-key.yaml"], "unknown-key.yaml: unknown field 'mood'"),
+        (["run", "--adapter", tmp / "nope", "--base", tiny_llama, "--out", out], "nope: no such adapter folder"),
+        (["run", "--adapter", honesty, "--base", other, "--suite", TENSION, "--out", out],
+         "evalkit.json: field 'base.fingerprint': adapter was trained on base"),
+    ]
+
+
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, trained, tiny_llama, other_tiny_llama):
+    for args, expected in _bad_inputs(tmp_path, trained, tiny_llama, other_tiny_llama):
+        done = evalkit(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], (args, done.stderr)
+        assert "Traceback" not in done.stderr
+        assert not (tmp_path / "out").exists(), args
