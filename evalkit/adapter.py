@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -87,7 +86,6 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: TrainSet
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=lora_targets(base.model), task_type="CAUSAL_LM")
     model = get_peft_model(base.model, config)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # peft probes a deprecated attribute
     try:
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)

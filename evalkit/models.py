@@ -51,8 +51,12 @@ def weights_fingerprint(model) -> str:
 
 
 def quiet_transformers() -> None:
+    import warnings
+
     import transformers
 
+    # peft still probes this deprecated attribute on every wrap; the warning is not ours to fix.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 

@@ -46,10 +46,6 @@ class Counter:
 
 
 def _quiet_libraries() -> None:
-    import os
-
-    # lm-eval draws tqdm bars per request batch; evalkit prints its own request counts.
-    os.environ.setdefault("TQDM_DISABLE", "1")
     for name in ("lm-eval", "lm_eval", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

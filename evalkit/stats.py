@@ -13,6 +13,7 @@ import numpy as np
 from scipy import stats as sps
 
 Test = Literal["wilcoxon", "t", "permutation"]
+WILCOXON_MIN_N = 6
 
 
 @dataclass(frozen=True)
@@ -186,20 +187,25 @@ class PairedResult:
 def compare_continuous(reference: Sequence[float], subject: Sequence[float],
                        clusters: Sequence[str] | None, settings: StatsSettings) -> PairedResult:
     d = paired_differences(reference, subject)
+    test_name: str = settings.test
     if len(d) == 0:
         raise ValueError("no paired items to compare")
     se, se_kind = standard_error(d, clusters)
     lo, hi = bootstrap_ci(d, clusters, settings.resamples, settings.seed, settings.alpha)
-    if settings.test == "wilcoxon":
+    if settings.test == "wilcoxon" and len(d) >= WILCOXON_MIN_N:
         p, size = wilcoxon(d)
         size_kind = "rank-biserial r"
+    elif settings.test == "wilcoxon":
+        # Below 6 pairs Wilcoxon's smallest two-sided p is 2/2^n > 0.05: it could never say yes.
+        p, size, size_kind = paired_t(d), cohens_dz(d), "Cohen's d_z"
+        test_name = f"t (n={len(d)} < {WILCOXON_MIN_N}, too few for Wilcoxon)"
     else:
         p = paired_t(d) if settings.test == "t" else sign_flip(d, settings.resamples, settings.seed)
         size, size_kind = cohens_dz(d), "Cohen's d_z"
     return PairedResult(
         n=len(d), reference_mean=float(np.mean(reference)), subject_mean=float(np.mean(subject)),
         mean_diff=float(d.mean()), se=se, se_kind=se_kind, ci_low=lo, ci_high=hi, p_value=p,
-        test=settings.test, effect_size=size, effect_size_kind=size_kind,
+        test=test_name, effect_size=size, effect_size_kind=size_kind,
         mde=minimum_detectable_effect(se, settings.alpha, settings.power),
     )
 
