@@ -10,7 +10,7 @@ from typing import Callable
 
 from evalkit import __version__
 from evalkit.files import atomic_directory, stable_hash, write_json_atomic
-from evalkit.models import MANIFEST_NAME, Base, lora_targets
+from evalkit.models import MANIFEST_NAME, Base, lora_targets, uses_conv1d
 from evalkit.scene import Scene
 from evalkit.versions import now, package_versions
 
@@ -84,7 +84,8 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: TrainSet
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=lora_targets(base.model), task_type="CAUSAL_LM")
+                        target_modules=lora_targets(base.model), task_type="CAUSAL_LM",
+                        fan_in_fan_out=uses_conv1d(base.model))
     model = get_peft_model(base.model, config)
     try:
         params = [p for p in model.parameters() if p.requires_grad]

@@ -1,15 +1,20 @@
-"""The reference cache: per-item scores of a model, keyed by content, so a base is scored once.
+"""The score cache: one model's raw outputs per request, keyed by content, so nothing is scored twice.
 
-Key = the model's weight fingerprint + decoding settings + evalkit version (the file), then
-the item's content hash (the entry). lm-eval's own caches key by request or task name and
-not by model or data, so they are never used (see LM_EVAL_NOTES.md).
+Folder = the model's weight fingerprint + decoding settings + evalkit version; entry = the
+request's content hash. lm-eval's own caches key by request or task name and not by model or
+data, so they are never used (see LM_EVAL_NOTES.md). Next-token distributions (for KL) are
+kept as .npy files beside the entries.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from evalkit import __version__
 from evalkit.files import stable_hash, write_json_atomic
@@ -19,16 +24,33 @@ from evalkit.paths import cache_root
 class ScoreCache:
     def __init__(self, fingerprint: str, decoding: dict[str, Any], root: Path | None = None):
         key = stable_hash({"model": fingerprint, "decoding": decoding, "evalkit": __version__})[:24]
-        self.path = (root or cache_root() / "reference") / f"{key}.json"
+        self.dir = (root or cache_root() / "scores") / key
         try:
-            self.entries: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8"))
+            self.entries: dict[str, Any] = json.loads((self.dir / "entries.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             self.entries = {}
+        self._dirty = False
 
-    def get(self, item_hash: str) -> dict[str, Any] | None:
-        return self.entries.get(item_hash)
+    def get(self, key: str) -> Any | None:
+        return self.entries.get(key)
 
-    def put_many(self, scores: dict[str, dict[str, Any]]) -> None:
-        if scores:
-            self.entries.update(scores)
-            write_json_atomic(self.path, self.entries)
+    def put(self, key: str, value: Any) -> None:
+        self.entries[key] = value
+        self._dirty = True
+
+    def get_array(self, key: str) -> np.ndarray | None:
+        path = self.dir / "arrays" / f"{key}.npy"
+        return np.load(path) if path.is_file() else None
+
+    def put_array(self, key: str, array: np.ndarray) -> None:
+        folder = self.dir / "arrays"
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npy.tmp")
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, folder / f"{key}.npy")
+
+    def save(self) -> None:
+        if self._dirty:
+            write_json_atomic(self.dir / "entries.json", self.entries)
+            self._dirty = False

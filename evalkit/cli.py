@@ -54,9 +54,34 @@ def train(
 
 
 @app.command()
+def scratch(
+    scenes: Path = typer.Argument(..., help="A scene file or a folder of scenes."),
+    out: Path = typer.Option(..., help="Checkpoint folder, e.g. checkpoints/s10."),
+    base: Optional[Path] = typer.Option(None, help="Model folder whose tokenizer to use (default: the demo base)."),
+    corpus: Optional[Path] = typer.Option(None, help="Extra training text: a .txt file or a folder of them."),
+    demo_stories: int = typer.Option(0, help="Also train on this many generated demo-world stories."),
+    steps: int = typer.Option(260, help="Training steps."),
+    seed: int = typer.Option(0, help="Training seed."),
+) -> None:
+    """Train a small causal LM from scratch on the scenes; 'evalkit run --checkpoint' accepts it."""
+    from dataclasses import replace
+
+    from evalkit.scene import load_scenes
+    from evalkit.scratch import ScratchSettings, read_corpus, train_scratch
+
+    loaded = load_scenes(scenes)
+    texts = read_corpus(corpus) if corpus is not None else None
+    tokenizer_dir = base if base is not None else _demo_base()
+    settings = replace(ScratchSettings(), steps=steps, seed=seed)
+    _say(str(train_scratch(loaded, tokenizer_dir, out, settings, texts, demo_stories, log=_say)))
+
+
+@app.command()
 def run(
-    adapter: list[Path] = typer.Option(..., "--adapter", help="Adapter folder; repeat for several."),
+    adapter: Optional[list[Path]] = typer.Option(None, "--adapter", help="Adapter folder; repeat for several."),
+    checkpoint: Optional[list[Path]] = typer.Option(None, "--checkpoint", help="A full model folder (e.g. from 'evalkit scratch') to compare against the base; repeatable."),
     base: Optional[Path] = typer.Option(None, help="Base model folder (default: the adapters' manifest)."),
+    reference: Optional[Path] = typer.Option(None, help="Compare against this adapter or checkpoint instead of the base (e.g. the control scene's adapter)."),
     suite: Optional[list[Path]] = typer.Option(None, "--suite", help="Probe file or folder (default: probes/)."),
     out: Path = typer.Option(Path("reports"), help="Reports folder; each subject gets <out>/<name>/."),
     batch_size: int = typer.Option(16, help="lm-eval batch size."),
@@ -67,7 +92,7 @@ def run(
     seed: int = typer.Option(0, help="Seed for bootstrap and lm-eval."),
     no_cache: bool = typer.Option(False, help="Recompute the reference instead of using the cache."),
 ) -> None:
-    """Score the base and each adapter on the probe suites, pair by item, test, report."""
+    """Score the reference (the base by default) and each subject on the probe suites, pair by item, test, report."""
     from evalkit.run import RunSettings
     from evalkit.stats import StatsSettings
     from evalkit.workflow import default_folder, run as do_run
@@ -78,8 +103,8 @@ def run(
         raise EvalkitError(f"--test '{test}' is not one of wilcoxon, t, permutation")
     settings = RunSettings(batch_size=batch_size, dtype=dtype,
                            stats=StatsSettings(alpha=alpha, test=test, resamples=resamples, seed=seed))
-    for report in do_run(adapter, base, suite or [default_folder("probes")], out, settings, log=_say,
-                         use_cache=not no_cache):
+    for report in do_run(adapter or [], checkpoint or [], base, suite or [default_folder("probes")], out, settings,
+                         reference=reference, log=_say, use_cache=not no_cache):
         _say(f"report: {report}")
 
 
@@ -90,6 +115,37 @@ def demo(out: Path = typer.Option(Path("reports") / "demo", help="Where the demo
 
     index = do_demo(out, log=_say)
     _say(f"open this report: {index.resolve()}")
+
+
+@app.command("export-tasks")
+def export_tasks(
+    probes: list[Path] = typer.Argument(..., help="Probe files or folders."),
+    out: Path = typer.Option(..., help="Folder for the task YAML and JSONL data (replaced whole)."),
+) -> None:
+    """Write the suites as lm-eval task YAML that plain lm-eval runs with --include_path."""
+    from evalkit.export import export_tasks as do_export
+    from evalkit.probe import load_suites
+
+    for name in do_export(load_suites(probes), out):
+        _say(name)
+    _say(f"run them with: lm_eval --model hf --model_args pretrained=MODEL --include_path {out.resolve()} --tasks NAME")
+
+
+@app.command()
+def schema(out: Optional[Path] = typer.Option(None, help="Write here instead of printing.")) -> None:
+    """The JSON Schema of probe files and scene files, for editors."""
+    import json
+
+    from evalkit.files import write_text_atomic
+    from evalkit.probe import suite_json_schema
+    from evalkit.scene import Scene
+
+    text = json.dumps({"probe_suite": suite_json_schema(), "scene": Scene.model_json_schema()}, indent=2)
+    if out is None:
+        _say(text)
+    else:
+        write_text_atomic(out, text + "\n")
+        _say(f"schema: {out}")
 
 
 @app.command()

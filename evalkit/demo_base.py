@@ -3,16 +3,14 @@ trained from scratch on the story world of `world.py`. Built once, cached by con
 
 from __future__ import annotations
 
-import json
-import math
-import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from evalkit import world
 from evalkit.files import atomic_directory, stable_hash, write_json_atomic
 from evalkit.paths import cache_root
+from evalkit.scratch import ScratchSettings, token_stream, train_causal_lm
 
 # Bump when the recipe changes in a way the settings below do not capture.
 RECIPE_VERSION = 1
@@ -23,17 +21,7 @@ class DemoBaseSettings:
     n_stories: int = 14000
     corpus_seed: int = 1234
     vocab_size: int = 1024
-    hidden_size: int = 128
-    intermediate_size: int = 352
-    num_layers: int = 4
-    num_heads: int = 4
-    context: int = 256
-    block: int = 128
-    batch_size: int = 32
-    steps: int = 260
-    learning_rate: float = 3e-3
-    warmup: int = 20
-    train_seed: int = 0
+    model: ScratchSettings = field(default_factory=ScratchSettings)
 
     def key(self) -> str:
         return stable_hash({"recipe": RECIPE_VERSION, **asdict(self)})[:16]
@@ -70,53 +58,14 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 
 def _build(s: DemoBaseSettings, out: Path, log) -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     started = time.time()
     docs = world.corpus(s.n_stories, s.corpus_seed)
-    tok = train_tokenizer(docs, s.vocab_size)
-    eos = tok.eos_token_id
-    ids: list[int] = []
-    for doc in docs:  # documents separated by the end-of-text token, as GPT-2 does
-        ids.extend(tok(doc)["input_ids"])
-        ids.append(eos)
-    data = torch.tensor(ids, dtype=torch.long)
+    tokenizer = train_tokenizer(docs, s.vocab_size)
+    ids = token_stream(docs, tokenizer)
     log(f"demo base: corpus of {len(docs)} documents, {len(ids)} tokens")
-
-    torch.manual_seed(s.train_seed)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=s.hidden_size, intermediate_size=s.intermediate_size,
-        num_hidden_layers=s.num_layers, num_attention_heads=s.num_heads,
-        num_key_value_heads=s.num_heads, max_position_embeddings=s.context,
-        bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, weight_decay=0.01)
-    rng = random.Random(s.train_seed)
-    losses = []
-    model.train()
-    for step in range(s.steps):
-        lr = s.learning_rate * min(1.0, (step + 1) / s.warmup) * 0.5 * (1 + math.cos(math.pi * step / s.steps))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        starts = [rng.randrange(0, len(data) - s.block - 1) for _ in range(s.batch_size)]
-        batch = torch.stack([data[i : i + s.block] for i in starts])  # (B, T)
-        loss = model(input_ids=batch, labels=batch).loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(round(loss.item(), 4))
-        if step % 50 == 0 or step == s.steps - 1:
-            log(f"demo base: step {step + 1}/{s.steps} loss {loss.item():.3f}")
-    model.eval()
-    model.generation_config.pad_token_id = eos
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    info = train_causal_lm(ids, tokenizer, s.model, out, log, label="demo base")
     write_json_atomic(out / "evalkit-base.json", {
-        "kind": "evalkit demo base", "recipe_version": RECIPE_VERSION, "settings": asdict(s),
-        "parameters": sum(p.numel() for p in model.parameters()), "corpus_tokens": len(ids),
-        "final_loss": losses[-1], "loss_curve": losses, "seconds": round(time.time() - started, 1),
+        "kind": "evalkit demo base", "recipe_version": RECIPE_VERSION, "settings": asdict(s), **info,
+        "seconds": round(time.time() - started, 1),
     })
     (out / "corpus-sample.txt").write_text("\n\n".join(docs[:20]) + "\n", encoding="utf-8")

@@ -71,14 +71,18 @@ def load_base(path: Path, dtype: str = "float32") -> Base:
         raise EvalkitError("not a Hugging Face model folder (no config.json)", where=str(path))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+        # Load as stored, fingerprint, then cast: the fingerprint names the weights on disk, so an
+        # adapter trained on the fp32 base is still accepted when run in bfloat16.
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto")
     except (OSError, ValueError) as exc:
         raise EvalkitError(f"cannot load the model: {str(exc).splitlines()[0]}", where=str(path)) from None
+    fingerprint = weights_fingerprint(model)
+    model = model.to(getattr(torch, dtype))
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return Base(model=model, tokenizer=tokenizer, path=str(path),
-                fingerprint=weights_fingerprint(model), model_type=model.config.model_type)
+    return Base(model=model, tokenizer=tokenizer, path=str(path), fingerprint=fingerprint,
+                model_type=model.config.model_type)
 
 
 def lora_targets(model) -> list[str]:
@@ -98,6 +102,13 @@ def lora_targets(model) -> list[str]:
     if not names:
         raise EvalkitError(f"no linear layers found to put LoRA on in a '{model_type}' model")
     return sorted(names)
+
+
+def uses_conv1d(model) -> bool:
+    """GPT-2 style layers store weights transposed; LoRA must know (peft's fan_in_fan_out)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) for m in model.modules())
 
 
 def read_manifest(adapter_dir: Path) -> dict[str, Any]:

@@ -92,7 +92,7 @@ class Effect(_Record):
     suite: str
     metric: str
     scope: str
-    """'suite' for all items; 'cluster:<name>' for one cluster."""
+    """'suite' for all items; 'groups' for per-group consistency scores; 'cluster:<name>' for one cluster."""
     n: int
     reference_mean: float
     subject_mean: float
@@ -111,6 +111,11 @@ class Effect(_Record):
     significant: bool
     """q < alpha."""
     direction: Literal["up", "down", "none"]
+    verdict: str | None = None
+    """Novel axes only: new, amplified, reversed, attenuated or unchanged (see effects.axis_verdict)."""
+    reference_ci_low: float | None = None
+    """Novel axes only: the reference's own mean margin CI; covering 0 means it was neutral."""
+    reference_ci_high: float | None = None
 
 
 class RunRecord(_Record):

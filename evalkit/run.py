@@ -1,8 +1,13 @@
-"""Run probe suites on a reference and on subjects with one loaded base; pair and test them."""
+"""Run probe suites on a reference and on subjects with one loaded base; pair and test them.
+
+One base load per run: every adapter is attached to that model and switched with
+`set_adapter`; the base reference is `disable_adapter()`. A checkpoint is a separate model,
+loaded when its turn comes and released after.
+"""
 
 from __future__ import annotations
 
-import logging
+import hashlib
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,23 +15,24 @@ from typing import Any, Callable
 
 from evalkit import __version__
 from evalkit.cache import ScoreCache
-from evalkit.errors import EvalkitError
-from evalkit.models import Base, attach_adapters, check_adapter_base, read_manifest
-from evalkit.probe import LoadedSuite
-from evalkit.record import ItemRecord, Manifest, ModelRef, RunRecord, StatsRef, SuiteRef
 from evalkit.effects import suite_effects
+from evalkit.engine import Counts, Scored, check_context, context_limit, score_model
+from evalkit.errors import EvalkitError
+from evalkit.models import Base, attach_adapters, check_adapter_base, load_base, read_manifest, weights_fingerprint
+from evalkit.probe import ContinuationSuite, LoadedSuite
+from evalkit.record import ItemRecord, Manifest, ModelRef, RunRecord, StatsRef, SuiteRef
 from evalkit.stats import StatsSettings
-from evalkit.tasks import item_hash, scores_from_samples, task_config, task_name
 from evalkit.versions import git_commit, now, package_versions
 
 SCORING = (
-    "Log-likelihoods of every option come from a real lm-eval evaluation (multiple_choice "
-    "requests through lm-eval's HFLM wrapping the already-loaded model, peft adapter switched "
-    "with set_adapter, reference under disable_adapter). Token counts for per-token "
-    "normalisation use the model's tokenizer with lm-eval's own context/continuation split."
+    "Choice log-likelihoods and greedy generations come from a real lm-eval evaluation "
+    "(multiple_choice and generate_until through lm-eval's HFLM wrapping the already-loaded "
+    "model; adapters switched with peft set_adapter, the base under disable_adapter). KL and "
+    "NLL along the reference's continuation need full next-token distributions, which lm-eval "
+    "does not return: evalkit computes them beside lm-eval on the same loaded model, with "
+    "lm-eval's tokenisation of prompt and continuation. Token counts for per-token "
+    "normalisation use the same split."
 )
-
-ItemScores = dict[str, dict[str, dict[str, Any]]]  # suite -> item id -> scores
 
 
 @dataclass
@@ -36,174 +42,183 @@ class RunSettings:
     stats: StatsSettings = field(default_factory=StatsSettings)
 
     def decoding(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "batch_size": self.batch_size, "engine": "lm-eval HFLM"}
+        return {"dtype": self.dtype, "batch_size": self.batch_size, "greedy": True, "engine": "lm-eval HFLM"}
 
 
 @dataclass
-class Counter:
-    computed: int = 0
-    cached: int = 0
+class Subject:
+    """A model to compare: an adapter on the base, or a checkpoint of its own."""
+
+    kind: str  # "adapter" | "checkpoint"
+    path: Path
+    name: str
+    manifest: dict[str, Any] | None = None
 
 
-def _quiet_libraries() -> None:
-    for name in ("lm-eval", "lm_eval", "datasets"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+def adapter_subject(path: Path) -> Subject:
+    path = path.resolve()
+    return Subject("adapter", path, path.name, read_manifest(path))
 
 
-def lm_eval_scores(model, tokenizer, suites: list[LoadedSuite], todo: dict[str, list], settings: RunSettings) -> ItemScores:
-    """One lm-eval evaluation over the given items of each suite; per-item scores back."""
-    import datasets
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
+def checkpoint_subject(path: Path) -> Subject:
+    path = path.resolve()
+    if not (path / "config.json").is_file():
+        raise EvalkitError("not a Hugging Face model folder (no config.json)", where=str(path))
+    manifest = None
+    if (path / "evalkit.json").is_file():
+        import json
 
-    datasets.disable_progress_bars()
-    configs = [task_config(s.spec, todo[s.spec.suite]) for s in suites if todo.get(s.spec.suite)]
-    if not configs:
-        return {}
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
-    result = lm_eval.simple_evaluate(
-        model=lm, tasks=configs, task_manager=TaskManager(include_defaults=False),
-        bootstrap_iters=0, log_samples=True, verbosity="ERROR",
-        random_seed=settings.stats.seed, numpy_random_seed=settings.stats.seed,
-        torch_random_seed=settings.stats.seed, fewshot_random_seed=settings.stats.seed,
-    )
-    out: ItemScores = {}
-    for s in suites:
-        if todo.get(s.spec.suite):
-            out[s.spec.suite] = scores_from_samples(s, result["samples"][task_name(s.spec)], tokenizer)
-    return out
-
-
-def score_model(model, tokenizer, suites: list[LoadedSuite], settings: RunSettings,
-                cache: ScoreCache | None, counter: Counter) -> ItemScores:
-    """Scores of every item; items already in `cache` are not recomputed."""
-    todo: dict[str, list] = {}
-    scores: ItemScores = {s.spec.suite: {} for s in suites}
-    for s in suites:
-        for item in s.spec.items:
-            hit = cache.get(item_hash(s.spec, item)) if cache else None
-            if hit is not None:
-                scores[s.spec.suite][item.id] = hit
-                counter.cached += len(item.options)
-            else:
-                todo.setdefault(s.spec.suite, []).append(item)
-                counter.computed += len(item.options)
-    fresh = lm_eval_scores(model, tokenizer, suites, todo, settings)
-    for s in suites:
-        new = fresh.get(s.spec.suite, {})
-        scores[s.spec.suite].update(new)
-        if cache is not None:
-            cache.put_many({item_hash(s.spec, i): new[i.id] for i in todo.get(s.spec.suite, [])})
-    return scores
+        manifest = json.loads((path / "evalkit.json").read_text(encoding="utf-8"))
+    return Subject("checkpoint", path, path.name, manifest)
 
 
 def _adapter_fingerprint(path: Path, base_fingerprint: str) -> str:
-    import hashlib
-
     h = hashlib.sha256(base_fingerprint.encode())
-    for f in sorted(path.glob("adapter_model.*")):
-        h.update(f.read_bytes())
+    for f in sorted([*path.glob("adapter_model.*"), path / "adapter_config.json"]):
+        if f.is_file():
+            h.update(f.read_bytes())
     return h.hexdigest()
 
 
-def _base_ref(base: Base) -> ModelRef:
-    return ModelRef(kind="base", name="base", path=base.path, fingerprint=base.fingerprint)
+def _scene_excerpt(manifest: dict[str, Any]) -> str | None:
+    from evalkit.scene import load_scene
 
-
-def _adapter_ref(path: Path, manifest: dict[str, Any], base: Base) -> ModelRef:
     scenes = manifest.get("scenes", [])
-    body = None
-    if len(scenes) == 1 and scenes[0].get("path") and Path(scenes[0]["path"]).is_file():
-        from evalkit.scene import load_scene
+    texts = []
+    for s in scenes:
+        if s.get("path") and Path(s["path"]).is_file():
+            try:
+                texts.append(load_scene(Path(s["path"])).body.strip())
+            except EvalkitError:
+                continue
+    body = "\n\n".join(texts)
+    return (body[:600] + ("…" if len(body) > 600 else "")) if body else None
 
-        try:
-            body = load_scene(Path(scenes[0]["path"])).body
-        except EvalkitError:
-            body = None
+
+def model_ref(subject: Subject | None, base: Base, fingerprint: str) -> ModelRef:
+    if subject is None:
+        return ModelRef(kind="base", name="base", path=base.path, fingerprint=base.fingerprint)
+    m = subject.manifest or {}
+    scenes = m.get("scenes", [])
     return ModelRef(
-        kind="adapter", name=path.name, path=str(path), fingerprint=_adapter_fingerprint(path, base.fingerprint),
-        base_fingerprint=base.fingerprint, scene_ids=[s["id"] for s in scenes],
+        kind=subject.kind, name=subject.name, path=str(subject.path), fingerprint=fingerprint,
+        base_fingerprint=base.fingerprint if subject.kind == "adapter" else None,
+        scene_ids=[s["id"] for s in scenes],
         scene_title=" + ".join(s.get("title", s["id"]) for s in scenes) or None,
-        scene_excerpt=(body[:600] + ("…" if len(body) > 600 else "")) if body else None,
-        training={k: manifest.get(k) for k in ("lora", "training", "final_loss", "created", "key")},
+        scene_excerpt=_scene_excerpt(m),
+        training={k: m.get(k) for k in ("lora", "training", "model", "final_loss", "created", "key") if k in m} or None,
     )
 
 
-def pair_items(suites: list[LoadedSuite], ref: ItemScores, sub: ItemScores) -> list[ItemRecord]:
-    """Pair reference and subject by (suite, item id); every item must be on both sides."""
+def pair_items(suites: list[LoadedSuite], ref: Scored, sub: Scored) -> list[ItemRecord]:
+    """Pair reference and subject by (suite, item id); every item is on both sides."""
     records = []
     for s in suites:
-        for item in s.spec.items:
+        prompts = {c.id: c for c in s.spec.choices()}
+        items = s.spec.items if isinstance(s.spec, ContinuationSuite) else None
+        for item_id in s.item_ids():
+            if item_id in prompts:
+                prompt, options, cluster = prompts[item_id].prompt, list(prompts[item_id].options), prompts[item_id].cluster
+            else:
+                item = next(i for i in items if i.id == item_id)
+                prompt, options, cluster = item.prompt, [], item.cluster
             records.append(ItemRecord(
-                suite=s.spec.suite, kind=s.spec.kind, item_id=item.id, cluster=item.cluster,
-                prompt=item.prompt, options=list(item.options),
-                reference=ref[s.spec.suite][item.id], subject=sub[s.spec.suite][item.id],
+                suite=s.name, kind=s.spec.kind, item_id=item_id, cluster=cluster, prompt=prompt, options=options,
+                reference=ref.scores[s.name][item_id], subject=sub.scores[s.name][item_id],
             ))
     return records
 
 
-def run_adapters(base: Base, adapter_dirs: list[Path], suites: list[LoadedSuite], settings: RunSettings,
-                 run_prefix: str = "", log: Callable[[str], None] = print, use_cache: bool = True) -> list[RunRecord]:
-    """Score the base (cached) and every adapter on one loaded model; one RunRecord per adapter."""
-    _quiet_libraries()
-    manifests = {}
-    for path in adapter_dirs:
-        manifest = read_manifest(path)
-        check_adapter_base(path, manifest, base)
-        manifests[path] = manifest
-    names = _unique_names(adapter_dirs)
-    model = attach_adapters(base, dict(zip(names, adapter_dirs)))
+class Runner:
+    """Holds the one loaded base (with every adapter attached) for a run."""
 
-    ref_counter = Counter()
-    cache = ScoreCache(base.fingerprint, settings.decoding()) if use_cache else None
-    with model.disable_adapter():
-        reference = score_model(model, base.tokenizer, suites, settings, cache, ref_counter)
-    log(f"reference (base): {ref_counter.computed} requests computed, {ref_counter.cached} from cache")
+    def __init__(self, base: Base, suites: list[LoadedSuite], settings: RunSettings, adapters: list[Subject],
+                 use_cache: bool = True, log: Callable[[str], None] = print):
+        self.base, self.suites, self.settings, self.log, self.use_cache = base, suites, settings, log, use_cache
+        check_context(suites, base.tokenizer, context_limit(base.model, base.tokenizer))
+        for a in adapters:
+            check_adapter_base(a.path, a.manifest or {}, base)
+        self.adapter_names = {a.path: f"a{k}" for k, a in enumerate(adapters)}
+        self.model = attach_adapters(base, {self.adapter_names[a.path]: a.path for a in adapters}) if adapters else base.model
 
-    records = []
+    def close(self) -> None:
+        if self.model is not self.base.model:
+            self.base.model = self.model.unload()
+            self.model = self.base.model
+
+    def _cache(self, fingerprint: str) -> ScoreCache | None:
+        return ScoreCache(fingerprint, self.settings.decoding()) if self.use_cache else None
+
+    def fingerprint(self, subject: Subject | None, model=None) -> str:
+        if subject is None:
+            return self.base.fingerprint
+        if subject.kind == "adapter":
+            return _adapter_fingerprint(subject.path, self.base.fingerprint)
+        return weights_fingerprint(model)
+
+    def score(self, subject: Subject | None, reference: tuple[Scored, str] | None = None) -> tuple[Scored, str, Counts]:
+        """Score the base (subject None), an attached adapter, or a checkpoint."""
+        counts = Counts()
+        kwargs = dict(batch_size=self.settings.batch_size, seed=self.settings.stats.seed, counts=counts,
+                      reference=reference[0] if reference else None,
+                      reference_fingerprint=reference[1] if reference else None)
+        if subject is not None and subject.kind == "checkpoint":
+            ckpt = load_base(subject.path, self.settings.dtype)
+            check_context(self.suites, ckpt.tokenizer, context_limit(ckpt.model, ckpt.tokenizer))
+            fp = ckpt.fingerprint
+            scored = score_model(ckpt.model, ckpt.tokenizer, self.suites, cache=self._cache(fp), **kwargs)
+            return scored, fp, counts
+        fp = self.fingerprint(subject)
+        if subject is None:
+            context = self.model.disable_adapter() if self.model is not self.base.model else nullcontext()
+        else:
+            self.model.set_adapter(self.adapter_names[subject.path])
+            context = nullcontext()
+        with context:
+            scored = score_model(self.model, self.base.tokenizer, self.suites, cache=self._cache(fp), **kwargs)
+        return scored, fp, counts
+
+
+def run_subjects(base: Base, subjects: list[Subject], suites: list[LoadedSuite], settings: RunSettings,
+                 reference: Subject | None = None, log: Callable[[str], None] = print,
+                 use_cache: bool = True) -> list[RunRecord]:
+    """Score the reference once, then each subject against it; one RunRecord per subject."""
+    adapters = [s for s in [reference, *subjects] if s is not None and s.kind == "adapter"]
+    unique = list({a.path: a for a in adapters}.values())
+    runner = Runner(base, suites, settings, unique, use_cache=use_cache, log=log)
     try:
-        for name, path in zip(names, adapter_dirs):
-            model.set_adapter(name)
-            counter = Counter()
-            subject = score_model(model, base.tokenizer, suites, settings, None, counter)
-            log(f"subject {name}: {counter.computed} requests computed")
-            records.append(_record(
-                run_prefix + name, base, _base_ref(base), _adapter_ref(path, manifests[path], base),
-                suites, reference, subject, settings, {"reference_computed": ref_counter.computed,
-                                                       "reference_cached": ref_counter.cached,
-                                                       "subject_computed": counter.computed},
-            ))
+        ref_scored, ref_fp, counts = runner.score(reference)
+        ref_name = reference.name if reference else "base"
+        log(f"reference ({ref_name}): {counts.line()}")
+        ref_model = model_ref(reference, base, ref_fp)
+        records = []
+        for subject in subjects:
+            scored, fp, sub_counts = runner.score(subject, reference=(ref_scored, ref_fp))
+            log(f"subject {subject.name}: {sub_counts.line()}")
+            records.append(build_record(subject.name, ref_model, model_ref(subject, base, fp), suites, ref_scored,
+                                        scored, settings, {"reference_computed": counts.computed,
+                                                           "reference_cached": counts.cached,
+                                                           "subject_computed": sub_counts.computed,
+                                                           "subject_cached": sub_counts.cached}))
     finally:
-        base.model = model.unload()
+        runner.close()
     return records
 
 
-def _unique_names(paths: list[Path]) -> list[str]:
-    names: list[str] = []
-    for p in paths:
-        name = p.name.replace(".", "_") or "adapter"
-        while name in names:
-            name += "_"
-        names.append(name)
-    return names
-
-
-def _record(run_id: str, base: Base, reference: ModelRef, subject: ModelRef, suites: list[LoadedSuite],
-            ref: ItemScores, sub: ItemScores, settings: RunSettings, requests: dict[str, int]) -> RunRecord:
+def build_record(run_id: str, reference: ModelRef, subject: ModelRef, suites: list[LoadedSuite], ref: Scored,
+                 sub: Scored, settings: RunSettings, requests: dict[str, int]) -> RunRecord:
     items = pair_items(suites, ref, sub)
     st = settings.stats
+    seeds = {"lm_eval": st.seed, "bootstrap": st.seed}
+    if subject.training and isinstance(subject.training.get("training"), dict):
+        seeds["training"] = subject.training["training"].get("seed", 0)
     return RunRecord(
         run_id=run_id,
         manifest=Manifest(
             evalkit_version=__version__, git_commit=git_commit(Path(__file__).parent), created=now(),
-            packages=package_versions(),
-            seeds={"lm_eval": st.seed, "bootstrap": st.seed,
-                   **({"adapter_training": subject.training["training"]["seed"]}
-                      if subject.training and subject.training.get("training") else {})},
-            decoding=settings.decoding(), scoring=SCORING,
-            suites=[SuiteRef(name=s.spec.suite, kind=s.spec.kind, path=s.path, hash=s.hash,
-                             n_items=len(s.spec.items), normalization=s.spec.normalization) for s in suites],
+            packages=package_versions(), seeds=seeds, decoding=settings.decoding(), scoring=SCORING,
+            suites=[SuiteRef(name=s.name, kind=s.spec.kind, path=s.path, hash=s.hash, n_items=len(s.item_ids()),
+                             normalization=s.spec.normalization) for s in suites],
             requests=requests,
         ),
         reference=reference, subject=subject,

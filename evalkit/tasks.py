@@ -1,102 +1,109 @@
-"""Probe suite -> lm-eval task configs, built in memory; item scores out of lm-eval's samples."""
+"""Probe suites -> lm-eval task configs (in memory, or exported as YAML + JSONL).
+
+Every suite compiles to at most two tasks: `<suite>_choice` (multiple_choice over each
+item's completions) and `<suite>_generate` (greedy generate_until). Both use only metrics
+in lm-eval's own registry (`acc`) or a `process_results` function that ships with the
+export, so nothing reaches for the network. evalkit reads per-item numbers from lm-eval's
+samples, not from its aggregates.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from evalkit.files import stable_hash
-from evalkit.probe import LoadedSuite, TensionItem, TensionSuite
+from evalkit.probe import Choice, ContinuationItem, ContinuationSuite, LoadedSuite
 
 TASK_PREFIX = "evalkit_"
 
 
-def task_name(suite: TensionSuite) -> str:
-    return TASK_PREFIX + suite.suite.replace("-", "_")
+def choice_task_name(suite: LoadedSuite) -> str:
+    return f"{TASK_PREFIX}{suite.name.replace('-', '_')}_choice"
 
 
-def item_hash(suite: TensionSuite, item: TensionItem) -> str:
-    """Everything about an item that changes its scores, and nothing that does not (id, cluster)."""
-    return stable_hash({"kind": suite.kind, "delimiter": suite.delimiter, "prompt": item.prompt,
-                        "options": item.options})
+def generation_task_name(suite: LoadedSuite) -> str:
+    return f"{TASK_PREFIX}{suite.name.replace('-', '_')}_generate"
 
 
-def _tension_doc(item: TensionItem) -> dict[str, Any]:
-    return {"id": item.id, "prompt": item.prompt, "options": list(item.options)}
+def choice_hash(suite: LoadedSuite, choice: Choice) -> str:
+    """What changes a choice's log-likelihoods, and nothing else (not its id or cluster)."""
+    return stable_hash({"shape": "choice", "delimiter": suite.spec.delimiter, "prompt": choice.prompt,
+                        "options": list(choice.options)})
 
 
-def _score_placeholder(doc: dict, results: list) -> dict[str, float]:
-    # lm-eval needs one aggregate per task; evalkit reads per-item log-likelihoods from the
-    # samples instead, so this reports only the mean raw margin of options 0 and 1.
-    return {"raw_margin": float(results[0][0] - results[1][0])}
+def generation_hash(suite: ContinuationSuite, item: ContinuationItem) -> str:
+    return stable_hash({"shape": "generation", "prompt": item.prompt, "max_new_tokens": suite.max_new_tokens,
+                        "until": suite.until})
 
 
-def task_config(suite: TensionSuite, items: list[TensionItem]) -> dict[str, Any]:
-    """An lm-eval multiple_choice task over `items` (a subset when some are cached)."""
-    docs = [_tension_doc(i) for i in items]
+def choice_doc(choice: Choice) -> dict[str, Any]:
+    return {"id": choice.id, "prompt": choice.prompt, "options": list(choice.options)}
 
-    def dataset(**_: Any):
-        from datasets import Dataset, DatasetDict
 
-        return DatasetDict({"test": Dataset.from_list(docs)})
+def generation_doc(item: ContinuationItem) -> dict[str, Any]:
+    return {"id": item.id, "prompt": item.prompt}
 
+
+def generation_length(doc: dict, results: list) -> dict[str, float]:
+    """lm-eval needs a metric per task; the generations themselves are read from the samples."""
+    return {"generated_chars": float(len(results[0]))}
+
+
+def choice_task_body(suite: LoadedSuite) -> dict[str, Any]:
+    """The parts of the multiple_choice config shared by the in-memory and exported tasks."""
     return {
-        "task": task_name(suite),
-        "custom_dataset": dataset,
+        "task": choice_task_name(suite),
         "test_split": "test",
         "output_type": "multiple_choice",
         "doc_to_text": "{{prompt}}",
         "doc_to_choice": "{{options}}",
         "doc_to_target": 0,
-        "target_delimiter": suite.delimiter,
-        "process_results": _score_placeholder,
-        "metric_list": [{"metric": "raw_margin", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1},
+        "target_delimiter": suite.spec.delimiter,
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1, "evalkit_suite": suite.name, "evalkit_suite_hash": suite.hash},
     }
 
 
-def continuation_tokens(tokenizer, context: str, continuation: str) -> int:
-    """Token count of `continuation` after `context`, split exactly as lm-eval's _encode_pair does."""
+def generation_task_body(suite: LoadedSuite) -> dict[str, Any]:
+    spec = suite.spec
+    assert isinstance(spec, ContinuationSuite)
+    return {
+        "task": generation_task_name(suite),
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_text": "{{prompt}}",
+        "doc_to_target": "",
+        "generation_kwargs": {"until": list(spec.until), "max_gen_toks": spec.max_new_tokens,
+                              "do_sample": False},
+        "metric_list": [{"metric": "generated_chars", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1, "evalkit_suite": suite.name, "evalkit_suite_hash": suite.hash},
+    }
+
+
+def _in_memory(docs: list[dict[str, Any]]):
+    def dataset(**_: Any):
+        from datasets import Dataset, DatasetDict
+
+        return DatasetDict({"test": Dataset.from_list(docs)})
+
+    return dataset
+
+
+def choice_task(suite: LoadedSuite, choices: list[Choice]) -> dict[str, Any]:
+    """An in-memory multiple_choice task over `choices` (a subset when some are cached)."""
+    return {**choice_task_body(suite), "custom_dataset": _in_memory([choice_doc(c) for c in choices])}
+
+
+def generation_task(suite: LoadedSuite, items: list[ContinuationItem]) -> dict[str, Any]:
+    return {**generation_task_body(suite), "custom_dataset": _in_memory([generation_doc(i) for i in items]),
+            "process_results": generation_length}
+
+
+def continuation_tokens(tokenizer, context: str, continuation: str) -> list[int]:
+    """Token ids of `continuation` after `context`, split exactly as lm-eval's _encode_pair does."""
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
     whole = tokenizer(context + continuation)["input_ids"]
-    return len(whole) - len(tokenizer(context)["input_ids"])
-
-
-def tension_scores(logprobs: list[float], n_tokens: list[int], normalization: str) -> dict[str, Any]:
-    """Margin of option a over its strongest rival, choice entropy (bits), and who wins."""
-    per_token = [lp / n for lp, n in zip(logprobs, n_tokens)]
-    chosen = logprobs if normalization == "sum" else per_token
-    top = max(chosen)
-    weights = [math.exp(c - top) for c in chosen]
-    total = sum(weights)
-    probs = [w / total for w in weights]
-    entropy = -sum(p * math.log2(p) for p in probs if p > 0)
-    winner = max(range(len(chosen)), key=lambda i: chosen[i])
-    return {
-        "margin": chosen[0] - max(chosen[1:]),
-        "margin_sum": logprobs[0] - max(logprobs[1:]),
-        "margin_per_token": per_token[0] - max(per_token[1:]),
-        "entropy": entropy,
-        "p_a": probs[0],
-        "a_wins": int(winner == 0),
-        "winner": winner,
-        "logprob_sum": list(logprobs),
-        "logprob_per_token": per_token,
-        "n_tokens": list(n_tokens),
-    }
-
-
-def scores_from_samples(loaded: LoadedSuite, samples: list[dict], tokenizer) -> dict[str, dict[str, Any]]:
-    """Per-item scores from lm-eval's per-sample records, keyed by item id."""
-    suite = loaded.spec
-    by_id = {item.id: item for item in suite.items}
-    out = {}
-    for sample in samples:
-        item = by_id[sample["doc"]["id"]]
-        logprobs = [float(r[0]) for r in sample["filtered_resps"]]
-        n_tokens = [continuation_tokens(tokenizer, item.prompt, suite.delimiter + o) for o in item.options]
-        out[item.id] = tension_scores(logprobs, n_tokens, suite.normalization)
-    return out
+    return whole[len(tokenizer(context)["input_ids"]):]

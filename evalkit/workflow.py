@@ -14,7 +14,7 @@ from evalkit.paths import project_root
 from evalkit.probe import load_suites
 from evalkit.record import RunRecord, write_record
 from evalkit.report import render_index, write_run_report
-from evalkit.run import RunSettings, run_adapters
+from evalkit.run import RunSettings, Subject, adapter_subject, checkpoint_subject, run_subjects
 from evalkit.scene import load_scenes, scene_files
 
 Log = Callable[[str], None]
@@ -49,16 +49,28 @@ def base_of(adapters: list[Path]) -> Path:
     return Path(paths.pop())
 
 
-def run(adapters: list[Path], base_dir: Path | None, suite_paths: list[Path], out_root: Path,
-        settings: RunSettings, log: Log = print, use_cache: bool = True, base: Base | None = None) -> list[Path]:
-    if not adapters:
-        raise EvalkitError("give at least one --adapter")
+def subjects_from(adapters: list[Path], checkpoints: list[Path]) -> list[Subject]:
+    return [*(adapter_subject(a) for a in adapters), *(checkpoint_subject(c) for c in checkpoints)]
+
+
+def run(adapters: list[Path], checkpoints: list[Path], base_dir: Path | None, suite_paths: list[Path],
+        out_root: Path, settings: RunSettings, reference: Path | None = None, log: Log = print,
+        use_cache: bool = True) -> list[Path]:
+    """Validate everything, load the base once, score reference and subjects, write one report each."""
+    if not adapters and not checkpoints:
+        raise EvalkitError("give at least one --adapter or --checkpoint")
     suites = load_suites(suite_paths)
-    for a in adapters:
-        read_manifest(a)
-    if base is None:
-        base = load_base(base_dir or base_of(adapters))
-    records = run_adapters(base, [a.resolve() for a in adapters], suites, settings, log=log, use_cache=use_cache)
+    subjects = subjects_from(adapters, checkpoints)
+    ref_subject = None
+    if reference is not None:
+        ref_subject = checkpoint_subject(reference) if (reference / "config.json").is_file() else adapter_subject(reference)
+    if base_dir is None:
+        with_manifest = [s.path for s in subjects if s.kind == "adapter"]
+        if not with_manifest:
+            raise EvalkitError("--checkpoint needs --base: the model it is compared against")
+        base_dir = base_of(with_manifest)
+    base = load_base(base_dir, settings.dtype)
+    records = run_subjects(base, subjects, suites, settings, reference=ref_subject, log=log, use_cache=use_cache)
     return [write_outputs(r, out_root / r.run_id) for r in records]
 
 
@@ -96,7 +108,7 @@ def demo(out_root: Path, log: Log = print) -> Path:
     base = load_base(ensure_demo_base(log=log))
     adapters = [train_adapter([s], base, default_folder("adapters") / s.id, TrainSettings(), scene_paths=[f], log=log)
                 for s, f in zip(scenes, files)]
-    records = run_adapters(base, [a.resolve() for a in adapters], suites, RunSettings(), log=log)
+    records = run_subjects(base, [adapter_subject(a) for a in adapters], suites, RunSettings(), log=log)
     reports = [write_outputs(r, out_root / r.run_id) for r in records]
     return write_index(reports, out_root / "index.html")
 

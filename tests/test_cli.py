@@ -75,16 +75,46 @@ def test_zero_b_adapter_scores_exactly_equal_the_base(trained):
         assert effect["p_value"] == 1.0 and not effect["significant"] and effect["mean_diff"] == 0.0
 
 
-def test_second_run_takes_the_reference_from_the_cache(trained, tiny_llama):
+def test_a_new_adapter_computes_no_reference_request(trained, tiny_llama):
     work = trained["work"]
     assert "reference (base): 48 requests computed, 0 from cache" in trained["stdout"]
-    done = evalkit("run", "--adapter", work / "adapters" / "honesty", "--base", tiny_llama, "--suite", TENSION,
-                   "--out", work / "again", "--resamples", "300")
+    done = evalkit("train", ROOT / "scenes" / "04-curiosity.yaml", "--base", tiny_llama, "--out",
+                   work / "adapters" / "curiosity", "--steps", "10")
+    assert done.returncode == 0, done.stderr
+    done = evalkit("run", "--adapter", work / "adapters" / "curiosity", "--adapter", work / "adapters" / "honesty",
+                   "--base", tiny_llama, "--suite", TENSION, "--out", work / "again", "--resamples", "300")
     assert done.returncode == 0, done.stderr
     assert "reference (base): 0 requests computed, 48 from cache" in done.stdout
+    assert "subject curiosity: 48 requests computed, 0 from cache" in done.stdout
     first = json.loads((work / "reports" / "honesty" / "results.json").read_text())
     second = json.loads((work / "again" / "honesty" / "results.json").read_text())
     assert first["items"] == second["items"] and first["effects"] == second["effects"]
+
+
+def test_scratch_checkpoint_runs_against_the_base(tmp_path, tiny_llama):
+    done = evalkit("scratch", ROOT / "scenes", "--out", tmp_path / "ckpt", "--base", tiny_llama, "--steps", "3")
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "ckpt" / "evalkit.json").read_text())
+    assert manifest["kind"] == "checkpoint" and len(manifest["scenes"]) >= 6 and manifest["training"]["seed"] == 0
+    done = evalkit("run", "--checkpoint", tmp_path / "ckpt", "--base", tiny_llama, "--out", tmp_path / "reports",
+                   "--resamples", "200")
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "reports" / "ckpt" / "results.json").read_text())
+    assert record["subject"]["kind"] == "checkpoint" and record["reference"]["kind"] == "base"
+    assert {i["suite"] for i in record["items"]} == {"tension", "novel_axis", "consistency", "continuation"}
+    kl = [i["subject"]["kl"] for i in record["items"] if i["suite"] == "continuation"]
+    assert all(k > 0 for k in kl)
+
+
+def test_export_tasks_and_schema(tmp_path):
+    done = evalkit("export-tasks", ROOT / "probes", "--out", tmp_path / "tasks")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "tasks" / "evalkit_tension_choice.yaml").is_file()
+    assert (tmp_path / "tasks" / "evalkit_continuation_generate.jsonl").is_file()
+    done = evalkit("schema", "--out", tmp_path / "schema.json")
+    assert done.returncode == 0, done.stderr
+    schema = json.loads((tmp_path / "schema.json").read_text())
+    assert "probe_suite" in schema and "scene" in schema
 
 
 def test_report_rerenders_without_a_model(trained):
@@ -100,9 +130,19 @@ def _bad_inputs(tmp: Path, trained: dict, tiny_llama: Path, other: Path) -> list
     (tmp / "no-text.yaml").write_text("id: x\ntitle: T\n")
     (tmp / "unknown-key.yaml").write_text("id: x\ntitle: T\ntext: hi\nmood: grim\n")
     (tmp / "not-yaml.yaml").write_text("id: x\ntitle: [T\ntext: : :\n")
+    (tmp / "long.yaml").write_text("suite: long\nkind: tension\nitems:\n  - {id: too-long, prompt: '"
+                                   + "the bread " * 200 + "', options: [a, b]}\n")
+    (tmp / "dupes.yaml").write_text("suite: d\nkind: tension\nitems: [{id: a, prompt: P, options: [x, y]}, "
+                                    "{id: a, prompt: Q, options: [x, y]}]\n")
+    (tmp / "riddles.yaml").write_text("suite: r\nkind: riddles\nitems: []\n")
     honesty = trained["work"] / "adapters" / "honesty"
     out = tmp / "out"
     return [
+        (["run", "--adapter", honesty, "--base", tiny_llama, "--suite", tmp / "long.yaml", "--out", out],
+         "long.yaml [too-long]: field 'prompt'"),
+        (["validate", tmp / "dupes.yaml"], "dupes.yaml [a]: field 'id': duplicate id"),
+        (["run", "--adapter", honesty, "--suite", tmp / "riddles.yaml", "--out", out], "field 'kind' is 'riddles'"),
+        (["export-tasks", tmp / "riddles.yaml", "--out", out], "riddles.yaml: field 'kind'"),
         (["train", tmp / "no-text.yaml", "--base", tiny_llama, "--out", out], "no-text.yaml: field 'text' is required"),
         (["train", tmp / "unknown-key.yaml", "--base", tiny_llama, "--out", out], "unknown field 'mood'"),
         (["train", tmp / "not-yaml.yaml", "--base", tiny_llama, "--out", out], "not-yaml.yaml: not valid YAML"),

@@ -1,0 +1,203 @@
+"""Score one model on every suite: lm-eval for choices and generations, distributions beside
+it for KL, the score cache in front of both. The model's state (which adapter is active)
+is the caller's business."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from evalkit.cache import ScoreCache
+from evalkit.distributions import along_continuations, mean_kl
+from evalkit.errors import EvalkitError
+from evalkit.files import stable_hash
+from evalkit.probe import ContinuationSuite, LoadedSuite
+from evalkit.scoring import score_suite
+from evalkit.tasks import (choice_hash, choice_task, choice_task_name, continuation_tokens, generation_hash,
+                           generation_task, generation_task_name)
+
+ItemScores = dict[str, dict[str, dict[str, Any]]]  # suite -> item id -> scores
+
+
+@dataclass
+class Counts:
+    """Requests this model needed: computed now, or taken from the cache."""
+
+    computed: int = 0
+    cached: int = 0
+
+    def line(self) -> str:
+        return f"{self.computed} requests computed, {self.cached} from cache"
+
+
+@dataclass
+class Scored:
+    scores: ItemScores
+    generations: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Greedy generations per continuation suite, the text subjects' KL is measured along."""
+    distributions: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+
+
+def context_limit(model, tokenizer) -> int:
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return int(getattr(tokenizer, "model_max_length", 2048))
+
+
+def check_context(suites: list[LoadedSuite], tokenizer, limit: int) -> None:
+    """A prompt that does not fit the model's context is an input error, not a silent truncation."""
+    for s in suites:
+        for c in s.spec.choices():
+            longest = max(len(tokenizer(c.prompt + s.spec.delimiter + o)["input_ids"]) for o in c.options)
+            if longest > limit:
+                raise EvalkitError(
+                    f"field 'prompt': {longest} tokens with its longest completion, more than the model's "
+                    f"context of {limit}", where=f"{s.path} [{c.id}]")
+        if isinstance(s.spec, ContinuationSuite):
+            for item in s.spec.items:
+                n = len(tokenizer(item.prompt)["input_ids"]) + s.spec.max_new_tokens
+                if n > limit:
+                    raise EvalkitError(
+                        f"field 'prompt': {n} tokens with max_new_tokens, more than the model's context of {limit}",
+                        where=f"{s.path} [{item.id}]")
+
+
+def quiet_libraries() -> None:
+    import datasets
+
+    datasets.disable_progress_bars()
+    for name in ("lm-eval", "lm_eval", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run_lm_eval(model, tokenizer, tasks: list[dict[str, Any]], batch_size: int, seed: int) -> dict[str, list[dict]]:
+    """One real lm-eval evaluation; returns its per-sample records per task name."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from evalkit.lm import EvalkitLM
+
+    if not tasks:
+        return {}
+    quiet_libraries()
+    lm = EvalkitLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    result = lm_eval.simple_evaluate(
+        model=lm, tasks=tasks, task_manager=TaskManager(include_defaults=False), bootstrap_iters=0,
+        log_samples=True, verbosity="ERROR", random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+    return result["samples"]
+
+
+def _along_key(prompt: str, text: str, reference_fingerprint: str | None) -> str:
+    return stable_hash({"shape": "along", "prompt": prompt, "text": text, "reference": reference_fingerprint})
+
+
+def score_model(model, tokenizer, suites: list[LoadedSuite], *, batch_size: int, seed: int, counts: Counts,
+                cache: ScoreCache | None, reference: Scored | None = None,
+                reference_fingerprint: str | None = None) -> Scored:
+    """Every item's scores under `model`; pass `reference` to score it as a subject against it."""
+    choices: dict[str, dict[str, Any]] = {s.name: {} for s in suites}
+    generations: dict[str, dict[str, Any]] = {s.name: {} for s in suites}
+    tasks, todo_gen = [], {}
+    for s in suites:
+        todo = []
+        for c in s.spec.choices():
+            hit = cache.get(choice_hash(s, c)) if cache else None
+            if hit is None:
+                todo.append(c)
+            else:
+                choices[s.name][c.id] = hit
+            counts.cached += 0 if hit is None else len(c.options)
+            counts.computed += 0 if hit is not None else len(c.options)
+        if todo:
+            tasks.append(choice_task(s, todo))
+        if isinstance(s.spec, ContinuationSuite):
+            gen_todo = []
+            for item in s.spec.items:
+                hit = cache.get(generation_hash(s.spec, item)) if cache else None
+                if hit is None:
+                    gen_todo.append(item)
+                    counts.computed += 1
+                else:
+                    generations[s.name][item.id] = dict(hit)
+                    counts.cached += 1
+            if gen_todo:
+                tasks.append(generation_task(s, gen_todo))
+                todo_gen[s.name] = gen_todo
+
+    samples = run_lm_eval(model, tokenizer, tasks, batch_size, seed)
+    for s in suites:
+        by_id = {c.id: c for c in s.spec.choices()}
+        for sample in samples.get(choice_task_name(s), []):
+            c = by_id[sample["doc"]["id"]]
+            raw = {"logprob_sum": [float(r[0]) for r in sample["filtered_resps"]],
+                   "n_tokens": [len(continuation_tokens(tokenizer, c.prompt, s.spec.delimiter + o)) for o in c.options]}
+            choices[s.name][c.id] = raw
+            if cache:
+                cache.put(choice_hash(s, c), raw)
+        for sample in samples.get(generation_task_name(s), []):
+            item_id = sample["doc"]["id"]
+            text = sample["filtered_resps"][0]
+            generations[s.name][item_id] = {"generation": text if isinstance(text, str) else str(text)}
+            if cache:
+                item = next(i for i in todo_gen[s.name] if i.id == item_id)
+                cache.put(generation_hash(s.spec, item), {"generation": generations[s.name][item_id]["generation"]})
+
+    scored = Scored(scores={})
+    _score_distributions(model, tokenizer, suites, generations, scored, reference, reference_fingerprint,
+                         batch_size, cache, counts)
+    for s in suites:
+        ref_gens = reference.generations.get(s.name) if reference is not None else None
+        scored.scores[s.name] = score_suite(s, choices[s.name], generations[s.name], ref_gens)
+        if isinstance(s.spec, ContinuationSuite):
+            scored.generations[s.name] = {k: v["generation"] for k, v in generations[s.name].items()}
+    if cache:
+        cache.save()
+    return scored
+
+
+def _score_distributions(model, tokenizer, suites, generations, scored: Scored, reference: Scored | None,
+                         reference_fingerprint: str | None, batch_size: int, cache: ScoreCache | None,
+                         counts: Counts) -> None:
+    """NLL and KL along the reference's greedy continuation (the model's own, for the reference)."""
+    for s in suites:
+        if not isinstance(s.spec, ContinuationSuite):
+            continue
+        todo = []
+        for item in s.spec.items:
+            gen = generations[s.name][item.id]
+            text = gen["generation"] if reference is None else reference.generations[s.name][item.id]
+            key = _along_key(item.prompt, text, reference_fingerprint)
+            hit = cache.get(key) if cache else None
+            array = cache.get_array(key) if (cache and hit is not None and reference is None) else None
+            if hit is not None and (reference is not None or array is not None):
+                gen.update(hit)
+                if array is not None:
+                    scored.distributions[(s.name, item.id)] = array
+                counts.cached += 1
+            else:
+                todo.append((item, text, key))
+                counts.computed += 1
+        if not todo:
+            continue
+        alongs = along_continuations(model, tokenizer, [(i.prompt, t) for i, t, _ in todo], batch_size)
+        for (item, _, key), along in zip(todo, alongs):
+            numbers = {"nll_sum": along.nll_sum, "n_tokens": len(along.token_ids),
+                       "token_logprobs": along.token_logprobs}
+            if reference is None:
+                scored.distributions[(s.name, item.id)] = along.logprobs
+                if cache:
+                    cache.put_array(key, along.logprobs)
+            else:
+                ref_dist = reference.distributions[(s.name, item.id)]
+                numbers["kl_mean"] = mean_kl(along.logprobs, ref_dist) if along.logprobs.shape == ref_dist.shape else None
+            generations[s.name][item.id].update(numbers)
+            if cache:
+                cache.put(key, numbers)

@@ -1,0 +1,125 @@
+"""Train a small Llama-architecture causal LM from scratch: the demo base, and `evalkit scratch`
+checkpoints on chosen scenes (plus an optional corpus). The result is a plain HF model folder."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from evalkit import __version__
+from evalkit.files import atomic_directory, stable_hash, write_json_atomic
+from evalkit.versions import now, package_versions
+
+
+@dataclass(frozen=True)
+class ScratchSettings:
+    hidden_size: int = 128
+    intermediate_size: int = 352
+    num_layers: int = 4
+    num_heads: int = 4
+    context: int = 256
+    block: int = 128
+    batch_size: int = 32
+    steps: int = 260
+    learning_rate: float = 3e-3
+    warmup: int = 20
+    seed: int = 0
+
+
+def token_stream(texts: list[str], tokenizer) -> list[int]:
+    """Documents joined by the end-of-text token, as GPT-2 was trained."""
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def train_causal_lm(ids: list[int], tokenizer, s: ScratchSettings, out: Path,
+                    log: Callable[[str], None] = print, label: str = "scratch") -> dict:
+    """Seeded AdamW with warm-up and cosine decay on random windows; saves model + tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    eos = tokenizer.eos_token_id
+    data = torch.tensor(ids, dtype=torch.long)
+    block = min(s.block, len(ids) - 1)
+    torch.manual_seed(s.seed)
+    rng = random.Random(s.seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=s.hidden_size, intermediate_size=s.intermediate_size,
+        num_hidden_layers=s.num_layers, num_attention_heads=s.num_heads, num_key_value_heads=s.num_heads,
+        max_position_embeddings=s.context, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, weight_decay=0.01)
+    losses: list[float] = []
+    model.train()
+    for step in range(s.steps):
+        lr = s.learning_rate * min(1.0, (step + 1) / s.warmup) * 0.5 * (1 + math.cos(math.pi * step / s.steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        starts = [rng.randrange(0, len(data) - block) for _ in range(s.batch_size)]
+        batch = torch.stack([data[i : i + block + 1] for i in starts])  # (B, block + 1)
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(round(loss.item(), 4))
+        if step % 50 == 0 or step == s.steps - 1:
+            log(f"{label}: step {step + 1}/{s.steps} loss {loss.item():.3f}")
+    model.eval()
+    model.generation_config.pad_token_id = eos
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    write_json_atomic(out / "loss_curve.json", {"step": list(range(1, len(losses) + 1)), "loss": losses})
+    return {"parameters": sum(p.numel() for p in model.parameters()), "tokens": len(ids), "final_loss": losses[-1]}
+
+
+def read_corpus(path: Path) -> list[str]:
+    from evalkit.errors import EvalkitError
+
+    if not path.exists():
+        raise EvalkitError("no such corpus file or folder", where=str(path))
+    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    try:
+        return [t for f in files for t in f.read_text(encoding="utf-8").split("\n\n") if t.strip()]
+    except UnicodeDecodeError:
+        raise EvalkitError("corpus is not UTF-8 text", where=str(path)) from None
+
+
+def train_scratch(scenes: list, tokenizer_dir: Path, out: Path, settings: ScratchSettings,
+                  corpus: list[str] | None = None, demo_stories: int = 0,
+                  log: Callable[[str], None] = print) -> Path:
+    """A checkpoint trained from scratch on the scenes (+ corpus), with the tokenizer of `tokenizer_dir`
+    so its scores share a vocabulary with that base (KL stays defined)."""
+    from transformers import AutoTokenizer
+
+    from evalkit import world
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    texts = [s.body.strip() for s in scenes] + list(corpus or [])
+    if demo_stories:
+        texts += world.corpus(demo_stories, seed=settings.seed + 1)
+    ids = token_stream(texts, tokenizer)
+    key = stable_hash({"scenes": [s.content_hash for s in scenes], "corpus": stable_hash(corpus or []),
+                       "demo_stories": demo_stories, "tokenizer": str(tokenizer_dir), "settings": asdict(settings)})
+    started = time.time()
+    with atomic_directory(out) as tmp:
+        info = train_causal_lm(ids, tokenizer, settings, tmp, log, label=f"scratch {out.name}")
+        write_json_atomic(tmp / "evalkit.json", {
+            "evalkit_version": __version__, "kind": "checkpoint", "key": key[:16],
+            "scenes": [{"id": s.id, "title": s.title, "hash": s.content_hash} for s in scenes],
+            "tokenizer_from": str(tokenizer_dir), "corpus_documents": len(corpus or []), "demo_stories": demo_stories,
+            "model": {"architecture": "llama", **asdict(settings), "parameters": info["parameters"]},
+            "training": {"seed": settings.seed, "steps": settings.steps, "tokens": info["tokens"]},
+            "final_loss": info["final_loss"], "packages": package_versions(), "created": now(),
+            "seconds": round(time.time() - started, 1),
+        })
+    return out

@@ -1,0 +1,154 @@
+"""All four suites through real lm-eval on tiny Llama, GPT-2 and GPT-NeoX models, with and
+without adapters; evalkit's numbers against direct transformers computations and plain lm-eval."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import build_tiny
+from evalkit.adapter import TrainSettings, train_adapter
+from evalkit.errors import EvalkitError
+from evalkit.models import load_base, weights_fingerprint
+from evalkit.probe import load_suites
+from evalkit.run import RunSettings, adapter_subject, checkpoint_subject, run_subjects
+from evalkit.scene import load_scene
+from evalkit.stats import StatsSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITES = load_suites([ROOT / "probes"])
+FAST = RunSettings(batch_size=16, stats=StatsSettings(resamples=200))
+QUICK_TRAIN = replace(TrainSettings(), steps=8)
+
+
+def _records_by_suite(record):
+    out = {}
+    for item in record.items:
+        out.setdefault(item.suite, []).append(item)
+    return out
+
+
+@pytest.fixture(scope="module")
+def arch_models(tmp_path_factory, world_tokenizer):
+    root = tmp_path_factory.mktemp("archs")
+    return {arch: build_tiny(arch, world_tokenizer, root / arch) for arch in ("llama", "gpt2", "gpt_neox")}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
+def test_all_suites_run_with_and_without_an_adapter(arch, arch_models, tmp_path):
+    base = load_base(arch_models[arch])
+    before = base.fingerprint
+    scene = load_scene(ROOT / "scenes" / "01-honesty.yaml")
+    adapter = train_adapter([scene], base, tmp_path / "honesty", QUICK_TRAIN, log=lambda _: None)
+    assert weights_fingerprint(base.model) == before, "training must leave the base as it was"
+    (record,) = run_subjects(base, [adapter_subject(adapter)], SUITES, FAST, log=lambda _: None, use_cache=False)
+    by_suite = _records_by_suite(record)
+    assert set(by_suite) == {"tension", "novel_axis", "consistency", "continuation"}
+    for suite in SUITES:
+        assert [i.item_id for i in by_suite[suite.name]] == suite.item_ids()
+    for item in record.items:
+        for side in (item.reference, item.subject):
+            for key, value in side.items():
+                if isinstance(value, float):
+                    assert math.isfinite(value), (item.item_id, key)
+    cont = by_suite["continuation"]
+    assert all(i.reference["kl"] == 0.0 and i.subject["kl"] >= 0.0 for i in cont)
+    assert any(i.subject["kl"] > 0 for i in cont)
+    assert all(isinstance(i.subject["generation"], str) for i in cont)
+    assert {e.suite for e in record.effects} == {"tension", "novel_axis", "consistency", "continuation"}
+    assert weights_fingerprint(base.model) == before, "a run must leave the base as it was"
+
+
+def direct_logprob(model, tokenizer, prompt: str, completion: str) -> float:
+    """Sum of the completion's token log-probs given the prompt, straight from transformers."""
+    import torch
+
+    ctx = tokenizer(prompt)["input_ids"]
+    whole = tokenizer(prompt + completion)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([whole])).logits[0].float(), dim=-1)
+    return float(sum(logp[t - 1, whole[t]] for t in range(len(ctx), len(whole))))
+
+
+def test_logprobs_equal_a_direct_transformers_computation(arch_models):
+    base = load_base(arch_models["llama"])
+    (record,) = run_subjects(base, [checkpoint_subject(arch_models["llama"])], SUITES, FAST,
+                             log=lambda _: None, use_cache=False)
+    checked = 0
+    for item in record.items:
+        if not item.options or "logprob_sum" not in item.reference:
+            continue
+        for option, logprob in zip(item.options, item.reference["logprob_sum"]):
+            assert logprob == pytest.approx(direct_logprob(base.model, base.tokenizer, item.prompt, " " + option),
+                                            abs=1e-4)
+            checked += 1
+    assert checked >= 100
+    # The model against itself: every score identical, nothing significant.
+    for item in record.items:
+        assert item.reference == item.subject
+    assert not any(e.significant for e in record.effects)
+
+
+def test_swapped_adapters_score_like_fresh_loads(arch_models, tmp_path):
+    base = load_base(arch_models["llama"])
+    scenes = [load_scene(ROOT / "scenes" / f) for f in ("01-honesty.yaml", "04-curiosity.yaml")]
+    paths = [train_adapter([s], base, tmp_path / s.id, QUICK_TRAIN, log=lambda _: None) for s in scenes]
+    tension = [s for s in SUITES if s.name in ("tension", "continuation")]
+    together = run_subjects(base, [adapter_subject(p) for p in paths], tension, FAST, log=lambda _: None,
+                            use_cache=False)
+    for path, swapped in zip(paths, together):
+        fresh_base = load_base(arch_models["llama"])
+        (fresh,) = run_subjects(fresh_base, [adapter_subject(path)], tension, FAST, log=lambda _: None,
+                                use_cache=False)
+        for a, b in zip(swapped.items, fresh.items):
+            for key in ("margin", "kl", "nll"):
+                if key in a.subject:
+                    assert a.subject[key] == pytest.approx(b.subject[key], abs=1e-5), (a.item_id, key)
+            if "generation" in a.subject:
+                assert a.subject["generation"] == b.subject["generation"]
+
+
+def test_exported_tasks_run_under_plain_lm_eval_with_the_same_numbers(arch_models, tmp_path):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from evalkit.export import export_tasks
+
+    names = export_tasks(SUITES, tmp_path / "tasks")
+    plain = lm_eval.simple_evaluate(
+        model="hf", model_args={"pretrained": str(arch_models["llama"]), "dtype": "float32"}, tasks=names,
+        task_manager=TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False), device="cpu",
+        bootstrap_iters=0, log_samples=True, verbosity="ERROR",
+    )
+    base = load_base(arch_models["llama"])
+    (record,) = run_subjects(base, [checkpoint_subject(arch_models["llama"])], SUITES, FAST,
+                             log=lambda _: None, use_cache=False)
+    ours = {(i.suite, i.item_id): i.reference for i in record.items}
+    compared = 0
+    for name in names:
+        suite = name.removeprefix("evalkit_").rsplit("_", 1)[0]
+        for sample in plain["samples"][name]:
+            mine = ours[(suite, sample["doc"]["id"])]
+            if name.endswith("_generate"):
+                assert sample["filtered_resps"][0] == mine["generation"]
+            else:
+                theirs = [float(r[0]) for r in sample["filtered_resps"]]
+                expected = mine["logprob_sum"] if "logprob_sum" in mine else None
+                if expected is None:  # continuation items: the reference margin is what we keep
+                    assert theirs[0] - max(theirs[1:]) == pytest.approx(mine["ref_margin"], abs=1e-4)
+                else:
+                    assert theirs == pytest.approx(expected, abs=1e-4)
+            compared += 1
+    assert compared == sum(len(s.spec.choices()) for s in SUITES) + 20
+
+
+def test_prompt_longer_than_the_context_is_an_input_error(arch_models, tmp_path):
+    path = tmp_path / "long.yaml"
+    path.write_text("suite: long\nkind: tension\nitems:\n  - {id: too-long, prompt: '" + "the bread " * 200
+                    + "', options: [a, b]}\n")
+    base = load_base(arch_models["gpt2"])
+    with pytest.raises(EvalkitError, match=r"long.yaml \[too-long\]: field 'prompt': \d+ tokens .* context of 128"):
+        run_subjects(base, [checkpoint_subject(arch_models["gpt2"])], load_suites([path]), FAST, log=lambda _: None)
