@@ -162,3 +162,35 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, trained, tiny
         assert len(lines) == 1 and expected in lines[0], (args, done.stderr)
         assert "Traceback" not in done.stderr
         assert not (tmp_path / "out").exists(), args
+
+
+GUARD = """
+import socket, sys
+attempts = []
+real_connect = socket.socket.connect
+
+def guarded(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        attempts.append(address)
+        sys.stderr.write(f"NETWORK ATTEMPT {address}\\n")
+        raise OSError("network disabled by test")
+    return real_connect(self, address)
+
+socket.socket.connect = guarded
+socket.create_connection = lambda address, *a, **k: guarded(socket.socket(), address)
+sys.argv = ["evalkit", *sys.argv[1:]]
+from evalkit.cli import main
+main()
+"""
+
+
+def test_no_command_touches_the_network(trained, tiny_llama, tmp_path):
+    """Every socket connect to an internet address is refused and reported; a run makes none."""
+    work = trained["work"]
+    done = subprocess.run(
+        [sys.executable, "-c", GUARD, "run", "--adapter", str(work / "adapters" / "honesty"), "--base", str(tiny_llama),
+         "--out", str(tmp_path / "r"), "--resamples", "100", "--no-cache"],
+        capture_output=True, text=True, cwd=ROOT, env=os.environ.copy(), timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "NETWORK ATTEMPT" not in done.stderr
+    assert (tmp_path / "r" / "honesty" / "results.json").is_file()
