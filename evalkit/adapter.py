@@ -129,6 +129,31 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: TrainSet
     return out
 
 
+def untrained_adapter(base: Base, out: Path, settings: TrainSettings = TrainSettings()) -> Path:
+    """A LoRA adapter as peft initialises it: B = 0, so base+adapter must equal the base exactly.
+    The null subject of `evalkit calibrate`."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=lora_targets(base.model), task_type="CAUSAL_LM",
+                        fan_in_fan_out=uses_conv1d(base.model))
+    model = get_peft_model(base.model, config)
+    try:
+        with atomic_directory(out) as tmp:
+            model.save_pretrained(str(tmp))
+            write_json_atomic(tmp / MANIFEST_NAME, {
+                "evalkit_version": __version__, "kind": "adapter", "key": "untrained", "scenes": [],
+                "base": {"path": base.path, "fingerprint": base.fingerprint, "model_type": base.model_type},
+                "lora": {"r": settings.rank, "alpha": settings.alpha, "dropout": settings.dropout,
+                         "target_modules": sorted(config.target_modules), "init": "B = 0 (untrained)"},
+                "training": {"seed": settings.seed, "steps": 0}, "final_loss": None,
+                "packages": package_versions(), "created": now(),
+            })
+    finally:
+        base.model = model.unload()
+    return out
+
+
 def train_stack(scenes: list[Scene], base: Base, out_root: Path, settings: TrainSettings = TrainSettings(),
                 log: Callable[[str], None] = print) -> list[Path]:
     """Cumulative adapters: stack k is trained on scenes 1..k together (the folder's name order)."""

@@ -49,11 +49,8 @@ def _test(items: list[ItemRecord], metric: str, how: str, settings: stats.StatsS
     if not kept:
         return None
     clusters = [i.cluster or i.item_id for i in kept] if clustered else None
-    if how == "binary":
-        return stats.compare_binary(ref, sub, clusters, settings)
-    if clusters is not None and len(set(clusters)) < len(kept):
-        return stats.compare_clustered(ref, sub, clusters, settings)
-    return stats.compare_continuous(ref, sub, None, settings)
+    compare = stats.compare_binary if how == "binary" else stats.compare_continuous
+    return compare(ref, sub, clusters, settings)
 
 
 def axis_verdict(shift: stats.PairedResult, reference_ci: tuple[float, float], significant: bool) -> str:
@@ -112,7 +109,7 @@ def _suite_rows(suite: str, items: list[ItemRecord], settings: stats.StatsSettin
                 ref_ci = None
                 if kind == "novel_axis":
                     ref = np.array([float(m.reference[metric]) for m in members])
-                    ref_ci = stats.bootstrap_ci(ref, None, settings.resamples, settings.seed, settings.alpha)
+                    ref_ci = stats.mean_ci(ref, None, settings)[:2]
                 rows.append(Row(suite, metric, f"cluster:{name}", result, reference_ci=ref_ci))
     return rows
 
@@ -132,7 +129,7 @@ def suite_effects(items: list[ItemRecord], settings: stats.StatsSettings) -> lis
         effects.append(Effect(
             suite=row.suite, metric=row.metric, scope=row.scope, n=r.n, reference_mean=r.reference_mean,
             subject_mean=r.subject_mean, mean_diff=r.mean_diff, se=r.se, se_kind=r.se_kind,
-            ci_low=r.ci_low, ci_high=r.ci_high, p_value=r.p_value, q_value=q, test=r.test,
+            ci_low=r.ci_low, ci_high=r.ci_high, ci_method=r.ci_method, p_value=r.p_value, q_value=q, test=r.test,
             effect_size=r.effect_size, effect_size_kind=r.effect_size_kind, mde=r.mde,
             significant=significant, direction="none" if not significant else ("up" if r.mean_diff > 0 else "down"),
             verdict=verdict,
@@ -144,3 +141,33 @@ def suite_effects(items: list[ItemRecord], settings: stats.StatsSettings) -> lis
 
 def item_shift(item: ItemRecord, metric: str = "margin") -> float:
     return float(item.subject[metric]) - float(item.reference[metric])
+
+
+def mark_seed_spread(records: list) -> None:
+    """Give every effect the spread of its mean difference across seeds of the same scene(s).
+
+    Subjects are siblings when their manifests name the same scene content and differ only
+    in the training seed. An effect no larger than that spread is marked: retraining with
+    another seed moves it as much as the scene does.
+    """
+    groups: dict[tuple, list] = defaultdict(list)
+    for record in records:
+        t = record.subject.training or {}
+        scenes = tuple(record.subject.scene_hashes)
+        settings = {k: v for k, v in (t.get("training") or {}).items() if k != "seed"}
+        if scenes:
+            groups[(scenes, repr(sorted(settings.items())), record.subject.kind)].append(record)
+    for members in groups.values():
+        seeds = {(m.subject.training or {}).get("training", {}).get("seed") for m in members}
+        if len(members) < 2 or len(seeds) < 2:
+            continue
+        diffs: dict[tuple, list[float]] = defaultdict(list)
+        for m in members:
+            for e in m.effects:
+                diffs[(e.suite, e.metric, e.scope)].append(e.mean_diff)
+        for m in members:
+            m.seed_siblings = [o.run_id for o in members if o is not m]
+            for e in m.effects:
+                values = diffs[(e.suite, e.metric, e.scope)]
+                e.seed_spread = float(max(values) - min(values))
+                e.within_seed_noise = abs(e.mean_diff) <= e.seed_spread

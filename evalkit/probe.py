@@ -164,6 +164,12 @@ class LoadedSuite(BaseModel):
     def name(self) -> str:
         return self.spec.suite
 
+    def clusters(self) -> set[str]:
+        found = {c.cluster for c in self.spec.choices()}
+        if isinstance(self.spec, ContinuationSuite):
+            found |= {i.cluster for i in self.spec.items}
+        return {c for c in found if c is not None}
+
     def item_ids(self) -> list[str]:
         if isinstance(self.spec, ConsistencySuite):
             return [p.id for g in self.spec.groups for p in g.paraphrases]

@@ -33,6 +33,8 @@ class ModelRef(_Record):
     """sha256 over the weights that produce this model's outputs (base + adapter for adapters)."""
     base_fingerprint: str | None = None
     scene_ids: list[str] = []
+    scene_hashes: list[str] = []
+    """Content hashes of those scenes as trained (text + training overrides)."""
     scene_title: str | None = None
     scene_excerpt: str | None = None
     training: dict[str, Any] | None = None
@@ -55,6 +57,7 @@ class StatsRef(_Record):
     resamples: int
     seed: int
     power: float
+    ci: str = "t"
     multiple_comparisons: str = "benjamini-hochberg over every effect of the run"
 
 
@@ -101,6 +104,7 @@ class Effect(_Record):
     se_kind: str
     ci_low: float
     ci_high: float
+    ci_method: str
     p_value: float
     q_value: float
     test: str
@@ -116,6 +120,11 @@ class Effect(_Record):
     reference_ci_low: float | None = None
     """Novel axes only: the reference's own mean margin CI; covering 0 means it was neutral."""
     reference_ci_high: float | None = None
+    seed_spread: float | None = None
+    """When the run holds the same scene trained with several seeds: the range (max - min) of
+    this effect's mean difference across those seeds."""
+    within_seed_noise: bool | None = None
+    """|mean difference| <= seed_spread: seeds disagree by as much as the effect itself."""
 
 
 class RunRecord(_Record):
@@ -128,6 +137,8 @@ class RunRecord(_Record):
     stats: StatsRef
     items: list[ItemRecord]
     effects: list[Effect]
+    seed_siblings: list[str] = []
+    """Other subjects of the same run trained on the same scenes with other seeds."""
 
 
 def write_record(record: RunRecord, path: Path) -> None:

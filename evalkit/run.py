@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from evalkit import __version__
 from evalkit.cache import ScoreCache
-from evalkit.effects import suite_effects
+from evalkit.effects import mark_seed_spread, suite_effects
 from evalkit.engine import Counts, Scored, check_context, context_limit, score_model
 from evalkit.errors import EvalkitError
 from evalkit.models import Base, attach_adapters, check_adapter_base, load_base, read_manifest, weights_fingerprint
@@ -103,7 +103,7 @@ def model_ref(subject: Subject | None, base: Base, fingerprint: str) -> ModelRef
     return ModelRef(
         kind=subject.kind, name=subject.name, path=str(subject.path), fingerprint=fingerprint,
         base_fingerprint=base.fingerprint if subject.kind == "adapter" else None,
-        scene_ids=[s["id"] for s in scenes],
+        scene_ids=[s["id"] for s in scenes], scene_hashes=[s.get("hash", "") for s in scenes],
         scene_title=" + ".join(s.get("title", s["id"]) for s in scenes) or None,
         scene_excerpt=_scene_excerpt(m),
         training={k: m.get(k) for k in ("lora", "training", "model", "final_loss", "created", "key") if k in m} or None,
@@ -202,6 +202,7 @@ def run_subjects(base: Base, subjects: list[Subject], suites: list[LoadedSuite],
                                                            "subject_cached": sub_counts.cached}))
     finally:
         runner.close()
+    mark_seed_spread(records)
     return records
 
 
@@ -222,6 +223,6 @@ def build_record(run_id: str, reference: ModelRef, subject: ModelRef, suites: li
             requests=requests,
         ),
         reference=reference, subject=subject,
-        stats=StatsRef(alpha=st.alpha, test=st.test, resamples=st.resamples, seed=st.seed, power=st.power),
+        stats=StatsRef(alpha=st.alpha, test=st.test, resamples=st.resamples, seed=st.seed, power=st.power, ci=st.ci),
         items=items, effects=suite_effects(items, st),
     )

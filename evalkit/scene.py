@@ -21,11 +21,20 @@ class Expectation(BaseModel):
     suite: str
     """Name of the probe suite (its `suite` field), e.g. `tension`."""
     item: str | None = None
-    """An item id within the suite; omitted means the suite as a whole."""
+    """An item id within the suite."""
+    cluster: str | None = None
+    """A cluster of the suite (a dilemma, a novel axis, a consistency group). Omitting both
+    `item` and `cluster` means the suite as a whole."""
     metric: str = "margin"
     """The per-item score expected to move."""
     direction: Literal["increase", "decrease"]
     """Which way the subject's score should go relative to the reference."""
+
+    @model_validator(mode="after")
+    def _item_or_cluster(self) -> "Expectation":
+        if self.item is not None and self.cluster is not None:
+            raise ValueError("give 'item' or 'cluster', not both")
+        return self
 
 
 class TrainingOverrides(BaseModel):

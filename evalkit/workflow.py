@@ -118,3 +118,31 @@ def rerender(results: Path) -> Path:
 
     return write_run_report(read_record(results), results.parent / "report.html")
 
+
+
+def calibrate(base_dir: Path | None, datasets: int, seed: int, out: Path, log: Log = print) -> bool:
+    """(a) null subjects, (b) simulated null data, (c) a planted scene; figures to `out`/calibration.json."""
+    from evalkit.calibrate import null_subjects, planted_effect, simulated
+    from evalkit.demo_base import ensure_demo_base
+    from evalkit.files import write_json_atomic
+
+    suites = load_suites([default_folder("probes")])
+    scenes_dir = default_folder("scenes")
+    planted = [(s, f) for s, f in zip(load_scenes(scenes_dir), scene_files(scenes_dir)) if "planted" in s.tags]
+    if not planted:
+        raise EvalkitError("no scene tagged 'planted' to calibrate with", where=str(scenes_dir))
+    base = load_base(base_dir or ensure_demo_base(log=log))
+    settings = RunSettings()
+    work = default_folder("adapters") / "calibration"
+    log("(a) null subjects: nothing changed, so nothing may be significant")
+    figures: dict = {"null_subjects": null_subjects(base, suites, work, settings, log)}
+    log(f"(b) {datasets} simulated null data sets per design (seed {seed}); 'ok' = 95% CI covers or lies below alpha")
+    figures["simulated"] = simulated(datasets, seed, settings.stats.alpha, log)
+    scene, path = planted[0]
+    log(f"(c) planted scene '{scene.id}', seeds 0, 1, 2")
+    figures["planted"] = planted_effect(base, scene, str(path.resolve()), suites, work, settings, (0, 1, 2), log)
+    ok = (all(f["ok"] for f in figures["null_subjects"].values()) and figures["simulated"]["ok"]
+          and figures["planted"]["ok"])
+    write_json_atomic(out / "calibration.json", {"ok": ok, **figures})
+    log(f"calibration {'passed' if ok else 'FAILED'}; figures in {out / 'calibration.json'}")
+    return ok

@@ -35,7 +35,7 @@ def test_all_zero_differences_give_p_one_without_warnings():
         for test in ("wilcoxon", "t", "permutation"):
             r = stats.compare_continuous(same, same, None, stats.StatsSettings(test=test))
             assert r.p_value == 1.0 and r.mean_diff == 0.0
-        clustered = stats.compare_clustered(same, same, list("aabbccddee"), stats.StatsSettings())
+        clustered = stats.compare_continuous(same, same, list("aabbccddee"), stats.StatsSettings())
         assert clustered.p_value == 1.0
         assert stats.compare_binary([1, 0, 1], [1, 0, 1], None, stats.StatsSettings()).p_value == 1.0
 
