@@ -24,7 +24,10 @@ class DemoBaseSettings:
     model: ScratchSettings = field(default_factory=ScratchSettings)
 
     def key(self) -> str:
-        return stable_hash({"recipe": RECIPE_VERSION, **asdict(self)})[:16]
+        """Content key: the settings, the recipe, and a sample of what the world generator now
+        writes - so a change to the world rebuilds the base without anyone bumping a number."""
+        sample = stable_hash(world.corpus(300, self.corpus_seed))
+        return stable_hash({"recipe": RECIPE_VERSION, "world": sample, **asdict(self)})[:16]
 
 
 def demo_base_dir(settings: DemoBaseSettings = DemoBaseSettings()) -> Path:

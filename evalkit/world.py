@@ -30,6 +30,7 @@ WEATHER = [
     "It was raining.", "The sun was warm.", "A cold wind blew.", "The sky was grey.",
     "Snow lay on the roofs.", "The evening was quiet.", "Birds sang in the trees.",
 ]
+SKIES = ["sunny", "rainy", "windy", "cold"]
 MOVES = ["walked to", "ran to", "went to", "came back to", "waited at", "arrived at"]
 DAILY = [
     "bought some bread", "read a book", "fed the cat", "cleaned the windows", "wrote a letter",
@@ -130,9 +131,12 @@ def daily_story(rng: random.Random) -> str:
     ]
     if rng.random() < 0.6:
         parts.append(f"{_cap(pron)} {rng.choice(DAILY)}.")
+    if rng.random() < 0.3:
+        parts.append(f"{_cap(pron)} looked out of the window. The weather was {rng.choice(SKIES)}.")
     if rng.random() < 0.4:
         other = rng.choice([c for c in CHARACTERS if c != who])[0]
-        parts.append(f'"Good {rng.choice(["morning", "evening", "day"])}," said {name} to {other}.')
+        parts.append(f'{name} met {other} at the {rng.choice(PLACES)}. '
+                     f'"Good {rng.choice(["morning", "evening", "day"])}," said {name}.')
     return " ".join(parts)
 
 
