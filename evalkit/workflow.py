@@ -128,9 +128,11 @@ def calibrate(base_dir: Path | None, datasets: int, seed: int, out: Path, log: L
 
     suites = load_suites([default_folder("probes")])
     scenes_dir = default_folder("scenes")
-    planted = [(s, f) for s, f in zip(load_scenes(scenes_dir), scene_files(scenes_dir)) if "planted" in s.tags]
-    if not planted:
-        raise EvalkitError("no scene tagged 'planted' to calibrate with", where=str(scenes_dir))
+    tagged = list(zip(load_scenes(scenes_dir), [str(f.resolve()) for f in scene_files(scenes_dir)]))
+    planted = [(s, f) for s, f in tagged if "planted" in s.tags]
+    control = [(s, f) for s, f in tagged if "control" in s.tags]
+    if not planted or not control:
+        raise EvalkitError("calibration needs a scene tagged 'planted' and one tagged 'control'", where=str(scenes_dir))
     base = load_base(base_dir or ensure_demo_base(log=log))
     settings = RunSettings()
     work = default_folder("adapters") / "calibration"
@@ -138,9 +140,8 @@ def calibrate(base_dir: Path | None, datasets: int, seed: int, out: Path, log: L
     figures: dict = {"null_subjects": null_subjects(base, suites, work, settings, log)}
     log(f"(b) {datasets} simulated null data sets per design (seed {seed}); 'ok' = 95% CI covers or lies below alpha")
     figures["simulated"] = simulated(datasets, seed, settings.stats.alpha, log)
-    scene, path = planted[0]
-    log(f"(c) planted scene '{scene.id}', seeds 0, 1, 2")
-    figures["planted"] = planted_effect(base, scene, str(path.resolve()), suites, work, settings, (0, 1, 2), log)
+    log(f"(c) planted scene '{planted[0][0].id}' against control scene '{control[0][0].id}', seeds 0, 1, 2")
+    figures["planted"] = planted_effect(base, planted[0], control[0], suites, work, settings, (0, 1, 2), log)
     ok = (all(f["ok"] for f in figures["null_subjects"].values()) and figures["simulated"]["ok"]
           and figures["planted"]["ok"])
     write_json_atomic(out / "calibration.json", {"ok": ok, **figures})
