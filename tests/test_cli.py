@@ -194,3 +194,22 @@ def test_no_command_touches_the_network(trained, tiny_llama, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "NETWORK ATTEMPT" not in done.stderr
     assert (tmp_path / "r" / "honesty" / "results.json").is_file()
+
+
+def test_reference_adapter_and_seed_spread(trained, tiny_llama):
+    work = trained["work"]
+    done = evalkit("train", HONESTY, "--base", tiny_llama, "--out", work / "adapters" / "honesty-s1", "--steps", "40",
+                   "--seed", "1")
+    assert done.returncode == 0, done.stderr
+    done = evalkit("run", "--adapter", work / "adapters" / "honesty", "--adapter", work / "adapters" / "honesty-s1",
+                   "--reference", work / "adapters" / "zero-b", "--suite", TENSION, "--out", work / "vs-zero")
+    assert done.returncode == 0, done.stderr
+    assert "reference (zero-b)" in done.stdout
+    record = json.loads((work / "vs-zero" / "honesty" / "results.json").read_text())
+    assert record["reference"]["kind"] == "adapter" and record["reference"]["name"] == "zero-b"
+    assert record["seed_siblings"] == ["honesty-s1"]
+    assert all(e["seed_spread"] is not None for e in record["effects"])
+    # zero-b equals the base, so the honesty shifts match the base-referenced run exactly
+    base_run = json.loads((work / "reports" / "honesty" / "results.json").read_text())
+    assert [i["subject"]["margin"] - i["reference"]["margin"] for i in record["items"]] == pytest.approx(
+        [i["subject"]["margin"] - i["reference"]["margin"] for i in base_run["items"]], abs=1e-9)

@@ -116,3 +116,57 @@ def test_mde_and_items_needed():
     z = sps.norm.ppf(0.975) + sps.norm.ppf(0.8)
     assert stats.minimum_detectable_effect(0.1, 0.05, 0.8) == pytest.approx(z * 0.1)
     assert stats.items_needed(var_d=1.0, delta=0.5) == int(np.ceil(z**2 / 0.25))
+
+
+@pytest.mark.parametrize("n", [3, 6, 9, 13])
+def test_exact_signed_rank_with_ties_matches_scipy_permutation(n):
+    rng = np.random.default_rng(n)
+    for _ in range(10):
+        d = np.round(rng.normal(size=n), 1)
+        d = d[d != 0]
+        if len(d):
+            assert stats.wilcoxon(d)[0] == pytest.approx(sps.wilcoxon(d).pvalue, abs=1e-12)
+
+
+def test_exact_signed_rank_without_ties_matches_scipy_exact_up_to_50():
+    d = np.random.default_rng(1).normal(size=50)
+    assert stats.wilcoxon(d)[0] == pytest.approx(sps.wilcoxon(d, method="exact").pvalue, abs=1e-12)
+    big = np.random.default_rng(2).normal(size=80)
+    assert stats.wilcoxon(big)[0] == pytest.approx(sps.wilcoxon(big, method="asymptotic").pvalue, abs=1e-12)
+
+
+def test_t_interval_matches_scipy():
+    d = SUB - REF
+    expected = sps.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=sps.sem(d))
+    assert stats.t_interval(d, 0.05) == pytest.approx(expected)
+
+
+def test_clustered_ci_uses_cr1_se_with_clusters_minus_one_df():
+    import statsmodels.api as sm
+
+    d = SUB - REF
+    clusters = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 5, 5, 6, 6])[: len(d)]
+    fit = sm.OLS(d, np.ones((len(d), 1))).fit(cov_type="cluster", cov_kwds={"groups": clusters})
+    k = len(set(clusters))
+    half = sps.t.ppf(0.975, k - 1) * float(fit.bse[0])  # statsmodels' correction: G/(G-1) with one regressor
+    lo, hi, method = stats.mean_ci(d, [str(c) for c in clusters], stats.StatsSettings())
+    assert (lo, hi) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert "cluster-robust" in method
+
+
+def test_clustered_scores_are_tested_on_cluster_means():
+    ref = np.zeros(12)
+    sub = np.array([1.0, 1.1, 0.9, -0.2, -0.1, -0.3, 0.5, 0.6, 0.4, 0.2, 0.1, 0.3])
+    clusters = [str(i // 3) for i in range(12)]
+    r = stats.compare_continuous(ref, sub, clusters, stats.StatsSettings())
+    means = np.array([1.0, -0.2, 0.5, 0.2])
+    assert r.p_value == pytest.approx(sps.ttest_1samp(means, 0).pvalue)  # 4 clusters: t, not Wilcoxon
+    assert "4 cluster means" in r.test and r.se_kind == "clustered"
+
+
+def test_binary_with_clusters_is_not_mcnemar():
+    ref = [1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0]
+    sub = [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    clusters = [str(i // 3) for i in range(12)]
+    assert "mcnemar" in stats.compare_binary(ref, sub, None, stats.StatsSettings()).test
+    assert "cluster means" in stats.compare_binary(ref, sub, clusters, stats.StatsSettings()).test
