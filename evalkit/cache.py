@@ -20,10 +20,14 @@ from evalkit import __version__
 from evalkit.files import stable_hash, write_json_atomic
 from evalkit.paths import cache_root
 
+# Bump when what an entry holds changes, so old entries are never read as new ones.
+CACHE_VERSION = 2
+
 
 class ScoreCache:
     def __init__(self, fingerprint: str, decoding: dict[str, Any], root: Path | None = None):
-        key = stable_hash({"model": fingerprint, "decoding": decoding, "evalkit": __version__})[:24]
+        key = stable_hash({"model": fingerprint, "decoding": decoding, "evalkit": __version__,
+                           "entries": CACHE_VERSION})[:24]
         self.dir = (root or cache_root() / "scores") / key
         try:
             self.entries: dict[str, Any] = json.loads((self.dir / "entries.json").read_text(encoding="utf-8"))

@@ -163,6 +163,17 @@ def schema(out: Optional[Path] = typer.Option(None, help="Write here instead of 
 
 
 @app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run folders, results.json files, or folders of run folders."),
+    out: Path = typer.Option(Path("reports") / "compare.html", help="Where the compare report goes."),
+) -> None:
+    """A scene x (suite, metric) heatmap over runs, with stack trajectories; no model needed."""
+    from evalkit.workflow import compare as do_compare
+
+    _say(f"report: {do_compare(runs, out)}")
+
+
+@app.command()
 def report(results: Path = typer.Argument(..., help="A results.json written by 'evalkit run'.")) -> None:
     """Re-render report.html from results.json, without loading any model."""
     from evalkit.workflow import rerender

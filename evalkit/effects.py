@@ -130,7 +130,7 @@ def suite_effects(items: list[ItemRecord], settings: stats.StatsSettings) -> lis
             suite=row.suite, metric=row.metric, scope=row.scope, n=r.n, reference_mean=r.reference_mean,
             subject_mean=r.subject_mean, mean_diff=r.mean_diff, se=r.se, se_kind=r.se_kind,
             ci_low=r.ci_low, ci_high=r.ci_high, ci_method=r.ci_method, p_value=r.p_value, q_value=q, test=r.test,
-            effect_size=r.effect_size, effect_size_kind=r.effect_size_kind, mde=r.mde,
+            effect_size=r.effect_size, effect_size_kind=r.effect_size_kind, mde=r.mde, d_z=r.d_z,
             significant=significant, direction="none" if not significant else ("up" if r.mean_diff > 0 else "down"),
             verdict=verdict,
             reference_ci_low=row.reference_ci[0] if row.reference_ci else None,

@@ -190,7 +190,8 @@ def _score_distributions(model, tokenizer, suites, generations, scored: Scored, 
         alongs = along_continuations(model, tokenizer, [(i.prompt, t) for i, t, _ in todo], batch_size)
         for (item, _, key), along in zip(todo, alongs):
             numbers = {"nll_sum": along.nll_sum, "n_tokens": len(along.token_ids),
-                       "token_logprobs": along.token_logprobs}
+                       "token_logprobs": along.token_logprobs,
+                       "tokens": [tokenizer.decode([t]) for t in along.token_ids]}
             if reference is None:
                 scored.distributions[(s.name, item.id)] = along.logprobs
                 if cache:

@@ -110,6 +110,8 @@ class Effect(_Record):
     test: str
     effect_size: float | None
     effect_size_kind: str
+    d_z: float | None = None
+    """Cohen's d_z of the item differences: one scale across metrics (compare heatmaps)."""
     mde: float | None
     """Minimum detectable effect at the run's alpha and power; read 'no change larger than this'."""
     significant: bool

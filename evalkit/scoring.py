@@ -92,6 +92,7 @@ def score_continuation(spec: ContinuationSuite, choices: Raw, generations: Raw,
             "nll_sum": gen["nll_sum"],
             "continuation_tokens": n,
             "token_logprobs": gen["token_logprobs"],
+            "tokens": gen["tokens"],
         }
         if item.references:
             scores["ref_margin"] = _choice(choices[item.id], spec.normalization)["margin"]

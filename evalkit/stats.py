@@ -264,6 +264,8 @@ class PairedResult:
     effect_size: float | None
     effect_size_kind: str
     mde: float | None
+    d_z: float | None
+    """Cohen's d_z over the item differences, whatever the test: the common scale for heatmaps."""
 
 
 def _test_differences(d: np.ndarray, settings: StatsSettings) -> tuple[float, float | None, str, str]:
@@ -285,6 +287,7 @@ def _result(ref: np.ndarray, sub: np.ndarray, d: np.ndarray, clusters: Sequence[
         n=len(d), reference_mean=float(ref.mean()), subject_mean=float(sub.mean()), mean_diff=float(d.mean()),
         se=se, se_kind=se_kind, ci_low=lo, ci_high=hi, ci_method=ci_method, p_value=p, test=test,
         effect_size=size, effect_size_kind=size_kind, mde=minimum_detectable_effect(se, settings.alpha, settings.power),
+        d_z=cohens_dz(d),
     )
 
 

@@ -13,7 +13,7 @@ from evalkit.models import Base, load_base, read_manifest
 from evalkit.paths import project_root
 from evalkit.probe import load_suites
 from evalkit.record import RunRecord, write_record
-from evalkit.report import render_index, write_run_report
+from evalkit.report import write_compare_report, write_run_report
 from evalkit.run import RunSettings, Subject, adapter_subject, checkpoint_subject, run_subjects
 from evalkit.scene import load_scenes, scene_files
 
@@ -79,22 +79,24 @@ def write_outputs(record: RunRecord, folder: Path) -> Path:
     return write_run_report(record, folder / "report.html")
 
 
-def write_index(reports: list[Path], out: Path) -> Path:
+def compare(results: list[Path], out: Path) -> Path:
+    """The compare report over existing runs (results.json files, run folders, or folders of them)."""
     from evalkit.record import read_record
 
-    entries = []
-    for report in reports:
-        record = read_record(report.parent / "results.json")
-        top = max((e for e in record.effects if e.scope == "suite" and e.metric == "margin"),
-                  key=lambda e: abs(e.mean_diff), default=None)
-        entries.append({
-            "href": str(report.relative_to(out.parent)), "name": record.run_id,
-            "scene": record.subject.scene_title or "", "significant": str(sum(e.significant for e in record.effects)),
-            "headline": f"{top.suite} {top.metric} {top.mean_diff:+.3f} [{top.ci_low:+.3f}, {top.ci_high:+.3f}]"
-            if top else "",
-        })
-    write_text_atomic(out, render_index(entries))
-    return out
+    found: list[Path] = []
+    for path in results:
+        if path.is_file():
+            found.append(path)
+        elif (path / "results.json").is_file():
+            found.append(path / "results.json")
+        elif path.is_dir():
+            found += sorted(path.glob("*/results.json"))
+        else:
+            raise EvalkitError("no such results file or run folder", where=str(path))
+    if not found:
+        raise EvalkitError("no results.json found", where=", ".join(map(str, results)))
+    records = [read_record(p) for p in found]
+    return write_compare_report(records, [p.parent / "report.html" for p in found], out)
 
 
 def demo(out_root: Path, log: Log = print) -> Path:
@@ -110,7 +112,7 @@ def demo(out_root: Path, log: Log = print) -> Path:
                 for s, f in zip(scenes, files)]
     records = run_subjects(base, [adapter_subject(a) for a in adapters], suites, RunSettings(), log=log)
     reports = [write_outputs(r, out_root / r.run_id) for r in records]
-    return write_index(reports, out_root / "index.html")
+    return write_compare_report(records, reports, out_root / "index.html")
 
 
 def rerender(results: Path) -> Path:

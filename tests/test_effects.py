@@ -10,7 +10,7 @@ from evalkit.stats import PairedResult, StatsSettings
 def _shift(mean_diff, subject_mean):
     return PairedResult(n=5, reference_mean=subject_mean - mean_diff, subject_mean=subject_mean, mean_diff=mean_diff,
                         se=0.1, se_kind="naive", ci_low=0, ci_high=0, ci_method="t", p_value=0.01, test="t",
-                        effect_size=None, effect_size_kind="", mde=None)
+                        effect_size=None, effect_size_kind="", mde=None, d_z=None)
 
 
 @pytest.mark.parametrize("reference_ci, mean_diff, subject_mean, significant, verdict", [
