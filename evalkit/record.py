@@ -15,7 +15,7 @@ from evalkit.files import validation_error, write_text_atomic
 
 RECORD_VERSION = 1
 
-Score = float | int | str | list[float] | list[int] | None
+Score = float | int | str | list[float] | list[int] | list[str] | None
 
 
 class _Record(BaseModel):
