@@ -109,11 +109,14 @@ def run(
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("reports") / "demo", help="Where the demo's reports go.")) -> None:
+def demo(
+    out: Path = typer.Option(Path("reports") / "demo", help="Where the demo's reports go."),
+    quick: bool = typer.Option(False, help="A smaller base and shorter training: the same path in seconds."),
+) -> None:
     """Build (or reuse) the demo base, train the bundled scenes, run every suite, write reports."""
     from evalkit.workflow import demo as do_demo
 
-    index = do_demo(out, log=_say)
+    index = do_demo(out, quick=quick, log=_say)
     _say(f"open this report: {index.resolve()}")
 
 

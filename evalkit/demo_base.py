@@ -30,6 +30,11 @@ class DemoBaseSettings:
         return stable_hash({"recipe": RECIPE_VERSION, "world": sample, **asdict(self)})[:16]
 
 
+# The same recipe at smoke-test size: a base in seconds, for tests of the whole demo path.
+QUICK = DemoBaseSettings(n_stories=1500, vocab_size=512,
+                         model=ScratchSettings(hidden_size=64, intermediate_size=176, num_layers=2, steps=40))
+
+
 def demo_base_dir(settings: DemoBaseSettings = DemoBaseSettings()) -> Path:
     return cache_root() / "demo-base" / settings.key()
 

@@ -262,34 +262,43 @@ def stack_trajectory(records: list[RunRecord]) -> dict | None:
     return charts.trajectory(series, sorted(stacks)) if series else None
 
 
+# The suite-level columns of the compare heatmap (all metrics remain in each run report).
+HEATMAP_METRICS = [("tension", "margin"), ("tension", "entropy"), ("novel_axis", "margin"),
+                   ("consistency", "agreement"), ("consistency", "margin_variance"), ("continuation", "kl"),
+                   ("continuation", "nll"), ("continuation", "changed")]
+
+
+def _cell(e: Effect | None, in_nats: bool = False) -> dict[str, str]:
+    """A heatmap cell: d_z (or, for yes/no scores, the rate change; for clusters, nats)."""
+    if e is None:
+        return {"text": "", "colour": charts.diverging_colour(None, 1.0), "title": ""}
+    binary = e.effect_size_kind.startswith("rate difference")
+    value, limit = (e.mean_diff, 1.0) if binary else (e.mean_diff, 3.0) if in_nats else (e.d_z, 2.0)
+    star = "*" if e.significant and not e.within_seed_noise else ""
+    text = (f"{100 * value:+.0f}%" if binary else f"{value:+.2f}" if in_nats else num(value, 2)) + star
+    return {"text": text, "colour": charts.diverging_colour(value, limit),
+            "title": f"{e.suite} {e.metric} ({e.scope}): difference {num(e.mean_diff)} [{num(e.ci_low)}, "
+                     f"{num(e.ci_high)}], q {pval(e.q_value)}, d_z {num(e.d_z, 2)}"
+                     + (" - within seed noise" if e.within_seed_noise else "")}
+
+
 def compare_view(records: list[RunRecord], links: list[str]) -> dict[str, Any]:
-    columns: list[tuple[str, str]] = []
-    for r in records:
-        for e in r.effects:
-            if e.scope in ("suite", "groups") and (e.suite, e.metric) not in columns:
-                columns.append((e.suite, e.metric))
+    kinds = {s.name: s.kind for r in records for s in r.manifest.suites}
+    suite_cols = [(suite, metric) for kind, metric in HEATMAP_METRICS for suite, k in kinds.items() if k == kind]
+    cluster_cols = sorted({(e.suite, e.scope) for r in records for e in r.effects if e.scope.startswith("cluster:")},
+                          key=lambda c: (kinds.get(c[0], ""), c))
     order = {"LoRA": 0, "scratch": 2}
     rows = []
     for r, link in sorted(zip(records, links), key=lambda t: (order.get(_row_label(t[0])[0], 1), t[0].run_id)):
         kind, title = _row_label(r)
-        by_key = {(e.suite, e.metric): e for e in r.effects if e.scope in ("suite", "groups")}
-        cells = []
-        for key in columns:
-            e = by_key.get(key)
-            cells.append({
-                "text": "" if e is None else num(e.d_z, 2) + ("*" if e.significant and not e.within_seed_noise else ""),
-                "colour": charts.diverging_colour(e.d_z if e else None, 2.0),
-                "title": "" if e is None else f"{e.suite} {e.metric}: difference {num(e.mean_diff)} "
-                         f"[{num(e.ci_low)}, {num(e.ci_high)}], q {pval(e.q_value)}, d_z {num(e.d_z, 2)}",
-            })
-        clusters = sorted((e for e in r.effects if e.scope.startswith("cluster:") and e.significant
-                           and not e.within_seed_noise), key=lambda e: -abs(e.d_z or 0))
-        rows.append({"kind": kind, "title": title, "name": r.run_id, "href": link, "cells": cells,
-                     "reference": r.reference.name,
-                     "clusters": ", ".join(f"{e.scope.removeprefix('cluster:')} {e.mean_diff:+.2f}" for e in clusters[:4]),
-                     "significant": sum(e.significant for e in r.effects)})
-    return {"columns": [{"suite": s, "metric": m} for s, m in columns], "rows": rows,
-            "trajectory": stack_trajectory(records), "alpha": records[0].stats.alpha if records else 0.05}
+        suite_level = {(e.suite, e.metric): e for e in r.effects if e.scope in ("suite", "groups")}
+        clusters = {(e.suite, e.scope): e for e in r.effects if e.scope.startswith("cluster:")}
+        rows.append({"kind": kind, "title": title, "name": r.run_id, "href": link, "reference": r.reference.name,
+                     "cells": [_cell(suite_level.get(c)) for c in suite_cols],
+                     "cluster_cells": [_cell(clusters.get(c), in_nats=True) for c in cluster_cols]})
+    return {"columns": [{"suite": s, "metric": m} for s, m in suite_cols],
+            "cluster_columns": [{"suite": s, "cluster": c.removeprefix("cluster:")} for s, c in cluster_cols],
+            "rows": rows, "trajectory": stack_trajectory(records), "alpha": records[0].stats.alpha if records else 0.05}
 
 
 def write_compare_report(records: list[RunRecord], reports: list[Path], out: Path) -> Path:

@@ -3,6 +3,7 @@ before it writes anything."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -99,17 +100,21 @@ def compare(results: list[Path], out: Path) -> Path:
     return write_compare_report(records, [p.parent / "report.html" for p in found], out)
 
 
-def demo(out_root: Path, log: Log = print) -> Path:
-    """Build or reuse the demo base, train or reuse the bundled scenes, run every suite."""
-    from evalkit.demo_base import ensure_demo_base
+def demo(out_root: Path, quick: bool = False, adapters_dir: Path | None = None, log: Log = print) -> Path:
+    """Build or reuse the demo base, train or reuse the bundled scenes, run every suite.
+
+    `quick` runs the same path with a smaller base and shorter training (for smoke tests).
+    """
+    from evalkit.demo_base import QUICK, DemoBaseSettings, ensure_demo_base
 
     scenes_dir, probes_dir = default_folder("scenes"), default_folder("probes")
     scenes = load_scenes(scenes_dir)
     files = [str(f.resolve()) for f in scene_files(scenes_dir)]
     suites = load_suites([probes_dir])
-    base = load_base(ensure_demo_base(log=log))
-    adapters = [train_adapter([s], base, default_folder("adapters") / s.id, TrainSettings(), scene_paths=[f], log=log)
-                for s, f in zip(scenes, files)]
+    base = load_base(ensure_demo_base(QUICK if quick else DemoBaseSettings(), log=log))
+    train = replace(TrainSettings(), steps=10) if quick else TrainSettings()
+    folder = adapters_dir or default_folder("adapters") / ("quick" if quick else "")
+    adapters = [train_adapter([s], base, folder / s.id, train, scene_paths=[f], log=log) for s, f in zip(scenes, files)]
     records = run_subjects(base, [adapter_subject(a) for a in adapters], suites, RunSettings(), log=log)
     reports = [write_outputs(r, out_root / r.run_id) for r in records]
     return write_compare_report(records, reports, out_root / "index.html")
