@@ -21,6 +21,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 def main(folder: Path) -> None:
     from playwright.sync_api import sync_playwright
 
+    folder = folder.resolve()
     pages = sorted(folder.rglob("*.html"))
     total = sum(p.stat().st_size for p in pages)
     with sync_playwright() as p:
