@@ -91,6 +91,9 @@ def run(
     resamples: int = typer.Option(2000, help="Bootstrap resamples."),
     seed: int = typer.Option(0, help="Seed for bootstrap and lm-eval."),
     no_cache: bool = typer.Option(False, help="Recompute the reference instead of using the cache."),
+    gate_policy: Optional[Path] = typer.Option(None, "--gate", help="Gate each subject against --baseline with this policy."),
+    baseline: Optional[Path] = typer.Option(None, help="results.json to gate against (with --gate)."),
+    junit: Optional[Path] = typer.Option(None, help="JUnit XML of the gate (with --gate)."),
 ) -> None:
     """Score the reference (the base by default) and each subject on the probe suites, pair by item, test, report."""
     from evalkit.run import RunSettings
@@ -101,11 +104,22 @@ def run(
         raise EvalkitError(f"--dtype '{dtype}' is not one of float32, bfloat16")
     if test not in ("wilcoxon", "t", "permutation"):
         raise EvalkitError(f"--test '{test}' is not one of wilcoxon, t, permutation")
+    if (gate_policy is None) != (baseline is None):
+        raise EvalkitError("--gate and --baseline go together")
+    if baseline is not None and not baseline.is_file():
+        raise EvalkitError("no such results file", where=str(baseline))
     settings = RunSettings(batch_size=batch_size, dtype=dtype,
                            stats=StatsSettings(alpha=alpha, test=test, resamples=resamples, seed=seed))
-    for report in do_run(adapter or [], checkpoint or [], base, suite or [default_folder("probes")], out, settings,
-                         reference=reference, log=_say, use_cache=not no_cache):
+    reports = do_run(adapter or [], checkpoint or [], base, suite or [default_folder("probes")], out, settings,
+                     reference=reference, log=_say, use_cache=not no_cache)
+    for report in reports:
         _say(f"report: {report}")
+    if gate_policy is not None:
+        from evalkit.workflow import gate as do_gate
+
+        passed = [do_gate(baseline, r.parent / "results.json", gate_policy, junit, None, log=_say) for r in reports]
+        if not all(passed):
+            raise typer.Exit(1)
 
 
 @app.command()
@@ -163,6 +177,21 @@ def schema(out: Optional[Path] = typer.Option(None, help="Write here instead of 
     else:
         write_text_atomic(out, text + "\n")
         _say(f"schema: {out}")
+
+
+@app.command()
+def gate(
+    baseline: Path = typer.Option(..., help="results.json of the baseline run."),
+    candidate: Path = typer.Option(..., help="results.json of the candidate run."),
+    policy: Optional[Path] = typer.Option(None, help="Gate policy YAML (default: evalkit's default policy)."),
+    junit: Optional[Path] = typer.Option(None, help="Write JUnit XML here (one testcase per check)."),
+    summary: Optional[Path] = typer.Option(None, help="Append a Markdown summary here (default: $GITHUB_STEP_SUMMARY)."),
+) -> None:
+    """Exit 1 when the candidate is significantly worse than the baseline beyond a margin; 0 otherwise."""
+    from evalkit.workflow import gate as do_gate
+
+    if not do_gate(baseline, candidate, policy, junit, summary, log=_say):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -66,7 +66,8 @@ def axis_verdict(shift: stats.PairedResult, reference_ci: tuple[float, float], s
     return "reversed" if np.sign(shift.subject_mean) == -leaning else "attenuated"
 
 
-def _group_scores(items: list[ItemRecord], side: str) -> dict[str, dict[str, float]]:
+def group_scores(items: list[ItemRecord], side: str) -> dict[str, dict[str, float]]:
+    """Per consistency group, under one side ('reference' or 'subject'): agreement, margin variance."""
     groups: dict[str, list[ItemRecord]] = defaultdict(list)
     for i in items:
         groups[i.cluster or i.item_id].append(i)
@@ -81,7 +82,7 @@ def _group_scores(items: list[ItemRecord], side: str) -> dict[str, dict[str, flo
 
 def group_table(items: list[ItemRecord]) -> dict[str, dict[str, dict[str, float]]]:
     """Per consistency group: agreement and margin variance under reference and subject."""
-    ref, sub = _group_scores(items, "reference"), _group_scores(items, "subject")
+    ref, sub = group_scores(items, "reference"), group_scores(items, "subject")
     return {g: {"reference": ref[g], "subject": sub[g]} for g in ref}
 
 

@@ -143,7 +143,7 @@ def _cluster_means(d: np.ndarray, clusters: Sequence[str]) -> np.ndarray:
     return np.bincount(index, weights=d) / np.bincount(index)
 
 
-def _signed_rank_exact_p(nonzero: np.ndarray) -> float:
+def _signed_rank_exact_p(nonzero: np.ndarray, alternative: str = "two-sided") -> float:
     """Exact two-sided p of the signed-rank statistic, ties included, by counting sign patterns.
 
     Under H0 each of the 2^n sign patterns is equally likely; T+ is a sum of a subset of the
@@ -158,6 +158,8 @@ def _signed_rank_exact_p(nonzero: np.ndarray) -> float:
         counts[r:] = counts[r:] + counts[: len(counts) - r].copy()
     probs = counts / counts.sum()
     t = int(ranks2[nonzero > 0].sum())
+    if alternative == "less":
+        return float(probs[: t + 1].sum())
     return float(min(1.0, 2 * min(probs[: t + 1].sum(), probs[t:].sum())))
 
 
@@ -177,18 +179,41 @@ def wilcoxon(d: np.ndarray) -> tuple[float, float]:
     return float(sps.wilcoxon(nonzero, method="asymptotic").pvalue), r
 
 
-def paired_t(d: np.ndarray) -> float:
-    """Two-sided one-sample t test of mean(d) = 0 (scipy's ttest_1samp, without its warning when
-    the differences are nearly identical: then t is simply very large)."""
+def paired_t(d: np.ndarray, alternative: str = "two-sided") -> float:
+    """One-sample t test of mean(d) = 0, two-sided or 'less' (scipy's ttest_1samp, without its
+    warning when the differences are nearly identical: then t is simply very large)."""
     n = len(d)
     if n < 2:
         return 1.0
     sd = float(d.std(ddof=1))
     mean = float(d.mean())
     if sd == 0.0:
+        if alternative == "less":
+            return 0.0 if mean < 0 else 1.0
         return 1.0 if mean == 0.0 else 0.0
     t = mean / (sd / np.sqrt(n))
+    if alternative == "less":
+        return float(sps.t.cdf(t, n - 1))
     return float(2 * sps.t.sf(abs(t), n - 1))
+
+
+def one_sided_less(d: np.ndarray, clusters: Sequence[str] | None, settings: StatsSettings) -> tuple[float, str]:
+    """p for H1: the differences are centred below 0 - the gate's regression test.
+
+    Same choices as the two-sided tests: cluster means when items share clusters; Wilcoxon
+    signed-rank from 6 units (exact up to 50), the t test below that or when asked for.
+    """
+    units = _cluster_means(d, clusters) if _repeats(clusters, len(d)) else d
+    label = f" on {len(units)} cluster means" if units is not d else ""
+    if settings.test == "wilcoxon" and len(units) >= SMALL_N:
+        nonzero = units[units != 0]
+        if len(nonzero) == 0:
+            return 1.0, "wilcoxon (one-sided)" + label
+        if len(nonzero) <= 50:
+            return _signed_rank_exact_p(nonzero, "less"), "wilcoxon (one-sided)" + label
+        return float(sps.wilcoxon(nonzero, alternative="less", method="asymptotic").pvalue), \
+            "wilcoxon (one-sided)" + label
+    return paired_t(units, "less"), "t (one-sided)" + label
 
 
 def sign_flip(d: np.ndarray, resamples: int, seed: int) -> float:

@@ -154,3 +154,23 @@ def calibrate(base_dir: Path | None, datasets: int, seed: int, out: Path, log: L
     write_json_atomic(out / "calibration.json", {"ok": ok, **figures})
     log(f"calibration {'passed' if ok else 'FAILED'}; figures in {out / 'calibration.json'}")
     return ok
+
+
+def gate(baseline: Path, candidate: Path, policy_path: Path | None, junit: Path | None, summary: Path | None,
+         log: Log = print) -> bool:
+    """Decide, print a line per check, write JUnit and Markdown; True when nothing regressed."""
+    import os
+
+    from evalkit.gate import decide, load_policy, write_outputs
+    from evalkit.record import read_record
+
+    policy = load_policy(policy_path)
+    base, cand = read_record(baseline), read_record(candidate)
+    outcomes = decide(base, cand, policy, where=f"{baseline} vs {candidate}")
+    for o in outcomes:
+        log(o.line())
+    summary = summary or (Path(os.environ["GITHUB_STEP_SUMMARY"]) if os.environ.get("GITHUB_STEP_SUMMARY") else None)
+    write_outputs(outcomes, str(baseline), str(candidate), junit, summary)
+    failed = [o.name for o in outcomes if o.failed]
+    log(f"gate: {'FAILED: ' + ', '.join(failed) if failed else 'passed'} ({len(outcomes)} checks)")
+    return not failed
