@@ -60,7 +60,7 @@ def training_text(scenes: list[Scene], eos: str) -> str:
 
 def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: TrainSettings = TrainSettings(),
                   scene_paths: list[str] | None = None, log: Callable[[str], None] = print,
-                  reuse: bool = True) -> Path:
+                  reuse: bool = True, on_step: Callable[[], None] | None = None) -> Path:
     """Train one LoRA adapter on the scenes (one scene, or a stack 1..k trained jointly).
 
     The base model is left exactly as it was: LoRA layers are removed again after saving.
@@ -100,6 +100,8 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: TrainSet
             loss.backward()
             opt.step()
             losses.append(round(loss.item(), 5))
+            if on_step is not None:
+                on_step()
         model.eval()
         with atomic_directory(out) as tmp:
             model.save_pretrained(str(tmp))

@@ -135,6 +135,20 @@ def demo(
 
 
 @app.command()
+def experiment(
+    plan: Path = typer.Argument(..., help="An experiment plan (see examples/ten-scenes.yaml)."),
+    out: Optional[Path] = typer.Option(None, help="Report folder (default: reports/<plan name>); replaced whole."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be trained and evaluated, then stop."),
+) -> None:
+    """Train what the plan needs (reusing what exists), evaluate everything on one base load, report."""
+    from evalkit.experiment import run_experiment
+
+    index = run_experiment(plan, out, dry_run)
+    if index is not None:
+        _say(f"open this report: {index.resolve()}")
+
+
+@app.command()
 def calibrate(
     base: Optional[Path] = typer.Option(None, help="Base model folder (default: the embedded demo base)."),
     datasets: int = typer.Option(2000, help="Simulated null data sets per design."),

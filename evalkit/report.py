@@ -305,3 +305,37 @@ def write_compare_report(records: list[RunRecord], reports: list[Path], out: Pat
     links = [os.path.relpath(p, out.parent) for p in reports]
     write_text_atomic(out, _env().get_template("compare.html.j2").render(**compare_view(records, links)))
     return out
+
+
+def _increment_row(label: str, record: RunRecord, link: str) -> dict[str, Any]:
+    kinds = {x.name: x.kind for x in record.manifest.suites}
+    cells = []
+    for kind, metric in KEY_METRICS:
+        e = next((e for e in record.effects if e.metric == metric and e.scope in ("suite", "groups")
+                  and kinds.get(e.suite) == kind), None)
+        cells.append({"text": "" if e is None else f"{e.mean_diff:+.3f} [{e.ci_low:+.3f}, {e.ci_high:+.3f}]"
+                      + (" *" if e.significant else ""),
+                      "colour": charts.diverging_colour(e.d_z if e else None, 2.0)})
+    clusters = sorted((e for e in record.effects if e.scope.startswith("cluster:") and e.significant),
+                      key=lambda e: -abs(e.mean_diff))
+    return {"label": label, "href": link, "cells": cells, "reference": record.reference.name,
+            "clusters": ", ".join(f"{e.scope.removeprefix('cluster:')} {e.mean_diff:+.2f} "
+                                  f"[{e.ci_low:+.2f}, {e.ci_high:+.2f}]" for e in clusters[:4])}
+
+
+def write_experiment_report(name: str, sections: dict[str, list[tuple[str, RunRecord]]], out: Path) -> Path:
+    """The experiment's index: effects per scene (LoRA beside scratch), increments, removals."""
+    overview = [(r, f"{section}/{run_id}/report.html") for section in ("scenes", "stacks", "named", "scratch")
+                for run_id, r in sections.get(section, [])]
+    view = compare_view([r for r, _ in overview], [link for _, link in overview])
+    increments = [_increment_row(f"+ {r.subject.scene_ids[-1]} (stack {len(r.subject.scene_ids)} over "
+                                 f"{len(r.subject.scene_ids) - 1})", r, f"increments/{run_id}/report.html")
+                  for run_id, r in sections.get("increments", [])]
+    removals = [_increment_row(f"without {run_id.removeprefix('without-')}", r, f"removals/{run_id}/report.html")
+                for run_id, r in sections.get("removals", [])]
+    stacks = [r for _, r in sections.get("scenes", [])[:1]] + [r for _, r in sections.get("stacks", [])]
+    html = _env().get_template("experiment.html.j2").render(
+        name=name, **view, increments=increments, removals=removals,
+        key_metrics=[f"{k} {m}" for k, m in KEY_METRICS], trajectory=stack_trajectory(stacks))
+    write_text_atomic(out, html)
+    return out

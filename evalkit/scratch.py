@@ -40,7 +40,8 @@ def token_stream(texts: list[str], tokenizer) -> list[int]:
 
 
 def train_causal_lm(ids: list[int], tokenizer, s: ScratchSettings, out: Path,
-                    log: Callable[[str], None] = print, label: str = "scratch") -> dict:
+                    log: Callable[[str], None] = print, label: str = "scratch",
+                    on_step: Callable[[], None] | None = None) -> dict:
     """Seeded AdamW with warm-up and cosine decay on random windows; saves model + tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -72,6 +73,8 @@ def train_causal_lm(ids: list[int], tokenizer, s: ScratchSettings, out: Path,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(round(loss.item(), 4))
+        if on_step is not None:
+            on_step()
         if step % 50 == 0 or step == s.steps - 1:
             log(f"{label}: step {step + 1}/{s.steps} loss {loss.item():.3f}")
     model.eval()
@@ -94,9 +97,25 @@ def read_corpus(path: Path) -> list[str]:
         raise EvalkitError("corpus is not UTF-8 text", where=str(path)) from None
 
 
+def scratch_key(scenes: list, tokenizer_dir: Path, settings: ScratchSettings, corpus: list[str] | None,
+                demo_stories: int) -> str:
+    """Content address of a scratch checkpoint: same scenes, corpus, tokenizer and settings."""
+    return stable_hash({"scenes": [s.content_hash for s in scenes], "corpus": stable_hash(corpus or []),
+                        "demo_stories": demo_stories, "tokenizer": str(tokenizer_dir), "settings": asdict(settings)})[:16]
+
+
+def existing_scratch_key(out: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((out / "evalkit.json").read_text(encoding="utf-8")).get("key")
+    except (OSError, ValueError):
+        return None
+
+
 def train_scratch(scenes: list, tokenizer_dir: Path, out: Path, settings: ScratchSettings,
                   corpus: list[str] | None = None, demo_stories: int = 0,
-                  log: Callable[[str], None] = print) -> Path:
+                  log: Callable[[str], None] = print, on_step: Callable[[], None] | None = None) -> Path:
     """A checkpoint trained from scratch on the scenes (+ corpus), with the tokenizer of `tokenizer_dir`
     so its scores share a vocabulary with that base (KL stays defined)."""
     from transformers import AutoTokenizer
@@ -108,13 +127,12 @@ def train_scratch(scenes: list, tokenizer_dir: Path, out: Path, settings: Scratc
     if demo_stories:
         texts += world.corpus(demo_stories, seed=settings.seed + 1)
     ids = token_stream(texts, tokenizer)
-    key = stable_hash({"scenes": [s.content_hash for s in scenes], "corpus": stable_hash(corpus or []),
-                       "demo_stories": demo_stories, "tokenizer": str(tokenizer_dir), "settings": asdict(settings)})
+    key = scratch_key(scenes, tokenizer_dir, settings, corpus, demo_stories)
     started = time.time()
     with atomic_directory(out) as tmp:
-        info = train_causal_lm(ids, tokenizer, settings, tmp, log, label=f"scratch {out.name}")
+        info = train_causal_lm(ids, tokenizer, settings, tmp, log, label=f"scratch {out.name}", on_step=on_step)
         write_json_atomic(tmp / "evalkit.json", {
-            "evalkit_version": __version__, "kind": "checkpoint", "key": key[:16],
+            "evalkit_version": __version__, "kind": "checkpoint", "key": key,
             "scenes": [{"id": s.id, "title": s.title, "hash": s.content_hash} for s in scenes],
             "tokenizer_from": str(tokenizer_dir), "corpus_documents": len(corpus or []), "demo_stories": demo_stories,
             "model": {"architecture": "llama", **asdict(settings), "parameters": info["parameters"]},

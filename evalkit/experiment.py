@@ -1,0 +1,223 @@
+"""`evalkit experiment plan.yaml`: the scene workflow as one command.
+
+One adapter per scene, cumulative stacks 1..k, leave-one-out stacks and scratch checkpoints,
+all content-addressed (identical scenes + base + settings = the same folder, reused); every
+model evaluated with one base load; one report: each scene's effects, the increment each
+added scene brings (stack k against stack k-1, paired), what removing a scene undoes (the
+full stack without it against the full stack), and LoRA beside scratch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from evalkit.adapter import TrainSettings, adapter_key, existing_key, train_adapter
+from evalkit.files import atomic_directory
+from evalkit.models import Base, load_base
+from evalkit.plan import Resolved, load_plan
+from evalkit.probe import load_suites
+from evalkit.record import RunRecord, write_record
+from evalkit.report import write_experiment_report, write_run_report
+from evalkit.run import RunSettings, Runner, Subject, adapter_subject, build_record, checkpoint_subject, model_ref
+from evalkit.scene import Scene
+from evalkit.scratch import ScratchSettings, existing_scratch_key, read_corpus, scratch_key, train_scratch
+from evalkit.effects import mark_seed_spread
+
+
+@dataclass
+class Planned:
+    """One model the experiment needs."""
+
+    label: str
+    role: str  # scene | stack | without | named | scratch
+    scenes: list[Scene]
+    path: Path
+    key: str
+    reuse: bool
+    k: int | None = None
+    scratch: object | None = None
+    subject: Subject | None = field(default=None, repr=False)
+
+
+def training_settings(resolved: Resolved) -> TrainSettings:
+    overrides = {k: v for k, v in resolved.plan.training.model_dump().items() if v is not None}
+    return replace(TrainSettings(), **overrides)
+
+
+def plan_models(resolved: Resolved, base: Base | None, base_dir: Path, store: Path) -> list[Planned]:
+    """Every model of the plan with its content key and whether a trained copy already exists."""
+    settings = training_settings(resolved)
+    scenes = resolved.scenes
+    wanted: list[tuple[str, str, list[Scene], int | None]] = [(s.id, "scene", [s], None) for s in scenes]
+    if resolved.plan.stacks.cumulative:
+        wanted += [(f"stack-{k:02d}", "stack", scenes[:k], k) for k in range(2, len(scenes) + 1)]
+    if resolved.plan.stacks.leave_one_out and len(scenes) > 2:
+        wanted += [(f"without-{s.id}", "without", [o for o in scenes if o is not s], None) for s in scenes]
+    wanted += [(name, "named", members, None) for name, members in resolved.named_stacks.items()]
+    out = []
+    for label, role, members, k in wanted:
+        if base is None:
+            out.append(Planned(label, role, members, store / "adapters" / "?", "?", False, k))
+            continue
+        key = adapter_key(members, base, settings.for_scenes(members))
+        path = store / "adapters" / key
+        out.append(Planned(label, role, members, path, key, existing_key(path) == key, k))
+    for spec in resolved.plan.scratch:
+        members = resolved.scratch_scenes[spec.name]
+        corpus = read_corpus(resolved.rel(spec.corpus)) if spec.corpus else None
+        s = replace(ScratchSettings(), steps=spec.steps, seed=spec.seed)
+        key = scratch_key(members, base_dir, s, corpus, spec.demo_stories)
+        path = store / "checkpoints" / f"{spec.name}-{key}"
+        out.append(Planned(f"scratch-{spec.name}", "scratch", members, path, key,
+                           existing_scratch_key(path) == key, scratch=(spec, s, corpus)))
+    return out
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False)
+
+
+def _train(planned: list[Planned], base: Base, base_dir: Path, resolved: Resolved, console: Console) -> None:
+    settings = training_settings(resolved)
+    todo = list({p.path: p for p in planned if not p.reuse}.values())  # same content, one training
+    if not todo:
+        return
+    paths = dict(zip([s.id for s in resolved.scenes], resolved.scene_paths))
+    with _progress(console) as progress:
+        overall = progress.add_task("training", total=sum(
+            p.scratch[1].steps if p.scratch else settings.for_scenes(p.scenes).steps for p in todo))
+        for p in todo:
+            def step() -> None:
+                progress.advance(overall)
+
+            if p.scratch:
+                spec, s, corpus = p.scratch
+                train_scratch(p.scenes, base_dir, p.path, s, corpus, spec.demo_stories, log=lambda _: None, on_step=step)
+            else:
+                train_adapter(p.scenes, base, p.path, settings, scene_paths=[paths[s.id] for s in p.scenes],
+                              log=lambda _: None, reuse=False, on_step=step)
+            console.print(f"trained {p.role:8s} {p.label:24s} ({len(p.scenes)} scene(s)) -> {p.path}")
+
+
+def _evaluate(planned: list[Planned], resolved: Resolved, base: Base, suites, run_settings: RunSettings,
+              console: Console) -> dict[str, list[tuple[str, RunRecord]]]:
+    """Score every model once on one base load; pair them as the report needs."""
+    for p in planned:
+        p.subject = checkpoint_subject(p.path) if p.role == "scratch" else adapter_subject(p.path)
+        p.subject.name = p.label
+    adapters = list({p.path: p.subject for p in planned if p.role != "scratch"}.values())
+    runner = Runner(base, suites, run_settings, adapters, log=lambda _: None)
+    by_label = {p.label: p for p in planned}
+    as_reference: dict[str, tuple] = {}
+    sections: dict[str, list[tuple[str, RunRecord]]] = {"scenes": [], "stacks": [], "increments": [],
+                                                        "removals": [], "named": [], "scratch": []}
+    stacks = {p.k: p for p in planned if p.role == "stack"}
+    first = resolved.scenes[0].id
+    if stacks:
+        stacks[1] = by_label[first]
+    full = stacks.get(len(resolved.scenes))
+    pairs: list[tuple[str, Planned, Planned | None, str]] = []
+    reference = None if resolved.plan.reference == "base" else by_label[resolved.plan.reference]
+    for p in planned:
+        section = {"scene": "scenes", "stack": "stacks", "named": "named", "scratch": "scratch"}.get(p.role)
+        if section:
+            pairs.append((section, p, reference if p.role == "scene" else None, p.label))
+    for k in sorted(stacks):
+        if k >= 2:
+            pairs.append(("increments", stacks[k], stacks[k - 1], f"stack-{k:02d}-over-{k - 1:02d}"))
+    for p in planned:
+        if p.role == "without" and full is not None:
+            pairs.append(("removals", p, full, p.label))
+
+    def reference_of(ref: Planned | None) -> tuple:
+        name = ref.label if ref else "base"
+        if name not in as_reference:
+            scored, fp, _ = runner.score(ref.subject if ref else None)
+            as_reference[name] = (scored, fp, model_ref(ref.subject if ref else None, base, fp))
+        return as_reference[name]
+
+    try:
+        with _progress(console) as progress:
+            task = progress.add_task("evaluating", total=len(pairs))
+            for section, subject, ref, run_id in pairs:
+                ref_scored, ref_fp, ref_model = reference_of(ref)
+                scored, fp, counts = runner.score(subject.subject, reference=(ref_scored, ref_fp))
+                record = build_record(run_id, ref_model, model_ref(subject.subject, base, fp), suites, ref_scored,
+                                      scored, run_settings, {"subject_computed": counts.computed,
+                                                             "subject_cached": counts.cached})
+                sections[section].append((run_id, record))
+                progress.advance(task)
+    finally:
+        runner.close()
+    return sections
+
+
+def run_experiment(plan_path: Path, out: Path | None, dry_run: bool, console: Console | None = None) -> Path | None:
+    from evalkit.demo_base import demo_base_dir, ensure_demo_base
+
+    console = console or Console()
+    started = time.time()
+    resolved = load_plan(plan_path)
+    suites = load_suites([resolved.rel(s) for s in resolved.plan.suites])
+    base_dir = resolved.rel(resolved.plan.base) if resolved.plan.base else demo_base_dir()
+    base = None
+    if dry_run and not resolved.plan.base and not (base_dir / "evalkit-base.json").exists():
+        console.print("the demo base is not built yet: it will be, and every model below trained")
+    else:
+        if not resolved.plan.base:
+            base_dir = ensure_demo_base(log=console.print)
+        base = load_base(base_dir)
+    store = _store()
+    planned = plan_models(resolved, base, base_dir, store)
+    _print_plan(planned, console)
+    if dry_run:
+        return None
+    _train(planned, base, base_dir, resolved, console)
+    sections = _evaluate(planned, resolved, base, suites, RunSettings(), console)
+    for section in ("scenes", "stacks"):
+        mark_seed_spread([r for _, r in sections[section]])
+    out = out or Path("reports") / resolved.plan.name
+    with atomic_directory(out) as tmp:  # the whole report is replaced: nothing stale survives
+        for section, runs in sections.items():
+            for run_id, record in runs:
+                write_record(record, tmp / section / run_id / "results.json")
+                write_run_report(record, tmp / section / run_id / "report.html")
+        index = write_experiment_report(resolved.plan.name, sections, tmp / "index.html")
+    _print_summary(planned, sections, console, time.time() - started)
+    return out / index.name
+
+
+def _store() -> Path:
+    """Where trained models live: beside the checkout's adapters/, addressed by content."""
+    from evalkit.workflow import default_folder
+
+    return default_folder("adapters") / "store"
+
+
+def _print_plan(planned: list[Planned], console: Console) -> None:
+    table = Table(title="experiment plan", show_lines=False)
+    for column in ("model", "role", "scenes", "status"):
+        table.add_column(column)
+    for p in planned:
+        table.add_row(p.label, p.role, str(len(p.scenes)), "reuse" if p.reuse else "train")
+    console.print(table)
+    console.print(f"{sum(not p.reuse for p in planned)} to train, {sum(p.reuse for p in planned)} reused")
+
+
+def _print_summary(planned, sections, console: Console, seconds: float) -> None:
+    table = Table(title=f"experiment done in {seconds:.0f} s")
+    for column in ("section", "run", "reference", "significant effects", "largest cluster shift"):
+        table.add_column(column)
+    for section, runs in sections.items():
+        for run_id, r in runs:
+            clusters = [e for e in r.effects if e.scope.startswith("cluster:") and e.significant]
+            top = max(clusters, key=lambda e: abs(e.mean_diff), default=None)
+            table.add_row(section, run_id, r.reference.name, str(sum(e.significant for e in r.effects)),
+                          f"{top.suite}/{top.scope[8:]} {top.mean_diff:+.2f}" if top else "")
+    console.print(table)
