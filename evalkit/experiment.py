@@ -85,9 +85,16 @@ def _progress(console: Console) -> Progress:
 
 def _train(planned: list[Planned], base: Base, base_dir: Path, resolved: Resolved, console: Console) -> None:
     settings = training_settings(resolved)
-    todo = list({p.path: p for p in planned if not p.reuse}.values())  # same content, one training
+    todo, seen = [], set()
+    for p in planned:  # models with the same content share one folder: train it once
+        if not p.reuse and p.path not in seen:
+            seen.add(p.path)
+            todo.append(p)
     if not todo:
         return
+    labels: dict[Path, list[str]] = {}
+    for p in planned:
+        labels.setdefault(p.path, []).append(p.label)
     paths = dict(zip([s.id for s in resolved.scenes], resolved.scene_paths))
     with _progress(console) as progress:
         overall = progress.add_task("training", total=sum(
@@ -102,7 +109,8 @@ def _train(planned: list[Planned], base: Base, base_dir: Path, resolved: Resolve
             else:
                 train_adapter(p.scenes, base, p.path, settings, scene_paths=[paths[s.id] for s in p.scenes],
                               log=lambda _: None, reuse=False, on_step=step)
-            console.print(f"trained {p.role:8s} {p.label:24s} ({len(p.scenes)} scene(s)) -> {p.path}")
+            for label in labels[p.path]:
+                console.print(f"trained {p.role:8s} {label:24s} ({len(p.scenes)} scene(s)) -> {p.path}", soft_wrap=True)
 
 
 def _evaluate(planned: list[Planned], resolved: Resolved, base: Base, suites, run_settings: RunSettings,
@@ -162,6 +170,8 @@ def run_experiment(plan_path: Path, out: Path | None, dry_run: bool, console: Co
     from evalkit.demo_base import demo_base_dir, ensure_demo_base
 
     console = console or Console()
+    if not console.is_terminal:  # logs and CI: wide enough that tables do not wrap
+        console.width = max(console.width, 140)
     started = time.time()
     resolved = load_plan(plan_path)
     suites = load_suites([resolved.rel(s) for s in resolved.plan.suites])

@@ -328,14 +328,14 @@ def write_experiment_report(name: str, sections: dict[str, list[tuple[str, RunRe
     overview = [(r, f"{section}/{run_id}/report.html") for section in ("scenes", "stacks", "named", "scratch")
                 for run_id, r in sections.get(section, [])]
     view = compare_view([r for r, _ in overview], [link for _, link in overview])
+    stacks = [r for _, r in sections.get("scenes", [])[:1]] + [r for _, r in sections.get("stacks", [])]
+    view["trajectory"] = stack_trajectory(stacks)
     increments = [_increment_row(f"+ {r.subject.scene_ids[-1]} (stack {len(r.subject.scene_ids)} over "
                                  f"{len(r.subject.scene_ids) - 1})", r, f"increments/{run_id}/report.html")
                   for run_id, r in sections.get("increments", [])]
     removals = [_increment_row(f"without {run_id.removeprefix('without-')}", r, f"removals/{run_id}/report.html")
                 for run_id, r in sections.get("removals", [])]
-    stacks = [r for _, r in sections.get("scenes", [])[:1]] + [r for _, r in sections.get("stacks", [])]
     html = _env().get_template("experiment.html.j2").render(
-        name=name, **view, increments=increments, removals=removals,
-        key_metrics=[f"{k} {m}" for k, m in KEY_METRICS], trajectory=stack_trajectory(stacks))
+        name=name, **view, increments=increments, removals=removals, key_metrics=[f"{k} {m}" for k, m in KEY_METRICS])
     write_text_atomic(out, html)
     return out
