@@ -233,8 +233,10 @@ def write_run_report(record: RunRecord, path: Path) -> Path:
 
 def _row_label(record: RunRecord) -> tuple[str, str]:
     kind = {"adapter": "LoRA", "checkpoint": "scratch", "base": "base"}[record.subject.kind]
-    if record.subject.kind == "adapter" and len(record.subject.scene_ids) > 1:
-        kind = f"stack {len(record.subject.scene_ids)}"
+    if len(record.subject.scene_ids) > 1:
+        if record.subject.kind == "adapter":
+            kind = f"stack {len(record.subject.scene_ids)}"
+        return kind, " + ".join(record.subject.scene_ids)
     return kind, record.subject.scene_title or record.subject.name
 
 
