@@ -62,6 +62,21 @@ def parse_model(model: type[BaseModel], data: Any, path: Path, item: str | None 
         raise validation_error(path, exc, item) from None
 
 
+def yaml_files(path: Path, what: str | None = None) -> list[Path]:
+    """A YAML file, or the *.yaml / *.yml files of a folder in name order.
+
+    With `what` ("scene", "probe") an empty folder is an error naming what was expected.
+    """
+    if not path.exists():
+        raise EvalkitError("no such file or folder", where=str(path))
+    if not path.is_dir():
+        return [path]
+    files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
+    if not files and what:
+        raise EvalkitError(f"folder holds no {what} files (*.yaml)", where=str(path))
+    return files
+
+
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

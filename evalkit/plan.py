@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evalkit.errors import EvalkitError
 from evalkit.files import parse_model, read_yaml_mapping
-from evalkit.scene import ID_PATTERN, Scene, load_scene, scene_files
+from evalkit.scene import ID_PATTERN, Scene, TrainingOverrides, load_scene, scene_files
 
 Id = str
 
@@ -43,14 +43,6 @@ class ScratchPlan(_Strict):
     seed: int = 0
 
 
-class TrainingPlan(_Strict):
-    steps: int | None = Field(default=None, ge=1)
-    learning_rate: float | None = Field(default=None, gt=0)
-    rank: int | None = Field(default=None, ge=1)
-    alpha: float | None = Field(default=None, gt=0)
-    seed: int | None = None
-
-
 class Plan(_Strict):
     """An experiment: one adapter per scene, stacks, leave-one-out, scratch; one compare report."""
 
@@ -62,7 +54,8 @@ class Plan(_Strict):
     suites: list[str] = ["../probes"]
     stacks: StackPlan = StackPlan()
     scratch: list[ScratchPlan] = []
-    training: TrainingPlan = TrainingPlan()
+    training: TrainingOverrides = TrainingOverrides()
+    """Training settings for every adapter of the plan (a scene's own overrides apply to its single adapter)."""
     reference: str = "base"
     """What single scenes are compared against: 'base', or a scene id (e.g. the control scene)."""
 

@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from evalkit.errors import EvalkitError
-from evalkit.files import read_yaml_mapping, stable_hash, validation_error
+from evalkit.files import read_yaml_mapping, stable_hash, validation_error, yaml_files
 from evalkit.scene import ID_PATTERN
 
 Normalization = Literal["sum", "per_token"]
@@ -234,14 +234,7 @@ def _entry_id(entry: object, index: int) -> str:
 
 
 def suite_files(path: Path) -> list[Path]:
-    if not path.exists():
-        raise EvalkitError("no such file or folder", where=str(path))
-    if path.is_dir():
-        files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
-        if not files:
-            raise EvalkitError("folder holds no probe files (*.yaml)", where=str(path))
-        return files
-    return [path]
+    return yaml_files(path, "probe")
 
 
 def load_suites(paths: list[Path]) -> list[LoadedSuite]:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evalkit.errors import EvalkitError
-from evalkit.files import parse_model, read_yaml_mapping, stable_hash
+from evalkit.files import parse_model, read_yaml_mapping, stable_hash, yaml_files
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 
@@ -92,15 +92,8 @@ def load_scene(path: Path) -> Scene:
 
 
 def scene_files(path: Path) -> list[Path]:
-    """A scene file, or the *.yaml files of a folder in name order (the stacking order)."""
-    if not path.exists():
-        raise EvalkitError("no such file or folder", where=str(path))
-    if path.is_dir():
-        files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
-        if not files:
-            raise EvalkitError("folder holds no scene files (*.yaml)", where=str(path))
-        return files
-    return [path]
+    """A scene file, or the scene files of a folder in name order (the stacking order)."""
+    return yaml_files(path, "scene")
 
 
 def load_scenes(path: Path) -> list[Scene]:

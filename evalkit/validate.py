@@ -6,17 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from evalkit.errors import EvalkitError
-from evalkit.files import read_yaml_mapping
+from evalkit.files import read_yaml_mapping, yaml_files
 from evalkit.probe import LoadedSuite, load_suite
 from evalkit.scene import Scene, load_scene
-
-
-def _yaml_files(path: Path) -> list[Path]:
-    if not path.exists():
-        raise EvalkitError("no such file or folder", where=str(path))
-    if path.is_dir():
-        return sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
-    return [path]
 
 
 def check_expectations(scene: Scene, path: Path, suites: list[LoadedSuite]) -> None:
@@ -36,7 +28,7 @@ def validate_paths(paths: list[Path]) -> list[str]:
     """One 'ok' line per valid file; the first invalid file raises its one-line error."""
     lines, suites, scenes = [], [], []
     for path in paths:
-        for f in _yaml_files(path):
+        for f in yaml_files(path):
             data = read_yaml_mapping(f)
             if "kind" in data or "items" in data or "groups" in data:
                 suite = load_suite(f)
