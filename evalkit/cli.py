@@ -98,7 +98,8 @@ def run(
     """Score the reference (the base by default) and each subject on the probe suites, pair by item, test, report."""
     from evalkit.run import RunSettings
     from evalkit.stats import StatsSettings
-    from evalkit.workflow import default_folder, run as do_run
+    from evalkit.workflow import default_folder
+    from evalkit.workflow import run as do_run
 
     if dtype not in ("float32", "bfloat16"):
         raise EvalkitError(f"--dtype '{dtype}' is not one of float32, bfloat16")

@@ -140,10 +140,6 @@ def suite_effects(items: list[ItemRecord], settings: stats.StatsSettings) -> lis
     return effects
 
 
-def item_shift(item: ItemRecord, metric: str = "margin") -> float:
-    return float(item.subject[metric]) - float(item.reference[metric])
-
-
 def mark_seed_spread(records: list) -> None:
     """Give every effect the spread of its mean difference across seeds of the same scene(s).
 

@@ -16,8 +16,15 @@ from evalkit.errors import EvalkitError
 from evalkit.files import stable_hash
 from evalkit.probe import ContinuationSuite, LoadedSuite
 from evalkit.scoring import score_suite
-from evalkit.tasks import (choice_hash, choice_task, choice_task_name, continuation_tokens, generation_hash,
-                           generation_task, generation_task_name)
+from evalkit.tasks import (
+    choice_hash,
+    choice_task,
+    choice_task_name,
+    continuation_tokens,
+    generation_hash,
+    generation_task,
+    generation_task_name,
+)
 
 ItemScores = dict[str, dict[str, dict[str, Any]]]  # suite -> item id -> scores
 

@@ -12,21 +12,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from evalkit.adapter import TrainSettings, adapter_key, existing_key, train_adapter
+from evalkit.effects import mark_seed_spread
 from evalkit.files import atomic_directory
 from evalkit.models import Base, load_base
 from evalkit.plan import Resolved, load_plan
 from evalkit.probe import load_suites
 from evalkit.record import RunRecord, write_record
 from evalkit.report import write_experiment_report, write_run_report
-from evalkit.run import RunSettings, Runner, Subject, adapter_subject, build_record, checkpoint_subject, model_ref
+from evalkit.run import Runner, RunSettings, Subject, adapter_subject, build_record, checkpoint_subject, model_ref
 from evalkit.scene import Scene
 from evalkit.scratch import ScratchSettings, existing_scratch_key, read_corpus, scratch_key, train_scratch
-from evalkit.effects import mark_seed_spread
 
 
 @dataclass

@@ -11,8 +11,7 @@ import yaml
 
 from evalkit.files import atomic_directory
 from evalkit.probe import ContinuationSuite, LoadedSuite
-from evalkit.tasks import (choice_doc, choice_task_body, generation_doc, generation_length,
-                           generation_task_body)
+from evalkit.tasks import choice_doc, choice_task_body, generation_doc, generation_length, generation_task_body
 
 UTILS_MODULE = "evalkit_utils"
 

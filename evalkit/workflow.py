@@ -9,8 +9,7 @@ from typing import Callable
 
 from evalkit.adapter import TrainSettings, train_adapter, train_stack
 from evalkit.errors import EvalkitError
-from evalkit.files import write_text_atomic
-from evalkit.models import Base, load_base, read_manifest
+from evalkit.models import load_base, read_manifest
 from evalkit.paths import project_root
 from evalkit.probe import load_suites
 from evalkit.record import RunRecord, write_record

@@ -213,3 +213,16 @@ def test_reference_adapter_and_seed_spread(trained, tiny_llama):
     base_run = json.loads((work / "reports" / "honesty" / "results.json").read_text())
     assert [i["subject"]["margin"] - i["reference"]["margin"] for i in record["items"]] == pytest.approx(
         [i["subject"]["margin"] - i["reference"]["margin"] for i in base_run["items"]], abs=1e-9)
+
+
+def test_train_stack_makes_cumulative_adapters(tmp_path, tiny_llama):
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for name in ("01-honesty.yaml", "02-courage.yaml", "04-curiosity.yaml"):
+        (scenes / name).write_text((ROOT / "scenes" / name).read_text())
+    done = evalkit("train", scenes, "--stack", "--base", tiny_llama, "--out", tmp_path / "stack", "--steps", "3")
+    assert done.returncode == 0, done.stderr
+    made = sorted(p.name for p in (tmp_path / "stack").iterdir())
+    assert made == ["stack-01-honesty", "stack-02-courage", "stack-03-curiosity"]
+    manifest = json.loads((tmp_path / "stack" / "stack-03-curiosity" / "evalkit.json").read_text())
+    assert [s["id"] for s in manifest["scenes"]] == ["honesty", "courage", "curiosity"]

@@ -8,8 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from conftest import build_tiny
+
 from evalkit.adapter import TrainSettings, train_adapter
 from evalkit.errors import EvalkitError
 from evalkit.models import load_base, weights_fingerprint
