@@ -10,7 +10,7 @@ from typing import Callable
 
 from evalkit import __version__
 from evalkit.files import atomic_directory, stable_hash, write_json_atomic
-from evalkit.models import MANIFEST_NAME, Base, lora_targets, uses_conv1d
+from evalkit.models import MANIFEST_NAME, Base, lora_targets, manifest_key, uses_conv1d
 from evalkit.scene import Scene
 from evalkit.versions import now, package_versions
 
@@ -45,15 +45,6 @@ def adapter_key(scenes: list[Scene], base: Base, settings: TrainSettings) -> str
     })[:16]
 
 
-def existing_key(out: Path) -> str | None:
-    import json
-
-    try:
-        return json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8")).get("key")
-    except (OSError, ValueError):
-        return None
-
-
 def training_text(scenes: list[Scene], eos: str) -> str:
     return "".join(scene.body.strip() + eos for scene in scenes)
 
@@ -71,7 +62,7 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: TrainSet
     settings = settings.for_scenes(scenes)
     key = adapter_key(scenes, base, settings)
     label = "+".join(s.id for s in scenes)
-    if reuse and existing_key(out) == key:
+    if reuse and manifest_key(out) == key:
         log(f"adapter {label}: reusing {out}")
         return out
 

@@ -119,10 +119,10 @@ def score_model(model, tokenizer, suites: list[LoadedSuite], *, batch_size: int,
             hit = cache.get(choice_hash(s, c)) if cache else None
             if hit is None:
                 todo.append(c)
+                counts.computed += len(c.options)
             else:
                 choices[s.name][c.id] = hit
-            counts.cached += 0 if hit is None else len(c.options)
-            counts.computed += 0 if hit is not None else len(c.options)
+                counts.cached += len(c.options)
         if todo:
             tasks.append(choice_task(s, todo))
         if isinstance(s.spec, ContinuationSuite):

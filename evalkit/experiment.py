@@ -17,17 +17,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from evalkit.adapter import TrainSettings, adapter_key, existing_key, train_adapter
+from evalkit.adapter import TrainSettings, adapter_key, train_adapter
 from evalkit.effects import mark_seed_spread
 from evalkit.files import atomic_directory
-from evalkit.models import Base, load_base
+from evalkit.models import Base, load_base, manifest_key
 from evalkit.plan import Resolved, load_plan
 from evalkit.probe import load_suites
 from evalkit.record import RunRecord, write_record
 from evalkit.report import write_experiment_report, write_run_report
 from evalkit.run import Runner, RunSettings, Subject, adapter_subject, build_record, checkpoint_subject, model_ref
 from evalkit.scene import Scene
-from evalkit.scratch import ScratchSettings, existing_scratch_key, read_corpus, scratch_key, train_scratch
+from evalkit.scratch import ScratchSettings, read_corpus, scratch_key, train_scratch
 
 
 @dataclass
@@ -67,7 +67,7 @@ def plan_models(resolved: Resolved, base: Base | None, base_dir: Path, store: Pa
             continue
         key = adapter_key(members, base, settings.for_scenes(members))
         path = store / "adapters" / key
-        out.append(Planned(label, role, members, path, key, existing_key(path) == key, k))
+        out.append(Planned(label, role, members, path, key, manifest_key(path) == key, k))
     for spec in resolved.plan.scratch:
         members = resolved.scratch_scenes[spec.name]
         corpus = read_corpus(resolved.rel(spec.corpus)) if spec.corpus else None
@@ -75,7 +75,7 @@ def plan_models(resolved: Resolved, base: Base | None, base_dir: Path, store: Pa
         key = scratch_key(members, base_dir, s, corpus, spec.demo_stories)
         path = store / "checkpoints" / f"{spec.name}-{key}"
         out.append(Planned(f"scratch-{spec.name}", "scratch", members, path, key,
-                           existing_scratch_key(path) == key, scratch=(spec, s, corpus)))
+                           manifest_key(path) == key, scratch=(spec, s, corpus)))
     return out
 
 
@@ -121,7 +121,7 @@ def _evaluate(planned: list[Planned], resolved: Resolved, base: Base, suites, ru
         p.subject = checkpoint_subject(p.path) if p.role == "scratch" else adapter_subject(p.path)
         p.subject.name = p.label
     adapters = list({p.path: p.subject for p in planned if p.role != "scratch"}.values())
-    runner = Runner(base, suites, run_settings, adapters, log=lambda _: None)
+    runner = Runner(base, suites, run_settings, adapters)
     by_label = {p.label: p for p in planned}
     as_reference: dict[str, tuple] = {}
     sections: dict[str, list[tuple[str, RunRecord]]] = {"scenes": [], "stacks": [], "increments": [],

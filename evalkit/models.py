@@ -111,19 +111,39 @@ def uses_conv1d(model) -> bool:
     return any(isinstance(m, Conv1D) for m in model.modules())
 
 
+def load_manifest(folder: Path) -> dict[str, Any] | None:
+    """The evalkit manifest of an adapter or checkpoint folder; None when it has none."""
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EvalkitError(f"not valid JSON: {exc}", where=str(path)) from None
+    if not isinstance(data, dict):
+        raise EvalkitError("expected a JSON object", where=str(path))
+    return data
+
+
+def manifest_key(folder: Path) -> str | None:
+    """The content key a folder was trained for, or None (absent or unreadable: train it again)."""
+    try:
+        return (load_manifest(folder) or {}).get("key")
+    except EvalkitError:
+        return None
+
+
 def read_manifest(adapter_dir: Path) -> dict[str, Any]:
-    path = adapter_dir / MANIFEST_NAME
+    """An adapter's manifest, required: without it the adapter's base cannot be checked."""
     if not adapter_dir.is_dir():
         raise EvalkitError("no such adapter folder", where=str(adapter_dir))
     if not (adapter_dir / "adapter_config.json").is_file():
         raise EvalkitError("not a peft adapter folder (no adapter_config.json)", where=str(adapter_dir))
-    if not path.is_file():
-        raise EvalkitError("no evalkit manifest, so its base cannot be checked", where=str(path),
+    manifest = load_manifest(adapter_dir)
+    if manifest is None:
+        raise EvalkitError("no evalkit manifest, so its base cannot be checked", where=str(adapter_dir / MANIFEST_NAME),
                            hint="train it with 'evalkit train'")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise EvalkitError(f"not valid JSON: {exc}", where=str(path)) from None
+    return manifest
 
 
 def check_adapter_base(adapter_dir: Path, manifest: dict[str, Any], base: Base) -> None:

@@ -18,8 +18,8 @@ from evalkit.cache import ScoreCache
 from evalkit.effects import mark_seed_spread, suite_effects
 from evalkit.engine import Counts, Scored, check_context, context_limit, score_model
 from evalkit.errors import EvalkitError
-from evalkit.models import Base, attach_adapters, check_adapter_base, load_base, read_manifest, weights_fingerprint
-from evalkit.probe import ContinuationSuite, LoadedSuite
+from evalkit.models import Base, attach_adapters, check_adapter_base, load_base, load_manifest, read_manifest
+from evalkit.probe import Choice, ContinuationSuite, LoadedSuite
 from evalkit.record import ItemRecord, Manifest, ModelRef, RunRecord, StatsRef, SuiteRef
 from evalkit.stats import StatsSettings
 from evalkit.versions import git_commit, now, package_versions
@@ -64,12 +64,7 @@ def checkpoint_subject(path: Path) -> Subject:
     path = path.resolve()
     if not (path / "config.json").is_file():
         raise EvalkitError("not a Hugging Face model folder (no config.json)", where=str(path))
-    manifest = None
-    if (path / "evalkit.json").is_file():
-        import json
-
-        manifest = json.loads((path / "evalkit.json").read_text(encoding="utf-8"))
-    return Subject("checkpoint", path, path.name, manifest)
+    return Subject("checkpoint", path, path.name, load_manifest(path))
 
 
 def _adapter_fingerprint(path: Path, base_fingerprint: str) -> str:
@@ -114,16 +109,15 @@ def pair_items(suites: list[LoadedSuite], ref: Scored, sub: Scored) -> list[Item
     """Pair reference and subject by (suite, item id); every item is on both sides."""
     records = []
     for s in suites:
-        prompts = {c.id: c for c in s.spec.choices()}
-        items = s.spec.items if isinstance(s.spec, ContinuationSuite) else None
+        # Every item as a Choice; continuation items without references have no options.
+        shapes = {i.id: Choice(i.id, i.cluster, i.prompt, ()) for i in getattr(s.spec, "items", [])
+                  if isinstance(s.spec, ContinuationSuite)}
+        shapes.update({c.id: c for c in s.spec.choices()})
         for item_id in s.item_ids():
-            if item_id in prompts:
-                prompt, options, cluster = prompts[item_id].prompt, list(prompts[item_id].options), prompts[item_id].cluster
-            else:
-                item = next(i for i in items if i.id == item_id)
-                prompt, options, cluster = item.prompt, [], item.cluster
+            c = shapes[item_id]
             records.append(ItemRecord(
-                suite=s.name, kind=s.spec.kind, item_id=item_id, cluster=cluster, prompt=prompt, options=options,
+                suite=s.name, kind=s.spec.kind, item_id=item_id, cluster=c.cluster, prompt=c.prompt,
+                options=list(c.options),
                 reference=ref.scores[s.name][item_id], subject=sub.scores[s.name][item_id],
             ))
     return records
@@ -133,8 +127,8 @@ class Runner:
     """Holds the one loaded base (with every adapter attached) for a run."""
 
     def __init__(self, base: Base, suites: list[LoadedSuite], settings: RunSettings, adapters: list[Subject],
-                 use_cache: bool = True, log: Callable[[str], None] = print):
-        self.base, self.suites, self.settings, self.log, self.use_cache = base, suites, settings, log, use_cache
+                 use_cache: bool = True):
+        self.base, self.suites, self.settings, self.use_cache = base, suites, settings, use_cache
         check_context(suites, base.tokenizer, context_limit(base.model, base.tokenizer))
         for a in adapters:
             check_adapter_base(a.path, a.manifest or {}, base)
@@ -149,13 +143,6 @@ class Runner:
     def _cache(self, fingerprint: str) -> ScoreCache | None:
         return ScoreCache(fingerprint, self.settings.decoding()) if self.use_cache else None
 
-    def fingerprint(self, subject: Subject | None, model=None) -> str:
-        if subject is None:
-            return self.base.fingerprint
-        if subject.kind == "adapter":
-            return _adapter_fingerprint(subject.path, self.base.fingerprint)
-        return weights_fingerprint(model)
-
     def score(self, subject: Subject | None, reference: tuple[Scored, str] | None = None) -> tuple[Scored, str, Counts]:
         """Score the base (subject None), an attached adapter, or a checkpoint."""
         counts = Counts()
@@ -168,7 +155,7 @@ class Runner:
             fp = ckpt.fingerprint
             scored = score_model(ckpt.model, ckpt.tokenizer, self.suites, cache=self._cache(fp), **kwargs)
             return scored, fp, counts
-        fp = self.fingerprint(subject)
+        fp = self.base.fingerprint if subject is None else _adapter_fingerprint(subject.path, self.base.fingerprint)
         if subject is None:
             context = self.model.disable_adapter() if self.model is not self.base.model else nullcontext()
         else:
@@ -185,7 +172,7 @@ def run_subjects(base: Base, subjects: list[Subject], suites: list[LoadedSuite],
     """Score the reference once, then each subject against it; one RunRecord per subject."""
     adapters = [s for s in [reference, *subjects] if s is not None and s.kind == "adapter"]
     unique = list({a.path: a for a in adapters}.values())
-    runner = Runner(base, suites, settings, unique, use_cache=use_cache, log=log)
+    runner = Runner(base, suites, settings, unique, use_cache=use_cache)
     try:
         ref_scored, ref_fp, counts = runner.score(reference)
         ref_name = reference.name if reference else "base"

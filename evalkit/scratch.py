@@ -104,15 +104,6 @@ def scratch_key(scenes: list, tokenizer_dir: Path, settings: ScratchSettings, co
                         "demo_stories": demo_stories, "tokenizer": str(tokenizer_dir), "settings": asdict(settings)})[:16]
 
 
-def existing_scratch_key(out: Path) -> str | None:
-    import json
-
-    try:
-        return json.loads((out / "evalkit.json").read_text(encoding="utf-8")).get("key")
-    except (OSError, ValueError):
-        return None
-
-
 def train_scratch(scenes: list, tokenizer_dir: Path, out: Path, settings: ScratchSettings,
                   corpus: list[str] | None = None, demo_stories: int = 0,
                   log: Callable[[str], None] = print, on_step: Callable[[], None] | None = None) -> Path:

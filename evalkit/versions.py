@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 from datetime import datetime, timezone
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("evalkit", "torch", "transformers", "peft", "lm_eval", "scipy", "numpy", "pydantic", "jinja2")
 
 
+@lru_cache(maxsize=1)  # one lookup per process, however many records a run writes
 def package_versions() -> dict[str, str]:
     out = {}
     for name in PACKAGES:
@@ -20,6 +22,7 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+@lru_cache(maxsize=8)
 def git_commit(where: Path) -> str | None:
     try:
         done = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,

@@ -136,8 +136,13 @@ def _bad_inputs(tmp: Path, trained: dict, tiny_llama: Path, other: Path) -> list
                                     "{id: a, prompt: Q, options: [x, y]}]\n")
     (tmp / "riddles.yaml").write_text("suite: r\nkind: riddles\nitems: []\n")
     honesty = trained["work"] / "adapters" / "honesty"
+    broken = tmp / "broken-ckpt"
+    shutil.copytree(tiny_llama, broken)
+    (broken / "evalkit.json").write_text("{not json")
     out = tmp / "out"
     return [
+        (["run", "--checkpoint", broken, "--base", tiny_llama, "--suite", TENSION, "--out", out],
+         "broken-ckpt/evalkit.json: not valid JSON"),
         (["run", "--adapter", honesty, "--base", tiny_llama, "--suite", tmp / "long.yaml", "--out", out],
          "long.yaml [too-long]: field 'prompt'"),
         (["validate", tmp / "dupes.yaml"], "dupes.yaml [a]: field 'id': duplicate id"),
