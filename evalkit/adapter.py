@@ -12,6 +12,7 @@ from evalkit import __version__
 from evalkit.files import atomic_directory, stable_hash, write_json_atomic
 from evalkit.models import MANIFEST_NAME, Base, lora_targets, manifest_key, uses_conv1d
 from evalkit.scene import Scene
+from evalkit.scratch import window_batch
 from evalkit.versions import now, package_versions
 
 # Bump when the training recipe changes in a way the settings do not capture.
@@ -49,6 +50,15 @@ def training_text(scenes: list[Scene], eos: str) -> str:
     return "".join(scene.body.strip() + eos for scene in scenes)
 
 
+def lora_config(base: Base, settings: TrainSettings):
+    """peft's LoraConfig for this base: targets inferred per architecture, GPT-2's Conv1D handled."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=lora_targets(base.model), task_type="CAUSAL_LM",
+                      fan_in_fan_out=uses_conv1d(base.model))
+
+
 def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: TrainSettings = TrainSettings(),
                   scene_paths: list[str] | None = None, log: Callable[[str], None] = print,
                   reuse: bool = True, on_step: Callable[[], None] | None = None) -> Path:
@@ -57,7 +67,7 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: TrainSet
     The base model is left exactly as it was: LoRA layers are removed again after saving.
     """
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     settings = settings.for_scenes(scenes)
     key = adapter_key(scenes, base, settings)
@@ -74,9 +84,7 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: TrainSet
 
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=lora_targets(base.model), task_type="CAUSAL_LM",
-                        fan_in_fan_out=uses_conv1d(base.model))
+    config = lora_config(base, settings)
     model = get_peft_model(base.model, config)
     try:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -84,8 +92,7 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: TrainSet
         model.train()
         losses: list[float] = []
         for _ in range(settings.steps):
-            starts = [rng.randrange(0, len(data) - block) for _ in range(settings.batch_size)]
-            batch = torch.stack([data[i : i + block + 1] for i in starts])  # (B, block + 1)
+            batch = window_batch(data, block, settings.batch_size, rng)  # (B, block + 1)
             loss = model(input_ids=batch, labels=batch).loss
             opt.zero_grad()
             loss.backward()
@@ -125,11 +132,9 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: TrainSet
 def untrained_adapter(base: Base, out: Path, settings: TrainSettings = TrainSettings()) -> Path:
     """A LoRA adapter as peft initialises it: B = 0, so base+adapter must equal the base exactly.
     The null subject of `evalkit calibrate`."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=lora_targets(base.model), task_type="CAUSAL_LM",
-                        fan_in_fan_out=uses_conv1d(base.model))
+    config = lora_config(base, settings)
     model = get_peft_model(base.model, config)
     try:
         with atomic_directory(out) as tmp:

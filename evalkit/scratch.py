@@ -39,6 +39,14 @@ def token_stream(texts: list[str], tokenizer) -> list[int]:
     return ids
 
 
+def window_batch(data, block: int, batch_size: int, rng: random.Random):
+    """A seeded batch of random windows of the token stream: (batch_size, block + 1) token ids."""
+    import torch
+
+    starts = [rng.randrange(0, len(data) - block) for _ in range(batch_size)]
+    return torch.stack([data[i : i + block + 1] for i in starts])
+
+
 def train_causal_lm(ids: list[int], tokenizer, s: ScratchSettings, out: Path,
                     log: Callable[[str], None] = print, label: str = "scratch",
                     on_step: Callable[[], None] | None = None) -> dict:
@@ -65,8 +73,7 @@ def train_causal_lm(ids: list[int], tokenizer, s: ScratchSettings, out: Path,
         lr = s.learning_rate * min(1.0, (step + 1) / s.warmup) * 0.5 * (1 + math.cos(math.pi * step / s.steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        starts = [rng.randrange(0, len(data) - block) for _ in range(s.batch_size)]
-        batch = torch.stack([data[i : i + block + 1] for i in starts])  # (B, block + 1)
+        batch = window_batch(data, block, s.batch_size, rng)  # (B, block + 1)
         loss = model(input_ids=batch, labels=batch).loss
         opt.zero_grad()
         loss.backward()
