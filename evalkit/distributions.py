@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from evalkit.models import context_limit
+from evalkit.packing import build_packs, score_packs
 from evalkit.tasks import continuation_tokens
 
 
@@ -25,43 +27,26 @@ class Along:
 
 
 def along_continuations(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int) -> list[Along]:
-    """Log-softmax over the vocabulary at every continuation token of each (prompt, text)."""
-    import torch
+    """Log-softmax over the vocabulary at every continuation token of each (prompt, text).
 
-    encoded = []
-    for prompt, text in pairs:
-        cont = continuation_tokens(tokenizer, prompt, text) if text else []
-        ctx = tokenizer(prompt)["input_ids"] if text else []
-        encoded.append((ctx, cont))
-    out: list[Along | None] = [None] * len(pairs)
-    order = sorted(range(len(pairs)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    Scored with the same shared-prefix packing as lm-eval's requests (`evalkit/packing.py`):
+    only the continuation positions go through the output head.
+    """
     vocab = model.get_output_embeddings().weight.shape[0]
-    for start in range(0, len(order), batch_size):
-        batch = [i for i in order[start : start + batch_size] if encoded[i][1]]
-        for i in order[start : start + batch_size]:
-            if not encoded[i][1]:
-                out[i] = Along([], np.zeros((0, vocab), dtype=np.float32), 0.0, [])
-        if not batch:
-            continue
-        seqs = [encoded[i][0] + encoded[i][1] for i in batch]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):  # right padding: positions stay 0..len-1
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (B, L, V)
-        logp = torch.log_softmax(logits, dim=-1)
-        for row, i in enumerate(batch):
-            ctx, cont = encoded[i]
-            # The token at position t is predicted at position t - 1.
-            rows = logp[row, len(ctx) - 1 : len(ctx) - 1 + len(cont)]  # (T, V)
-            picked = rows[torch.arange(len(cont)), torch.tensor(cont)]
-            out[i] = Along(list(cont), rows.numpy().astype(np.float32), float(-picked.sum()),
-                           [float(x) for x in picked])
-    return [a for a in out if a is not None]
+    requests, which = [], []
+    for k, (prompt, text) in enumerate(pairs):
+        cont = continuation_tokens(tokenizer, prompt, text) if text else []
+        if cont:
+            requests.append((tokenizer(prompt)["input_ids"], cont))
+            which.append(k)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    scored = score_packs(model, build_packs(requests, context_limit(model, tokenizer)), batch_size, pad,
+                         keep_rows=True)
+    out = [Along([], np.zeros((0, vocab), dtype=np.float32), 0.0, []) for _ in pairs]
+    for r, k in enumerate(which):
+        s = scored[r]
+        out[k] = Along(requests[r][1], s.rows.astype(np.float32), -s.logprob_sum, s.token_logprobs)
+    return out
 
 
 def mean_kl(subject: np.ndarray, reference: np.ndarray) -> float:

@@ -48,15 +48,6 @@ class Scored:
     distributions: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
 
-def context_limit(model, tokenizer) -> int:
-    config = getattr(model, "config", None)
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return int(getattr(tokenizer, "model_max_length", 2048))
-
-
 def check_context(suites: list[LoadedSuite], tokenizer, limit: int) -> None:
     """A prompt that does not fit the model's context is an input error, not a silent truncation."""
     for s in suites:
@@ -84,8 +75,17 @@ def quiet_libraries() -> None:
 
 
 def run_lm_eval(model, tokenizer, tasks: list[dict[str, Any]], batch_size: int, seed: int) -> dict[str, list[dict]]:
-    """One real lm-eval evaluation; returns its per-sample records per task name."""
-    import lm_eval
+    """One real lm-eval evaluation; returns its per-sample records per task name.
+
+    This is what `simple_evaluate` does for an already-built model, minus its per-call
+    environment report (pip list, nvidia-smi: about 0.5 s per model here); evalkit writes its
+    own manifest of package versions once per record.
+    """
+    import random
+
+    import numpy as np
+    import torch
+    from lm_eval.evaluator import evaluate
     from lm_eval.tasks import TaskManager
 
     from evalkit.lm import EvalkitLM
@@ -93,12 +93,15 @@ def run_lm_eval(model, tokenizer, tasks: list[dict[str, Any]], batch_size: int, 
     if not tasks:
         return {}
     quiet_libraries()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    loaded = TaskManager(include_defaults=False).load(tasks)
+    for task in loaded["tasks"].values():
+        task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=seed)
     lm = EvalkitLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    result = lm_eval.simple_evaluate(
-        model=lm, tasks=tasks, task_manager=TaskManager(include_defaults=False), bootstrap_iters=0,
-        log_samples=True, verbosity="ERROR", random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-        fewshot_random_seed=seed,
-    )
+    result = evaluate(lm=lm, task_dict=loaded, bootstrap_iters=0, log_samples=True, verbosity="ERROR")
     return result["samples"]
 
 

@@ -85,6 +85,15 @@ def load_base(path: Path, dtype: str = "float32") -> Base:
                 model_type=model.config.model_type)
 
 
+def context_limit(model, tokenizer) -> int:
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return int(getattr(tokenizer, "model_max_length", 2048))
+
+
 def lora_targets(model) -> list[str]:
     """LoRA target module names for this architecture (table above, else every linear layer)."""
     import torch

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ MAIN_METRIC = {"tension": "margin", "novel_axis": "margin", "consistency": "marg
 KEY_METRICS = [("tension", "margin"), ("novel_axis", "margin"), ("consistency", "agreement"), ("continuation", "kl")]
 
 
+@lru_cache(maxsize=1)
 def _env() -> Environment:
+    """One environment per process, so each template is compiled once, not once per report."""
     return Environment(loader=PackageLoader("evalkit", "templates"), autoescape=True,
                        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 

@@ -16,9 +16,17 @@ from typing import Any, Callable
 from evalkit import __version__
 from evalkit.cache import ScoreCache
 from evalkit.effects import mark_seed_spread, suite_effects
-from evalkit.engine import Counts, Scored, check_context, context_limit, score_model
+from evalkit.engine import Counts, Scored, check_context, score_model
 from evalkit.errors import EvalkitError
-from evalkit.models import Base, attach_adapters, check_adapter_base, load_base, load_manifest, read_manifest
+from evalkit.models import (
+    Base,
+    attach_adapters,
+    check_adapter_base,
+    context_limit,
+    load_base,
+    load_manifest,
+    read_manifest,
+)
 from evalkit.probe import Choice, ContinuationSuite, LoadedSuite
 from evalkit.record import ItemRecord, Manifest, ModelRef, RunRecord, StatsRef, SuiteRef
 from evalkit.stats import StatsSettings

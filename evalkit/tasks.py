@@ -89,14 +89,27 @@ def _in_memory(docs: list[dict[str, Any]]):
     return dataset
 
 
+def _prompt(doc: dict) -> str:
+    return doc["prompt"]
+
+
+def _options(doc: dict) -> list[str]:
+    return list(doc["options"])
+
+
 def choice_task(suite: LoadedSuite, choices: list[Choice]) -> dict[str, Any]:
-    """An in-memory multiple_choice task over `choices` (a subset when some are cached)."""
-    return {**choice_task_body(suite), "custom_dataset": _in_memory([choice_doc(c) for c in choices])}
+    """An in-memory multiple_choice task over `choices` (a subset when some are cached).
+
+    Functions stand in for the exported YAML's `{{prompt}}` / `{{options}}` templates: the
+    same text, without lm-eval compiling a Jinja template for every document.
+    """
+    return {**choice_task_body(suite), "doc_to_text": _prompt, "doc_to_choice": _options,
+            "custom_dataset": _in_memory([choice_doc(c) for c in choices])}
 
 
 def generation_task(suite: LoadedSuite, items: list[ContinuationItem]) -> dict[str, Any]:
-    return {**generation_task_body(suite), "custom_dataset": _in_memory([generation_doc(i) for i in items]),
-            "process_results": generation_length}
+    return {**generation_task_body(suite), "doc_to_text": _prompt,
+            "custom_dataset": _in_memory([generation_doc(i) for i in items]), "process_results": generation_length}
 
 
 def continuation_tokens(tokenizer, context: str, continuation: str) -> list[int]:

@@ -1,0 +1,91 @@
+"""Shared-prefix scoring against lm-eval's own unpacked HF path, request by request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import build_tiny
+from lm_eval.models.huggingface import HFLM
+
+from evalkit import lm as evalkit_lm
+from evalkit.lm import EvalkitLM
+from evalkit.models import load_base
+from evalkit.packing import build_packs, score_packs
+from evalkit.probe import load_suites
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITES = load_suites([ROOT / "probes"])
+
+
+@pytest.fixture(scope="module")
+def arch_models(tmp_path_factory, world_tokenizer):
+    root = tmp_path_factory.mktemp("packing")
+    return {arch: build_tiny(arch, world_tokenizer, root / arch, seed=3) for arch in ("llama", "gpt2", "gpt_neox")}
+
+
+def suite_requests(lm: HFLM) -> list:
+    """Every (prompt, option) of the shipped suites as lm-eval encodes it."""
+    requests = []
+    for s in SUITES:
+        for c in s.spec.choices():
+            for option in c.options:
+                context, continuation = c.prompt, s.spec.delimiter + option
+                requests.append(((context, continuation), *lm._encode_pair(context, continuation)))
+    return requests
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
+def test_packed_scores_equal_lm_eval_unpacked(arch, arch_models):
+    base = load_base(arch_models[arch])
+    lm = EvalkitLM(pretrained=base.model, tokenizer=base.tokenizer, batch_size=8)
+    requests = suite_requests(lm)
+    packed = lm._loglikelihood_tokens(requests)
+    plain = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
+    assert len(packed) == len(plain) == len(requests) > 150
+    for (p_sum, p_greedy), (u_sum, u_greedy) in zip(packed, plain):
+        assert p_sum == pytest.approx(u_sum, abs=1e-5)
+        assert p_greedy == u_greedy
+    assert True in evalkit_lm._PACKING_VERIFIED.values()
+    # Packing did share: fewer tokens went through the model than lm-eval feeds it.
+    pairs = [(ctx, cont) for _, ctx, cont in requests]
+    assert sum(len(p.tokens) for p in build_packs(pairs, 10_000)) < 0.7 * sum(len(c) + len(t) - 1 for c, t in pairs)
+
+
+def test_rows_split_at_the_context_limit_score_the_same(arch_models):
+    base = load_base(arch_models["llama"])
+    context = base.tokenizer("Mira found a coin near the market, and she")["input_ids"]
+    options = [base.tokenizer(" went home to rest by the river.")["input_ids"] for _ in range(3)]
+    options += [base.tokenizer(" kept it.")["input_ids"]]
+    requests = [(context, o) for o in options]
+    limit = len(context) + 2 * max(len(o) for o in options)
+    packs = build_packs(requests, limit)
+    assert len(packs) > 1 and all(len(p.tokens) <= limit for p in packs)
+    split = score_packs(base.model, packs, batch_size=2, pad_id=0)
+    whole = score_packs(base.model, build_packs(requests, 10_000), batch_size=2, pad_id=0)
+    for i in range(len(requests)):
+        assert split[i].logprob_sum == pytest.approx(whole[i].logprob_sum, abs=1e-5)
+
+
+def test_a_model_that_ignores_the_packed_mask_falls_back_to_lm_eval(arch_models, monkeypatch):
+    """An architecture that drops custom masks and position ids would score packed options
+    wrongly; the one-time check notices and lm-eval's unpacked path is used instead."""
+    import torch
+
+    base = load_base(arch_models["llama"])
+    with torch.no_grad():  # sharper attention than a fresh init, so seeing the wrong tokens shows
+        for p in base.model.parameters():
+            p.mul_(4.0)
+    forward = type(base.model).forward
+
+    def ignores_mask(self, *args, attention_mask=None, position_ids=None, **kwargs):
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(base.model), "forward", ignores_mask)
+    monkeypatch.setattr(evalkit_lm, "_PACKING_VERIFIED", {})
+    lm = EvalkitLM(pretrained=base.model, tokenizer=base.tokenizer, batch_size=8)
+    requests = suite_requests(lm)
+    ours = lm._loglikelihood_tokens(requests)
+    plain = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
+    assert list(evalkit_lm._PACKING_VERIFIED.values()) == [False]
+    assert [round(s, 6) for s, _ in ours] == [round(s, 6) for s, _ in plain]
