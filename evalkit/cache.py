@@ -8,6 +8,7 @@ kept as .npy files beside the entries.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -55,6 +56,17 @@ class ScoreCache:
         os.replace(tmp, folder / f"{key}.npy")
 
     def save(self) -> None:
-        if self._dirty:
+        """Write this process's new entries, merged with what others (Ray workers scoring other
+        suites of the same model, a second evalkit run) saved meanwhile, under a file lock."""
+        if not self._dirty:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                on_disk = json.loads((self.dir / "entries.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                on_disk = {}
+            self.entries = {**on_disk, **self.entries}
             write_json_atomic(self.dir / "entries.json", self.entries)
-            self._dirty = False
+        self._dirty = False

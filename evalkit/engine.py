@@ -74,8 +74,8 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def run_lm_eval(model, tokenizer, tasks: list[dict[str, Any]], batch_size: int, seed: int) -> dict[str, list[dict]]:
-    """One real lm-eval evaluation; returns its per-sample records per task name.
+def run_lm_eval(lm, tasks: list[dict[str, Any]], seed: int) -> dict[str, list[dict]]:
+    """One real lm-eval evaluation of `lm` (an lm-eval model); its per-sample records per task name.
 
     This is what `simple_evaluate` does for an already-built model, minus its per-call
     environment report (pip list, nvidia-smi: about 0.5 s per model here); evalkit writes its
@@ -88,8 +88,6 @@ def run_lm_eval(model, tokenizer, tasks: list[dict[str, Any]], batch_size: int, 
     from lm_eval.evaluator import evaluate
     from lm_eval.tasks import TaskManager
 
-    from evalkit.lm import EvalkitLM
-
     if not tasks:
         return {}
     quiet_libraries()
@@ -100,7 +98,6 @@ def run_lm_eval(model, tokenizer, tasks: list[dict[str, Any]], batch_size: int, 
     for task in loaded["tasks"].values():
         task.set_config(key="num_fewshot", value=0)
         task.set_fewshot_seed(seed=seed)
-    lm = EvalkitLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     result = evaluate(lm=lm, task_dict=loaded, bootstrap_iters=0, log_samples=True, verbosity="ERROR")
     return result["samples"]
 
@@ -109,10 +106,15 @@ def _along_key(prompt: str, text: str, reference_fingerprint: str | None) -> str
     return stable_hash({"shape": "along", "prompt": prompt, "text": text, "reference": reference_fingerprint})
 
 
-def score_model(model, tokenizer, suites: list[LoadedSuite], *, batch_size: int, seed: int, counts: Counts,
+def score_model(model, tokenizer, lm, suites: list[LoadedSuite], *, batch_size: int, seed: int, counts: Counts,
                 cache: ScoreCache | None, reference: Scored | None = None,
                 reference_fingerprint: str | None = None) -> Scored:
-    """Every item's scores under `model`; pass `reference` to score it as a subject against it."""
+    """Every item's scores under `model`; pass `reference` to score it as a subject against it.
+
+    `lm` is the lm-eval model that serves choices and generations for `model` (evalkit's HF
+    class around it, or lm-eval's vLLM engine with the matching adapter selected); KL and NLL
+    are computed on `model` itself.
+    """
     choices: dict[str, dict[str, Any]] = {s.name: {} for s in suites}
     generations: dict[str, dict[str, Any]] = {s.name: {} for s in suites}
     tasks, todo_gen = [], {}
@@ -142,7 +144,7 @@ def score_model(model, tokenizer, suites: list[LoadedSuite], *, batch_size: int,
                 tasks.append(generation_task(s, gen_todo))
                 todo_gen[s.name] = gen_todo
 
-    samples = run_lm_eval(model, tokenizer, tasks, batch_size, seed)
+    samples = run_lm_eval(lm, tasks, seed)
     for s in suites:
         by_id = {c.id: c for c in s.spec.choices()}
         for sample in samples.get(choice_task_name(s), []):

@@ -61,7 +61,7 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_base(path: Path, dtype: str = "float32") -> Base:
+def load_base(path: Path, dtype: str = "float32", device: str = "cpu") -> Base:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -77,7 +77,7 @@ def load_base(path: Path, dtype: str = "float32") -> Base:
     except (OSError, ValueError) as exc:
         raise EvalkitError(f"cannot load the model: {str(exc).splitlines()[0]}", where=str(path)) from None
     fingerprint = weights_fingerprint(model)
-    model = model.to(getattr(torch, dtype))
+    model = model.to(device=device, dtype=getattr(torch, dtype))
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -91,7 +91,8 @@ def score_packs(model, packs: list[Pack], batch_size: int, pad_id: int, keep_row
 
     results: dict[int, Scored] = {}
     order = sorted(range(len(packs)), key=lambda i: -len(packs[i].tokens))
-    dtype = next(model.parameters()).dtype
+    first = next(model.parameters())
+    dtype, device = first.dtype, first.device
     keep_arg = _supports_logits_to_keep(model)
     for start in range(0, len(order), batch_size):
         batch = [packs[i] for i in order[start : start + batch_size]]
@@ -105,12 +106,12 @@ def score_packs(model, packs: list[Pack], batch_size: int, pad_id: int, keep_row
             positions[row, :n] = torch.tensor(pack.positions)
             branch[row, :n] = torch.tensor(pack.branch)
         needed = sorted({p for pack in batch for _, _, at in pack.requests for p in at})
-        kwargs = {"logits_to_keep": torch.tensor(needed)} if keep_arg else {}
+        kwargs = {"logits_to_keep": torch.tensor(needed, device=device)} if keep_arg else {}
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=_attention_mask(branch, dtype), position_ids=positions,
-                           use_cache=False, **kwargs).logits
+            logits = model(input_ids=ids.to(device), attention_mask=_attention_mask(branch, dtype).to(device),
+                           position_ids=positions.to(device), use_cache=False, **kwargs).logits
         column = {p: (c if keep_arg else p) for c, p in enumerate(needed)}
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
         for row, pack in enumerate(batch):
             for index, continuation, at in pack.requests:
                 rows = logprobs[row, [column[p] for p in at]]  # (T, V)

@@ -34,8 +34,10 @@ from evalkit.versions import git_commit, now, package_versions
 
 SCORING = (
     "Choice log-likelihoods and greedy generations come from a real lm-eval evaluation "
-    "(multiple_choice and generate_until through lm-eval's HFLM wrapping the already-loaded "
-    "model; adapters switched with peft set_adapter, the base under disable_adapter). KL and "
+    "(multiple_choice and generate_until through evalkit's lm-eval model class, lm-eval's HFLM "
+    "wrapping the already-loaded model with log-likelihoods scored by shared-prefix packing: each "
+    "prompt computed once for all of its options; adapters switched with peft set_adapter, the "
+    "base under disable_adapter; or lm-eval's vLLM class with --backend vllm). KL and "
     "NLL along the reference's continuation need full next-token distributions, which lm-eval "
     "does not return: evalkit computes them beside lm-eval on the same loaded model, with "
     "lm-eval's tokenisation of prompt and continuation. Token counts for per-token "
@@ -45,12 +47,19 @@ SCORING = (
 
 @dataclass
 class RunSettings:
-    batch_size: int = 16
+    batch_size: int = 32
     dtype: str = "float32"
+    device: str = "cpu"
+    backend: str = "hf"  # "hf": evalkit's lm-eval HF class; "vllm": lm-eval's vLLM class (GPU)
+    executor: str = "local"  # "local": this process; "ray": (subject x suite) jobs on a Ray cluster
+    workers: int | None = None  # Ray workers (default: one per CPU the cluster offers)
+    ray_address: str | None = None  # an existing cluster; default: start a local one
     stats: StatsSettings = field(default_factory=StatsSettings)
 
     def decoding(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "batch_size": self.batch_size, "greedy": True, "engine": "lm-eval HFLM"}
+        """What the numbers depend on (part of the score cache's key); the executor is not."""
+        engine = "lm-eval vllm" if self.backend == "vllm" else "lm-eval evalkit-hf (shared-prefix packing)"
+        return {"dtype": self.dtype, "batch_size": self.batch_size, "greedy": True, "engine": engine}
 
 
 @dataclass
@@ -132,7 +141,8 @@ def pair_items(suites: list[LoadedSuite], ref: Scored, sub: Scored) -> list[Item
 
 
 class Runner:
-    """Holds the one loaded base (with every adapter attached) for a run."""
+    """Holds the one loaded base (with every adapter attached) for a run, and the lm-eval model
+    that serves it."""
 
     def __init__(self, base: Base, suites: list[LoadedSuite], settings: RunSettings, adapters: list[Subject],
                  use_cache: bool = True):
@@ -142,6 +152,16 @@ class Runner:
             check_adapter_base(a.path, a.manifest or {}, base)
         self.adapter_names = {a.path: f"a{k}" for k, a in enumerate(adapters)}
         self.model = attach_adapters(base, {self.adapter_names[a.path]: a.path for a in adapters}) if adapters else base.model
+        self.lm = self._lm_eval_model(self.model, base.tokenizer, Path(base.path), [a.path for a in adapters])
+
+    def _lm_eval_model(self, model, tokenizer, path: Path, adapters: list[Path]):
+        if self.settings.backend == "vllm":
+            from evalkit.vllm_backend import vllm_lm
+
+            return vllm_lm(path, self.settings, adapters)
+        from evalkit.lm import EvalkitLM
+
+        return EvalkitLM(pretrained=model, tokenizer=tokenizer, batch_size=self.settings.batch_size)
 
     def close(self) -> None:
         if self.model is not self.base.model:
@@ -151,17 +171,20 @@ class Runner:
     def _cache(self, fingerprint: str) -> ScoreCache | None:
         return ScoreCache(fingerprint, self.settings.decoding()) if self.use_cache else None
 
-    def score(self, subject: Subject | None, reference: tuple[Scored, str] | None = None) -> tuple[Scored, str, Counts]:
-        """Score the base (subject None), an attached adapter, or a checkpoint."""
+    def score(self, subject: Subject | None, reference: tuple[Scored, str] | None = None,
+              suites: list[LoadedSuite] | None = None) -> tuple[Scored, str, Counts]:
+        """Score the base (subject None), an attached adapter, or a checkpoint, on `suites` (all by default)."""
+        suites = self.suites if suites is None else suites
         counts = Counts()
         kwargs = dict(batch_size=self.settings.batch_size, seed=self.settings.stats.seed, counts=counts,
                       reference=reference[0] if reference else None,
                       reference_fingerprint=reference[1] if reference else None)
         if subject is not None and subject.kind == "checkpoint":
-            ckpt = load_base(subject.path, self.settings.dtype)
-            check_context(self.suites, ckpt.tokenizer, context_limit(ckpt.model, ckpt.tokenizer))
+            ckpt = load_base(subject.path, self.settings.dtype, self.settings.device)
+            check_context(suites, ckpt.tokenizer, context_limit(ckpt.model, ckpt.tokenizer))
+            lm = self._lm_eval_model(ckpt.model, ckpt.tokenizer, subject.path, [])
             fp = ckpt.fingerprint
-            scored = score_model(ckpt.model, ckpt.tokenizer, self.suites, cache=self._cache(fp), **kwargs)
+            scored = score_model(ckpt.model, ckpt.tokenizer, lm, suites, cache=self._cache(fp), **kwargs)
             return scored, fp, counts
         fp = self.base.fingerprint if subject is None else _adapter_fingerprint(subject.path, self.base.fingerprint)
         if subject is None:
@@ -169,9 +192,18 @@ class Runner:
         else:
             self.model.set_adapter(self.adapter_names[subject.path])
             context = nullcontext()
+        if self.settings.backend == "vllm":
+            from evalkit.vllm_backend import select_adapter
+
+            select_adapter(self.lm, None if subject is None else subject.path)
         with context:
-            scored = score_model(self.model, self.base.tokenizer, self.suites, cache=self._cache(fp), **kwargs)
+            scored = score_model(self.model, self.base.tokenizer, self.lm, suites, cache=self._cache(fp), **kwargs)
         return scored, fp, counts
+
+    def score_subjects(self, subjects: list[Subject], reference: tuple[Scored, str]):
+        """(scored, fingerprint, counts) per subject, in order, as each is done."""
+        for subject in subjects:
+            yield self.score(subject, reference)
 
 
 def run_subjects(base: Base, subjects: list[Subject], suites: list[LoadedSuite], settings: RunSettings,
@@ -180,15 +212,19 @@ def run_subjects(base: Base, subjects: list[Subject], suites: list[LoadedSuite],
     """Score the reference once, then each subject against it; one RunRecord per subject."""
     adapters = [s for s in [reference, *subjects] if s is not None and s.kind == "adapter"]
     unique = list({a.path: a for a in adapters}.values())
-    runner = Runner(base, suites, settings, unique, use_cache=use_cache)
+    if settings.executor == "ray":
+        from evalkit.ray_executor import RayRunner
+
+        runner = RayRunner(base, suites, settings, unique, use_cache=use_cache, log=log)
+    else:
+        runner = Runner(base, suites, settings, unique, use_cache=use_cache)
     try:
         ref_scored, ref_fp, counts = runner.score(reference)
         ref_name = reference.name if reference else "base"
         log(f"reference ({ref_name}): {counts.line()}")
         ref_model = model_ref(reference, base, ref_fp)
         records = []
-        for subject in subjects:
-            scored, fp, sub_counts = runner.score(subject, reference=(ref_scored, ref_fp))
+        for subject, (scored, fp, sub_counts) in zip(subjects, runner.score_subjects(subjects, (ref_scored, ref_fp))):
             log(f"subject {subject.name}: {sub_counts.line()}")
             records.append(build_record(subject.name, ref_model, model_ref(subject, base, fp), suites, ref_scored,
                                         scored, settings, {"reference_computed": counts.computed,

@@ -69,7 +69,7 @@ def run(adapters: list[Path], checkpoints: list[Path], base_dir: Path | None, su
         if not with_manifest:
             raise EvalkitError("--checkpoint needs --base: the model it is compared against")
         base_dir = base_of(with_manifest)
-    base = load_base(base_dir, settings.dtype)
+    base = load_base(base_dir, settings.dtype, settings.device)
     records = run_subjects(base, subjects, suites, settings, reference=ref_subject, log=log, use_cache=use_cache)
     return [write_outputs(r, out_root / r.run_id) for r in records]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -140,7 +141,12 @@ def _bad_inputs(tmp: Path, trained: dict, tiny_llama: Path, other: Path) -> list
     shutil.copytree(tiny_llama, broken)
     (broken / "evalkit.json").write_text("{not json")
     out = tmp / "out"
-    return [
+    without_vllm = [] if importlib.util.find_spec("vllm") else [
+        (["run", "--adapter", honesty, "--suite", TENSION, "--backend", "vllm", "--out", out],
+         "--backend vllm needs vllm and a GPU")]
+    return without_vllm + [
+        (["run", "--adapter", honesty, "--suite", TENSION, "--executor", "spark", "--out", out],
+         "--executor 'spark' is not one of local, ray"),
         (["run", "--checkpoint", broken, "--base", tiny_llama, "--suite", TENSION, "--out", out],
          "broken-ckpt/evalkit.json: not valid JSON"),
         (["run", "--adapter", honesty, "--base", tiny_llama, "--suite", tmp / "long.yaml", "--out", out],
