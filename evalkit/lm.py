@@ -12,7 +12,8 @@ import logging
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from evalkit.packing import build_packs, score_packs
+from evalkit.multi_lora import can_group, grouped
+from evalkit.packing import Pack, build_packs, score_packs
 
 log = logging.getLogger("evalkit")
 
@@ -20,11 +21,22 @@ log = logging.getLogger("evalkit")
 _PACKING_VERIFIED: dict[tuple[str, str, str], bool] = {}
 
 
+# Rows of one grouped generation call: twelve models at batch size 32.
+MAX_GROUP_ROWS = 384
+
+
 @register_model("evalkit-hf")
 class EvalkitLM(HFLM):
-    def __init__(self, *args, shared_prefix: bool = True, **kwargs):
+    """With `schedule` set (the adapter names, None for the base, in the order they will be
+    evaluated) and `current` naming the model being evaluated, each generation batch is
+    computed for `current` and the next models of the schedule together (`multi_lora`); their
+    outputs wait here until their own evaluation asks for the same batch."""
+
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.shared_prefix = shared_prefix
+        self.schedule: list[str | None] = []
+        self.current: str | None = None
+        self._ready: dict[tuple, object] = {}
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         return super().loglikelihood(requests, disable_tqdm=True)
@@ -33,7 +45,7 @@ class EvalkitLM(HFLM):
         return super().generate_until(requests, disable_tqdm=True)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
-        if not (self.shared_prefix and self.backend == "causal" and requests):
+        if not (self.backend == "causal" and requests):
             return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
         pairs = [(list(ctx), list(cont)) for _, ctx, cont in requests]
         packs = build_packs(pairs, self.max_length)
@@ -47,6 +59,28 @@ class EvalkitLM(HFLM):
                 self.cache_hook.add_partial("loglikelihood", request_str, answer)
         return results
 
+    def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
+        key = _batch_key(context, generation_kwargs.get("attention_mask"), max_length, stop, generation_kwargs)
+        if (self.current, key) in self._ready:
+            return self._ready.pop((self.current, key))
+        group = self._group()
+        if len(group) == 1:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        rows = context.shape[0]
+        generation_kwargs["attention_mask"] = generation_kwargs["attention_mask"].repeat(len(group), 1)
+        with grouped(self.model, group, rows):
+            out = super()._model_generate(context.repeat(len(group), 1), max_length, stop, **generation_kwargs)
+        for k, name in enumerate(group[1:], start=1):
+            self._ready[(name, key)] = out[k * rows : (k + 1) * rows]
+        return out[:rows]
+
+    def _group(self) -> list[str | None]:
+        """The current model and the ones after it in the schedule, as many as fit."""
+        if self.current not in self.schedule or not can_group(self.model):
+            return [self.current]
+        start = self.schedule.index(self.current)
+        return self.schedule[start : start + max(1, MAX_GROUP_ROWS // max(1, self.batch_size))]
+
     def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
         return pad if pad is not None else self.eot_token_id
@@ -54,8 +88,8 @@ class EvalkitLM(HFLM):
     def _packing_matches(self, requests, packs) -> bool:
         """Once per architecture: the last request of a shared row, packed and unpacked, must agree.
         It is the one a model that ignored the custom mask or position ids would get wrong."""
-        config = self.model.config
-        key = (type(self.model).__name__, str(getattr(config, "_attn_implementation", "")), str(self.model.dtype))
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        key = (type(inner).__name__, str(getattr(inner.config, "_attn_implementation", "")), str(inner.dtype))
         if key in _PACKING_VERIFIED:
             return _PACKING_VERIFIED[key]
         shared = next((p for p in packs if len(p.requests) > 1), None)
@@ -74,8 +108,13 @@ class EvalkitLM(HFLM):
         return ok
 
 
-def _only(pack, index):
-    """`pack` as it is, scored for one of its requests only."""
-    from evalkit.packing import Pack
+def _batch_key(context, attention_mask, max_length: int, stop: list[str], kwargs: dict) -> tuple:
+    """What a generation batch's output depends on, besides the model."""
+    rest = sorted((k, repr(v)) for k, v in kwargs.items() if k != "attention_mask")
+    mask = attention_mask.cpu().numpy().tobytes() if attention_mask is not None else b""
+    return context.cpu().numpy().tobytes(), mask, max_length, tuple(stop), tuple(rest)
 
+
+def _only(pack: Pack, index: int) -> Pack:
+    """`pack` as it is, scored for one of its requests only."""
     return Pack(pack.tokens, pack.positions, pack.branch, [r for r in pack.requests if r[0] == index])

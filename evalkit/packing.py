@@ -63,7 +63,8 @@ def build_packs(requests: list[tuple[list[int], list[int]]], max_length: int) ->
             pack.branch += [k] * len(branch)
             # Token t of the continuation is predicted at the prompt's last position (t = 0),
             # else at the branch position holding token t - 1.
-            pack.requests.append((index, list(continuation), [len(context) - 1] + list(range(start, start + len(branch)))))
+            predicted_at = [len(context) - 1] + list(range(start, start + len(branch)))
+            pack.requests.append((index, list(continuation), predicted_at))
         packs.append(pack)
     return packs
 

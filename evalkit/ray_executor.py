@@ -90,6 +90,9 @@ class RayRunner:
         self._pool = ActorPool(self._actors)
         self._ray = ray
 
+    def plan(self, models: list) -> None:
+        """Workers score one (model, suite) job at a time; nothing is generated ahead."""
+
     def _run(self, jobs: list[tuple]) -> list:
         return list(self._pool.map(lambda actor, job: actor.score.remote(*job), jobs))
 

@@ -30,6 +30,7 @@ from evalkit.models import (
 from evalkit.probe import Choice, ContinuationSuite, LoadedSuite
 from evalkit.record import ItemRecord, Manifest, ModelRef, RunRecord, StatsRef, SuiteRef
 from evalkit.stats import StatsSettings
+from evalkit.tasks import generation_hash
 from evalkit.versions import git_commit, now, package_versions
 
 SCORING = (
@@ -163,6 +164,25 @@ class Runner:
 
         return EvalkitLM(pretrained=model, tokenizer=tokenizer, batch_size=self.settings.batch_size)
 
+    def plan(self, models: list[Subject | None]) -> None:
+        """The order models will be scored in (None: the base), so that generations of attached
+        adapters not yet in the cache are computed together (`EvalkitLM.schedule`)."""
+        if self.settings.backend != "hf":
+            return
+        self.lm.schedule = [self._name(m) for m in models if (m is None or m.kind == "adapter")
+                            and self._needs_generation(self._fingerprint(m))]
+
+    def _name(self, subject: Subject | None) -> str | None:
+        return None if subject is None else self.adapter_names[subject.path]
+
+    def _fingerprint(self, subject: Subject | None) -> str:
+        return self.base.fingerprint if subject is None else _adapter_fingerprint(subject.path, self.base.fingerprint)
+
+    def _needs_generation(self, fingerprint: str) -> bool:
+        cache = self._cache(fingerprint)
+        return any(cache is None or cache.get(generation_hash(s.spec, item)) is None
+                   for s in self.suites if isinstance(s.spec, ContinuationSuite) for item in s.spec.items)
+
     def close(self) -> None:
         if self.model is not self.base.model:
             self.base.model = self.model.unload()
@@ -186,7 +206,7 @@ class Runner:
             fp = ckpt.fingerprint
             scored = score_model(ckpt.model, ckpt.tokenizer, lm, suites, cache=self._cache(fp), **kwargs)
             return scored, fp, counts
-        fp = self.base.fingerprint if subject is None else _adapter_fingerprint(subject.path, self.base.fingerprint)
+        fp = self._fingerprint(subject)
         if subject is None:
             context = self.model.disable_adapter() if self.model is not self.base.model else nullcontext()
         else:
@@ -196,6 +216,8 @@ class Runner:
             from evalkit.vllm_backend import select_adapter
 
             select_adapter(self.lm, None if subject is None else subject.path)
+        else:
+            self.lm.current = self._name(subject)
         with context:
             scored = score_model(self.model, self.base.tokenizer, self.lm, suites, cache=self._cache(fp), **kwargs)
         return scored, fp, counts
@@ -219,6 +241,7 @@ def run_subjects(base: Base, subjects: list[Subject], suites: list[LoadedSuite],
     else:
         runner = Runner(base, suites, settings, unique, use_cache=use_cache)
     try:
+        runner.plan([reference, *subjects])
         ref_scored, ref_fp, counts = runner.score(reference)
         ref_name = reference.name if reference else "base"
         log(f"reference ({ref_name}): {counts.line()}")

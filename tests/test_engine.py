@@ -152,3 +152,34 @@ def test_prompt_longer_than_the_context_is_an_input_error(arch_models, tmp_path)
     base = load_base(arch_models["gpt2"])
     with pytest.raises(EvalkitError, match=r"long.yaml \[too-long\]: field 'prompt': \d+ tokens .* context of 128"):
         run_subjects(base, [checkpoint_subject(arch_models["gpt2"])], load_suites([path]), FAST, log=lambda _: None)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
+def test_generations_grouped_across_adapters_equal_one_model_at_a_time(arch, arch_models, tmp_path, monkeypatch):
+    """The base and two adapters generate in one batch (multi_lora); the outputs must be the
+    ones each model gives alone."""
+    import evalkit.lm
+
+    base = load_base(arch_models[arch])
+    scenes = [load_scene(ROOT / "scenes" / f) for f in ("01-honesty.yaml", "04-curiosity.yaml")]
+    paths = [train_adapter([s], base, tmp_path / s.id, QUICK_TRAIN, log=lambda _: None) for s in scenes]
+    continuation = [s for s in SUITES if s.name == "continuation"]
+
+    def run():
+        return run_subjects(load_base(arch_models[arch]), [adapter_subject(p) for p in paths], continuation, FAST,
+                            log=lambda _: None, use_cache=False)
+
+    calls = []
+    real_grouped = evalkit.lm.grouped
+    monkeypatch.setattr(evalkit.lm, "grouped", lambda model, groups, rows: calls.append(groups)
+                        or real_grouped(model, groups, rows))
+    grouped = run()
+    assert calls and all(len(g) == 3 for g in calls), calls  # the base and both adapters together
+    monkeypatch.setattr(evalkit.lm, "MAX_GROUP_ROWS", 1)  # groups of one model: one at a time
+    alone = run()
+    for g, a in zip(grouped, alone):
+        for x, y in zip(g.items, a.items):
+            for side in ("reference", "subject"):
+                assert getattr(x, side)["generation"] == getattr(y, side)["generation"], (arch, x.item_id)
+                assert getattr(x, side)["kl"] == pytest.approx(getattr(y, side)["kl"], abs=1e-5)
+    assert any(i.subject["generation"] != i.reference["generation"] for r in grouped for i in r.items)
