@@ -175,7 +175,7 @@ def test_generations_grouped_across_adapters_equal_one_model_at_a_time(arch, arc
                         or real_grouped(model, groups, rows))
     grouped = run()
     assert calls and all(len(g) == 3 for g in calls), calls  # the base and both adapters together
-    monkeypatch.setattr(evalkit.lm, "MAX_GROUP_ROWS", 1)  # groups of one model: one at a time
+    monkeypatch.setattr(evalkit.lm, "GROUP_KV_BYTES", 1)  # groups of one model: one at a time
     alone = run()
     for g, a in zip(grouped, alone):
         for x, y in zip(g.items, a.items):
