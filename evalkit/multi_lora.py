@@ -22,9 +22,11 @@ def _lora_layers(model) -> list:
 
 
 def can_group(model) -> bool:
-    """Plain, unmerged LoRA layers only (DoRA and other variants scale differently)."""
+    """Plain, unmerged LoRA on linear layers only (DoRA, embeddings and convolutions differ)."""
+    from peft.tuners.lora import Linear
+
     layers = _lora_layers(model) if hasattr(model, "disable_adapter") else []
-    return bool(layers) and all(not m.merged and not any(m.use_dora.values()) and type(m).__name__ == "Linear"
+    return bool(layers) and all(isinstance(m, Linear) and not m.merged and not any(m.use_dora.values())
                                 for m in layers)
 
 
