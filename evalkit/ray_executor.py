@@ -12,6 +12,7 @@ the base, the adapters and the suites must be at the same paths on every node.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Callable
@@ -73,7 +74,8 @@ class RayRunner:
         if not ray.is_initialized():
             env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
             address = settings.ray_address or os.environ.get("RAY_ADDRESS")
-            init = dict(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+            init = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                        runtime_env={"env_vars": env})
             if address is None:
                 init["num_cpus"] = settings.workers or os.cpu_count() or 1
             ray.init(address=address, **init)
