@@ -3,6 +3,7 @@ user can fix are one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -114,7 +115,9 @@ def run(
     if device != "cpu" and not device.startswith("cuda"):
         raise EvalkitError(f"--device '{device}' is not cpu or cuda[:N]")
     if workers is not None and workers < 1:
-        raise EvalkitError("--workers must be at least 1")
+        raise EvalkitError(f"--workers must be at least 1, not {workers}")
+    if ray_address is not None and not re.fullmatch(r"auto|(ray://)?[\w.\-]+:\d+", ray_address):
+        raise EvalkitError(f"--ray-address '{ray_address}' is not HOST:PORT, ray://HOST:PORT or auto")
     if (gate_policy is None) != (baseline is None):
         raise EvalkitError("--gate and --baseline go together")
     if baseline is not None and not baseline.is_file():

@@ -79,18 +79,18 @@ def _supports_logits_to_keep(model) -> bool:
 
 
 @dataclass
-class Scored:
+class PackedScore:
     logprob_sum: float
     greedy: bool  # every continuation token is the argmax
     token_logprobs: list[float]
     rows: "np.ndarray | None" = None  # (T, V) log-softmax at each continuation token, with keep_rows
 
 
-def score_packs(model, packs: list[Pack], batch_size: int, pad_id: int, keep_rows: bool = False) -> dict[int, Scored]:
+def score_packs(model, packs: list[Pack], batch_size: int, pad_id: int, keep_rows: bool = False) -> dict[int, PackedScore]:
     """Request index -> its scores; packs batched by length (longest first)."""
     import torch
 
-    results: dict[int, Scored] = {}
+    results: dict[int, PackedScore] = {}
     order = sorted(range(len(packs)), key=lambda i: -len(packs[i].tokens))
     first = next(model.parameters())
     dtype, device = first.dtype, first.device
@@ -118,7 +118,7 @@ def score_packs(model, packs: list[Pack], batch_size: int, pad_id: int, keep_row
                 rows = logprobs[row, [column[p] for p in at]]  # (T, V)
                 target = torch.tensor(continuation)
                 picked = rows[torch.arange(len(continuation)), target]
-                results[index] = Scored(float(picked.sum()), bool((rows.argmax(dim=-1) == target).all()),
+                results[index] = PackedScore(float(picked.sum()), bool((rows.argmax(dim=-1) == target).all()),
                                         picked.tolist(), rows.numpy() if keep_rows else None)
     return results
 

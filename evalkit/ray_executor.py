@@ -68,8 +68,9 @@ class RayRunner:
             from ray.util import ActorPool
         except ImportError:
             raise EvalkitError("--executor ray needs Ray: pip install 'evalkit[ray]'") from None
-        # The driver checks context lengths and adapter bases before any worker starts.
-        _check_locally(base, suites, adapters)
+        from evalkit.run import check_inputs
+
+        check_inputs(base, suites, adapters)  # in the driver, before any worker starts
         self.suites = suites
         if not ray.is_initialized():
             env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
@@ -114,11 +115,3 @@ class RayRunner:
         if self._started:
             self._ray.shutdown()
 
-
-def _check_locally(base: Base, suites: list[LoadedSuite], adapters: list) -> None:
-    from evalkit.engine import check_context
-    from evalkit.models import check_adapter_base, context_limit
-
-    check_context(suites, base.tokenizer, context_limit(base.model, base.tokenizer))
-    for a in adapters:
-        check_adapter_base(a.path, a.manifest or {}, base)

@@ -141,6 +141,13 @@ def pair_items(suites: list[LoadedSuite], ref: Scored, sub: Scored) -> list[Item
     return records
 
 
+def check_inputs(base: Base, suites: list[LoadedSuite], adapters: list[Subject]) -> None:
+    """Before any scoring: every prompt fits the base's context, every adapter was trained on it."""
+    check_context(suites, base.tokenizer, context_limit(base.model, base.tokenizer))
+    for a in adapters:
+        check_adapter_base(a.path, a.manifest or {}, base)
+
+
 class Runner:
     """Holds the one loaded base (with every adapter attached) for a run, and the lm-eval model
     that serves it."""
@@ -148,9 +155,9 @@ class Runner:
     def __init__(self, base: Base, suites: list[LoadedSuite], settings: RunSettings, adapters: list[Subject],
                  use_cache: bool = True):
         self.base, self.suites, self.settings, self.use_cache = base, suites, settings, use_cache
-        check_context(suites, base.tokenizer, context_limit(base.model, base.tokenizer))
-        for a in adapters:
-            check_adapter_base(a.path, a.manifest or {}, base)
+        check_inputs(base, suites, adapters)
+        self._caches: dict[str, ScoreCache] = {}
+        self._fingerprints: dict[Path | None, str] = {}
         self.adapter_names = {a.path: f"a{k}" for k, a in enumerate(adapters)}
         self.model = attach_adapters(base, {self.adapter_names[a.path]: a.path for a in adapters}) if adapters else base.model
         self.lm = self._lm_eval_model(self.model, base.tokenizer, Path(base.path), [a.path for a in adapters])
@@ -176,7 +183,11 @@ class Runner:
         return None if subject is None else self.adapter_names[subject.path]
 
     def _fingerprint(self, subject: Subject | None) -> str:
-        return self.base.fingerprint if subject is None else _adapter_fingerprint(subject.path, self.base.fingerprint)
+        key = None if subject is None else subject.path
+        if key not in self._fingerprints:
+            self._fingerprints[key] = (self.base.fingerprint if subject is None
+                                       else _adapter_fingerprint(subject.path, self.base.fingerprint))
+        return self._fingerprints[key]
 
     def _needs_generation(self, fingerprint: str) -> bool:
         cache = self._cache(fingerprint)
@@ -189,7 +200,12 @@ class Runner:
             self.model = self.base.model
 
     def _cache(self, fingerprint: str) -> ScoreCache | None:
-        return ScoreCache(fingerprint, self.settings.decoding()) if self.use_cache else None
+        """One cache object per model for the run: read from disk once, shared by plan and score."""
+        if not self.use_cache:
+            return None
+        if fingerprint not in self._caches:
+            self._caches[fingerprint] = ScoreCache(fingerprint, self.settings.decoding())
+        return self._caches[fingerprint]
 
     def score(self, subject: Subject | None, reference: tuple[Scored, str] | None = None,
               suites: list[LoadedSuite] | None = None) -> tuple[Scored, str, Counts]:
@@ -215,7 +231,7 @@ class Runner:
         if self.settings.backend == "vllm":
             from evalkit.vllm_backend import select_adapter
 
-            select_adapter(self.lm, None if subject is None else subject.path)
+            select_adapter(self.lm, None if subject is None else (subject.path, self.adapter_names[subject.path]))
         else:
             self.lm.current = self._name(subject)
         with context:

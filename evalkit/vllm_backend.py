@@ -30,14 +30,13 @@ def vllm_lm(model_path: Path, settings, adapters: list[Path]):
                 gpu_memory_utilization=GPU_MEMORY_FRACTION)
 
 
-def select_adapter(lm, adapter: Path | None) -> None:
-    """Route the engine's next requests through `adapter` (None: the base)."""
+def select_adapter(lm, adapter: tuple[Path, str] | None) -> None:
+    """Route the engine's next requests through an adapter, given as (folder, the run's name for
+    it, "a<k>"); None: the base. vLLM keys loaded adapters by a positive integer id."""
     from vllm.lora.request import LoRARequest
 
     if adapter is None:
         lm.lora_request = None
         return
-    # vLLM keys loaded adapters by integer id; one id per path, stable within the engine.
-    ids = lm.__dict__.setdefault("_evalkit_lora_ids", {})
-    ids.setdefault(str(adapter), len(ids) + 1)
-    lm.lora_request = LoRARequest(adapter.name, ids[str(adapter)], str(adapter))
+    path, name = adapter
+    lm.lora_request = LoRARequest(name, int(name.removeprefix("a")) + 1, str(path))

@@ -147,6 +147,11 @@ def _bad_inputs(tmp: Path, trained: dict, tiny_llama: Path, other: Path) -> list
     return without_vllm + [
         (["run", "--adapter", honesty, "--suite", TENSION, "--executor", "spark", "--out", out],
          "--executor 'spark' is not one of local, ray"),
+        (["run", "--adapter", honesty, "--executor", "ray", "--workers", "0", "--out", out],
+         "--workers must be at least 1, not 0"),
+        (["run", "--adapter", honesty, "--executor", "ray", "--ray-address", "nowhere", "--out", out],
+         "--ray-address 'nowhere' is not HOST:PORT"),
+        (["run", "--adapter", honesty, "--device", "tpu", "--out", out], "--device 'tpu' is not cpu or cuda"),
         (["run", "--checkpoint", broken, "--base", tiny_llama, "--suite", TENSION, "--out", out],
          "broken-ckpt/evalkit.json: not valid JSON"),
         (["run", "--adapter", honesty, "--base", tiny_llama, "--suite", tmp / "long.yaml", "--out", out],
