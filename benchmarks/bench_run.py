@@ -222,33 +222,51 @@ def _left_pad(seqs, pad):
 
 
 def floor_forward(model, rows, batch_size: int):
-    """Log-softmax at the positions each row asks for. A row is (prompt, [branch tokens...],
-    positions wanted): the prompt once, each branch after it, seeing the prompt and itself."""
+    """Log-softmax at the positions each entry asks for. An entry is (prompt, [branch tokens...],
+    positions wanted): the prompt once, each branch after it, seeing the prompt and itself.
+    Entries share rows of max(longest, 128) tokens, first-fit decreasing, so rows are not
+    padding; each forward takes as many tokens as batch_size rows of the longest entry."""
     import torch
 
+    sizes = [len(p) + sum(len(b) for b in branches) for p, branches, _ in rows]
+    width = max(max(sizes), 128)
+    bins, room = [], []
+    for i in sorted(range(len(rows)), key=lambda i: -sizes[i]):
+        at = next((b for b, free in enumerate(room) if free >= sizes[i]), None)
+        if at is None:
+            bins.append([])
+            room.append(width)
+            at = len(bins) - 1
+        bins[at].append(rows[i])
+        room[at] -= sizes[i]
+    per_forward = max(1, batch_size * max(sizes) // width)
     out = []
-    rows = sorted(rows, key=lambda r: -(len(r[0]) + sum(len(b) for b in r[1])))
     dtype = next(model.parameters()).dtype
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
-        width = max(len(p) + sum(len(b) for b in branches) for p, branches, _ in batch)
+    for start in range(0, len(bins), per_forward):
+        batch = bins[start:start + per_forward]
         ids = torch.zeros((len(batch), width), dtype=torch.long)
         positions = torch.zeros((len(batch), width), dtype=torch.long)
-        segment = torch.full((len(batch), width), -1)  # 0 prompt, k branch k, -1 padding
-        for r, (prompt, branches, _) in enumerate(batch):
-            tokens = list(prompt) + [t for b in branches for t in b]
-            ids[r, :len(tokens)] = torch.tensor(tokens)
-            positions[r, :len(tokens)] = torch.tensor(
-                list(range(len(prompt))) + [len(prompt) + i for b in branches for i in range(len(b))])
-            segment[r, :len(tokens)] = torch.tensor(
-                [0] * len(prompt) + [k + 1 for k, b in enumerate(branches) for _ in b])
+        segment = torch.full((len(batch), width), -1)  # 2 * entry + (0 prompt, k branch k), -1 padding
+        keep = []
+        for r, entries in enumerate(batch):
+            at = 0
+            for e, (prompt, branches, wanted) in enumerate(entries):
+                tokens = list(prompt) + [t for b in branches for t in b]
+                ids[r, at:at + len(tokens)] = torch.tensor(tokens)
+                positions[r, at:at + len(tokens)] = torch.tensor(
+                    list(range(len(prompt))) + [len(prompt) + i for b in branches for i in range(len(b))])
+                segment[r, at:at + len(tokens)] = torch.tensor(
+                    [e * 1000] * len(prompt) + [e * 1000 + k + 1 for k, b in enumerate(branches) for _ in b])
+                keep += [r * width + at + p for p in wanted]
+                at += len(tokens)
         q, k = segment[:, :, None], segment[:, None, :]
-        visible = torch.ones(width, width, dtype=torch.bool).tril() & ((k == 0) & (q >= 0) | (k == q))
+        same_entry = (q >= 0) & (q // 1000 == k // 1000)
+        visible = torch.ones(width, width, dtype=torch.bool).tril() & same_entry & ((k % 1000 == 0) | (k == q))
         visible |= torch.eye(width, dtype=torch.bool)
         mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)[:, None]
-        keep = sorted({p for _, _, wanted in batch for p in wanted})
+        columns = sorted({p % width for p in keep})
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
-                       logits_to_keep=torch.tensor(keep)).logits
+                       logits_to_keep=torch.tensor(columns)).logits
         out.append(torch.log_softmax(logits.float(), dim=-1))
     return out
 

@@ -13,7 +13,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from evalkit.multi_lora import can_group, grouped
-from evalkit.packing import Pack, build_packs, score_packs
+from evalkit.packing import Pack, build_packs, score_packs, score_rows
 
 log = logging.getLogger("evalkit")
 
@@ -89,8 +89,9 @@ class EvalkitLM(HFLM):
         return pad if pad is not None else self.eot_token_id
 
     def _packing_matches(self, requests, packs) -> bool:
-        """Once per architecture: the last request of a shared row, packed and unpacked, must agree.
-        It is the one a model that ignored the custom mask or position ids would get wrong."""
+        """Once per architecture: the last request of a shared prompt, packed (after another pack
+        in the same row) and unpacked, must agree. It is the one a model that ignored the custom
+        mask or position ids would get wrong."""
         inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         key = (type(inner).__name__, str(getattr(inner.config, "_attn_implementation", "")), str(inner.dtype))
         if key in _PACKING_VERIFIED:
@@ -99,7 +100,8 @@ class EvalkitLM(HFLM):
         if shared is None:
             return True  # nothing is shared here, so there is nothing packing could get wrong
         index = shared.requests[-1][0]
-        packed = score_packs(self.model, [_only(shared, index)], 1, self._pad_id())[index].logprob_sum
+        row = [p for p in packs if p is not shared][:1] + [_only(shared, index)]
+        packed = score_rows(self.model, [row], self._pad_id())[index].logprob_sum
         plain = super()._loglikelihood_tokens([requests[index]], disable_tqdm=True)[0][0]
         # Per continuation token: fp32 agrees to ~1e-6, bf16 to a few hundredths.
         per_token = 2e-5 if str(self.model.dtype) == "torch.float32" else 5e-2

@@ -11,6 +11,9 @@ which an option's tokens see the prompt and their own earlier tokens, never anot
 Each token is then computed once, and what each token sees is exactly what it sees in the
 unpacked sequence, so the log-likelihoods are the same up to floating-point summation order.
 Only the positions whose next-token logits are needed go through the output head.
+
+Short packs then share a row, laid end to end as in packed training, each seeing only itself:
+rows padded out to the longest pack in their batch were a third padding on the shipped suites.
 """
 
 from __future__ import annotations
@@ -86,52 +89,94 @@ class PackedScore:
     rows: "np.ndarray | None" = None  # (T, V) log-softmax at each continuation token, with keep_rows
 
 
-def score_packs(model, packs: list[Pack], batch_size: int, pad_id: int, keep_rows: bool = False) -> dict[int, PackedScore]:
-    """Request index -> its scores; packs batched by length (longest first)."""
-    import torch
+# Rows are at least this many tokens wide, so that short packs share a row instead of each
+# padding out to the longest: attention over 128 keys costs a few percent of a token's work.
+MIN_ROW_TOKENS = 128
 
+
+def fill_rows(packs: list[Pack], width: int) -> list[list[Pack]]:
+    """First-fit decreasing: packs, longest first, each into the first row with room for it."""
+    rows: list[list[Pack]] = []
+    room: list[int] = []
+    for pack in sorted(packs, key=lambda p: -len(p.tokens)):
+        at = next((r for r, free in enumerate(room) if free >= len(pack.tokens)), None)
+        if at is None:
+            rows.append([])
+            room.append(width)
+            at = len(rows) - 1
+        rows[at].append(pack)
+        room[at] -= len(pack.tokens)
+    return rows
+
+
+def score_packs(model, packs: list[Pack], batch_size: int, pad_id: int,
+                keep_rows: bool = False) -> dict[int, PackedScore]:
+    """Request index -> its scores. Packs share rows of max(longest pack, MIN_ROW_TOKENS) tokens,
+    and each forward pass takes as many tokens as `batch_size` rows of the longest pack would."""
+    if not packs:
+        return {}
+    longest = max(len(p.tokens) for p in packs)
+    width = max(longest, MIN_ROW_TOKENS)
+    rows = fill_rows(packs, width)
+    per_forward = max(1, batch_size * longest // width)
     results: dict[int, PackedScore] = {}
-    order = sorted(range(len(packs)), key=lambda i: -len(packs[i].tokens))
-    first = next(model.parameters())
-    dtype, device = first.dtype, first.device
-    keep_arg = _supports_logits_to_keep(model)
-    for start in range(0, len(order), batch_size):
-        batch = [packs[i] for i in order[start : start + batch_size]]
-        width = len(batch[0].tokens)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        positions = torch.zeros((len(batch), width), dtype=torch.long)
-        branch = torch.full((len(batch), width), -1, dtype=torch.long)
-        for row, pack in enumerate(batch):
-            n = len(pack.tokens)
-            ids[row, :n] = torch.tensor(pack.tokens)
-            positions[row, :n] = torch.tensor(pack.positions)
-            branch[row, :n] = torch.tensor(pack.branch)
-        needed = sorted({p for pack in batch for _, _, at in pack.requests for p in at})
-        kwargs = {"logits_to_keep": torch.tensor(needed, device=device)} if keep_arg else {}
-        with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=_attention_mask(branch, dtype).to(device),
-                           position_ids=positions.to(device), use_cache=False, **kwargs).logits
-        column = {p: (c if keep_arg else p) for c, p in enumerate(needed)}
-        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-        for row, pack in enumerate(batch):
-            for index, continuation, at in pack.requests:
-                rows = logprobs[row, [column[p] for p in at]]  # (T, V)
-                target = torch.tensor(continuation)
-                picked = rows[torch.arange(len(continuation)), target]
-                results[index] = PackedScore(float(picked.sum()), bool((rows.argmax(dim=-1) == target).all()),
-                                        picked.tolist(), rows.numpy() if keep_rows else None)
+    for start in range(0, len(rows), per_forward):
+        results.update(score_rows(model, rows[start : start + per_forward], pad_id, keep_rows))
     return results
 
 
-def _attention_mask(branch, dtype):
-    """Additive (B, 1, L, L) mask: query i sees key j when j <= i and j is in the prompt or in
-    i's own branch. Padding (branch -1) sees only itself, so no row is empty."""
+def score_rows(model, rows: list[list[Pack]], pad_id: int, keep_rows: bool = False) -> dict[int, PackedScore]:
+    """One forward pass over `rows`, each a list of packs laid end to end; a pack sees only itself."""
     import torch
 
-    length = branch.shape[1]
+    first = next(model.parameters())
+    dtype, device = first.dtype, first.device
+    width = max(sum(len(p.tokens) for p in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)  # which pack of the row; -1 padding
+    branch = torch.zeros((len(rows), width), dtype=torch.long)
+    placed = []  # (row, offset, pack)
+    for r, row in enumerate(rows):
+        offset = 0
+        for s, pack in enumerate(row):
+            end = offset + len(pack.tokens)
+            ids[r, offset:end] = torch.tensor(pack.tokens)
+            positions[r, offset:end] = torch.tensor(pack.positions)
+            segment[r, offset:end] = s
+            branch[r, offset:end] = torch.tensor(pack.branch)
+            placed.append((r, offset, pack))
+            offset = end
+    needed = sorted({offset + p for _, offset, pack in placed for _, _, at in pack.requests for p in at})
+    keep_arg = _supports_logits_to_keep(model)
+    kwargs = {"logits_to_keep": torch.tensor(needed, device=device)} if keep_arg else {}
+    with torch.no_grad():
+        logits = model(input_ids=ids.to(device), attention_mask=_attention_mask(segment, branch, dtype).to(device),
+                       position_ids=positions.to(device), use_cache=False, **kwargs).logits
+    column = {p: (c if keep_arg else p) for c, p in enumerate(needed)}
+    logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+    results: dict[int, PackedScore] = {}
+    for r, offset, pack in placed:
+        for index, continuation, at in pack.requests:
+            picked_rows = logprobs[r, [column[offset + p] for p in at]]  # (T, V)
+            target = torch.tensor(continuation)
+            picked = picked_rows[torch.arange(len(continuation)), target]
+            results[index] = PackedScore(float(picked.sum()), bool((picked_rows.argmax(dim=-1) == target).all()),
+                                         picked.tolist(), picked_rows.numpy() if keep_rows else None)
+    return results
+
+
+def _attention_mask(segment, branch, dtype):
+    """Additive (B, 1, L, L) mask: query i sees key j when j <= i, both are in the same pack,
+    and j is in that pack's prompt or in i's own branch. Padding (segment -1) sees only itself,
+    so no row of the mask is empty."""
+    import torch
+
+    length = segment.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool).tril()
+    same_pack = (segment[:, :, None] == segment[:, None, :]) & (segment[:, :, None] >= 0)
     q, k = branch[:, :, None], branch[:, None, :]
-    visible = causal & (((k == 0) & (q >= 0)) | (k == q))
+    visible = causal & same_pack & ((k == 0) | (k == q))
     visible |= torch.eye(length, dtype=torch.bool)
     mask = torch.zeros(visible.shape, dtype=dtype)
     mask.masked_fill_(~visible, torch.finfo(dtype).min)
