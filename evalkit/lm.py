@@ -70,7 +70,7 @@ class EvalkitLM(HFLM):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
         rows = context.shape[0]
         generation_kwargs["attention_mask"] = generation_kwargs["attention_mask"].repeat(len(group), 1)
-        with grouped(self.model, group, rows):
+        with grouped(self.model, group):
             out = super()._model_generate(context.repeat(len(group), 1), max_length, stop, **generation_kwargs)
         for k, name in enumerate(group[1:], start=1):
             self._ready[(name, key)] = out[k * rows : (k + 1) * rows]

@@ -171,8 +171,8 @@ def test_generations_grouped_across_adapters_equal_one_model_at_a_time(arch, arc
 
     calls = []
     real_grouped = evalkit.lm.grouped
-    monkeypatch.setattr(evalkit.lm, "grouped", lambda model, groups, rows: calls.append(groups)
-                        or real_grouped(model, groups, rows))
+    monkeypatch.setattr(evalkit.lm, "grouped", lambda model, groups: calls.append(groups)
+                        or real_grouped(model, groups))
     grouped = run()
     assert calls and all(len(g) == 3 for g in calls), calls  # the base and both adapters together
     monkeypatch.setattr(evalkit.lm, "GROUP_KV_BYTES", 1)  # groups of one model: one at a time
