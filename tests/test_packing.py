@@ -91,3 +91,22 @@ def test_a_model_that_ignores_the_packed_mask_falls_back_to_lm_eval(arch_models,
     plain = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
     assert list(evalkit_lm._PACKING_VERIFIED.values()) == [False]
     assert [round(s, 6) for s, _ in ours] == [round(s, 6) for s, _ in plain]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
+def test_bfloat16_runs_the_output_head_in_float32(arch, arch_models):
+    """bf16 logits round a logit of 12 to 1/16 nat; the head is kept in float32 (from the stored
+    weights), also after lm-eval re-ties embeddings, and packed bf16 scores stay near fp32's."""
+    import torch
+
+    fp32 = load_base(arch_models[arch])
+    bf16 = load_base(arch_models[arch], dtype="bfloat16")
+    lm = EvalkitLM(pretrained=bf16.model, tokenizer=bf16.tokenizer, batch_size=8)  # calls tie_weights()
+    head = bf16.model.get_output_embeddings()
+    assert head.weight.dtype == torch.float32 and bf16.model.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert torch.equal(head.weight, fp32.model.get_output_embeddings().weight)
+    requests = suite_requests(lm)
+    low = lm._loglikelihood_tokens(requests)
+    full = EvalkitLM(pretrained=fp32.model, tokenizer=fp32.tokenizer, batch_size=8)._loglikelihood_tokens(requests)
+    per_token = [abs(a - b) / len(r[2]) for (a, _), (b, _), r in zip(low, full, requests)]
+    assert max(per_token) < 0.05
