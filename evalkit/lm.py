@@ -39,6 +39,7 @@ class EvalkitLM(HFLM):
         self.schedule: list[str | None] = []
         self.current: str | None = None
         self._ready: dict[tuple, object] = {}
+        self.attach = lambda names: None  # puts a group's adapters on the model (the run's AttachedAdapters)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         return super().loglikelihood(requests, disable_tqdm=True)
@@ -70,6 +71,7 @@ class EvalkitLM(HFLM):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
         rows = context.shape[0]
         generation_kwargs["attention_mask"] = generation_kwargs["attention_mask"].repeat(len(group), 1)
+        self.attach(group)
         with grouped(self.model, group):
             out = super()._model_generate(context.repeat(len(group), 1), max_length, stop, **generation_kwargs)
         for k, name in enumerate(group[1:], start=1):

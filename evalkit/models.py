@@ -191,19 +191,41 @@ def check_adapter_base(adapter_dir: Path, manifest: dict[str, Any], base: Base) 
         )
 
 
-def attach_adapters(base: Base, adapters: dict[str, Path]):
-    """Wrap the base in one PeftModel holding every adapter by name; returns the PeftModel.
+class AttachedAdapters:
+    """A run's adapters on its one base, each attached when first needed and detached once it is
+    scored, so a run over hundreds of adapters holds only the few it is working on.
 
-    The base weights are shared: switching is `set_adapter(name)`, and the reference is
+    peft's attach walks every module of the model, the attached adapters' own too, so holding
+    all N made attaching O(N^2) and kept every adapter's weights in memory to the end.
+    The base weights are shared: switching is `activate(name)`, and the reference is
     `with model.disable_adapter():`. (HFLM's `peft=` argument is ignored for model objects.)
     """
-    from peft import PeftModel
 
-    model = None
-    for name, path in adapters.items():
-        if model is None:
-            model = PeftModel.from_pretrained(base.model, str(path), adapter_name=name, is_trainable=False)
-        else:
-            model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-    model.eval()
-    return model
+    def __init__(self, base: Base, paths: dict[str, Path]):
+        from peft import PeftModel
+
+        self.paths = paths
+        first = next(iter(paths))
+        self.model = PeftModel.from_pretrained(base.model, str(paths[first]), adapter_name=first, is_trainable=False)
+        self.model.eval()
+        self.attached = [first]
+        self._finished: set[str] = set()
+
+    def attach(self, names) -> None:
+        """Make sure the named adapters (None, the base, is skipped) are on the model."""
+        for name in names:
+            if name is not None and name not in self.attached:
+                self.model.load_adapter(str(self.paths[name]), adapter_name=name, is_trainable=False)
+                self.attached.append(name)
+
+    def activate(self, name: str) -> None:
+        """Attach and switch to `name`; adapters already scored are detached."""
+        self.attach([name])
+        self.model.set_adapter(name)
+        for done in [n for n in self.attached if n in self._finished and n != name]:
+            self.model.delete_adapter(done)
+            self.attached.remove(done)
+
+    def finish(self, name: str) -> None:
+        """`name` is scored; it goes at the next switch."""
+        self._finished.add(name)

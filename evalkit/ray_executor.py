@@ -1,7 +1,7 @@
 """`--executor ray`: (subject x suite) jobs spread over a Ray cluster.
 
-Each worker is a Ray actor that loads the base once, attaches every adapter of the run, and
-then scores whatever (model, suite) job it is handed with the same `Runner` a local run uses,
+Each worker is a Ray actor that loads the base once, attaches each adapter when a job needs it,
+and scores whatever (model, suite) job it is handed with the same `Runner` a local run uses,
 so a job's numbers are a local run's numbers. The reference is scored first (its suites in
 parallel); subjects need its generations and distributions, which go to the workers once
 through Ray's object store. Workers share the score cache when they share a file system.
@@ -27,7 +27,7 @@ FORWARDED_ENV = ("EVALKIT_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRAN
 
 
 class _Worker:
-    """A Ray actor: the base loaded once, every adapter attached, `threads` torch threads."""
+    """A Ray actor: the base loaded once, adapters attached as jobs need them, `threads` torch threads."""
 
     def __init__(self, base_path: str, settings, adapter_paths: list[str], suites: list[LoadedSuite],
                  use_cache: bool, threads: int):

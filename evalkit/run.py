@@ -20,7 +20,7 @@ from evalkit.engine import Counts, Scored, check_context, score_model
 from evalkit.errors import EvalkitError
 from evalkit.models import (
     Base,
-    attach_adapters,
+    AttachedAdapters,
     check_adapter_base,
     context_limit,
     load_base,
@@ -149,8 +149,8 @@ def check_inputs(base: Base, suites: list[LoadedSuite], adapters: list[Subject])
 
 
 class Runner:
-    """Holds the one loaded base (with every adapter attached) for a run, and the lm-eval model
-    that serves it."""
+    """Holds the one loaded base for a run (with the adapters it is working on attached), and
+    the lm-eval model that serves it."""
 
     def __init__(self, base: Base, suites: list[LoadedSuite], settings: RunSettings, adapters: list[Subject],
                  use_cache: bool = True):
@@ -159,8 +159,11 @@ class Runner:
         self._caches: dict[str, ScoreCache] = {}
         self._fingerprints: dict[Path | None, str] = {}
         self.adapter_names = {a.path: f"a{k}" for k, a in enumerate(adapters)}
-        self.model = attach_adapters(base, {self.adapter_names[a.path]: a.path for a in adapters}) if adapters else base.model
+        self.adapters = AttachedAdapters(base, {f"a{k}": a.path for k, a in enumerate(adapters)}) if adapters else None
+        self.model = self.adapters.model if adapters else base.model
         self.lm = self._lm_eval_model(self.model, base.tokenizer, Path(base.path), [a.path for a in adapters])
+        if self.adapters is not None and self.settings.backend == "hf":
+            self.lm.attach = self.adapters.attach  # a generation group's adapters, before it runs
 
     def _lm_eval_model(self, model, tokenizer, path: Path, adapters: list[Path]):
         if self.settings.backend == "vllm":
@@ -226,7 +229,7 @@ class Runner:
         if subject is None:
             context = self.model.disable_adapter() if self.model is not self.base.model else nullcontext()
         else:
-            self.model.set_adapter(self.adapter_names[subject.path])
+            self.adapters.activate(self.adapter_names[subject.path])
             context = nullcontext()
         if self.settings.backend == "vllm":
             from evalkit.vllm_backend import select_adapter
@@ -236,6 +239,8 @@ class Runner:
             self.lm.current = self._name(subject)
         with context:
             scored = score_model(self.model, self.base.tokenizer, self.lm, suites, cache=self._cache(fp), **kwargs)
+        if subject is not None:
+            self.adapters.finish(self.adapter_names[subject.path])
         return scored, fp, counts
 
     def score_subjects(self, subjects: list[Subject], reference: tuple[Scored, str]):

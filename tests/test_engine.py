@@ -12,7 +12,7 @@ from conftest import build_tiny
 
 from evalkit.adapter import TrainSettings, train_adapter
 from evalkit.errors import EvalkitError
-from evalkit.models import load_base, weights_fingerprint
+from evalkit.models import AttachedAdapters, load_base, weights_fingerprint
 from evalkit.probe import load_suites
 from evalkit.run import RunSettings, adapter_subject, checkpoint_subject, run_subjects
 from evalkit.scene import load_scene
@@ -176,7 +176,12 @@ def test_generations_grouped_across_adapters_equal_one_model_at_a_time(arch, arc
     grouped = run()
     assert calls and all(len(g) == 3 for g in calls), calls  # the base and both adapters together
     monkeypatch.setattr(evalkit.lm, "GROUP_KV_BYTES", 1)  # groups of one model: one at a time
+    held = []  # adapters on the model right after each switch: a scored one is detached
+    activate = AttachedAdapters.activate
+    monkeypatch.setattr(AttachedAdapters, "activate", lambda self, name: activate(self, name)
+                        or held.append(list(self.attached)))
     alone = run()
+    assert held == [["a0"], ["a1"]]
     for g, a in zip(grouped, alone):
         for x, y in zip(g.items, a.items):
             for side in ("reference", "subject"):
