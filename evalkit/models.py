@@ -186,7 +186,8 @@ def check_adapter_base(adapter_dir: Path, manifest: dict[str, Any], base: Base) 
     if trained_on != base.fingerprint:
         raise EvalkitError(
             f"field 'base.fingerprint': adapter was trained on base {str(trained_on)[:12]} "
-            f"({manifest.get('base', {}).get('path', '?')}), but the loaded base is {base.fingerprint[:12]} ({base.path})",
+            f"({manifest.get('base', {}).get('path', '?')}), "
+            f"but the loaded base is {base.fingerprint[:12]} ({base.path})",
             where=str(adapter_dir / MANIFEST_NAME), hint="pass --base with the base it was trained on",
         )
 

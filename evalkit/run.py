@@ -19,8 +19,8 @@ from evalkit.effects import mark_seed_spread, suite_effects
 from evalkit.engine import Counts, Scored, check_context, score_model
 from evalkit.errors import EvalkitError
 from evalkit.models import (
-    Base,
     AttachedAdapters,
+    Base,
     check_adapter_base,
     context_limit,
     load_base,
