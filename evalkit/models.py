@@ -209,14 +209,27 @@ class AttachedAdapters:
         first = next(iter(paths))
         self.model = PeftModel.from_pretrained(base.model, str(paths[first]), adapter_name=first, is_trainable=False)
         self.model.eval()
+        self._in_model_dtype(first)
         self.attached = [first]
         self._finished: set[str] = set()
+
+    def _in_model_dtype(self, name: str) -> None:
+        """peft keeps adapter weights in float32 on a bf16 base, which casts every LoRA layer's
+        input up and its update back down on every call (a quarter of a bf16 forward here)."""
+        from peft.tuners.lora import LoraLayer
+
+        dtype = self.model.get_base_model().dtype
+        for module in self.model.modules():
+            if isinstance(module, LoraLayer) and name in module.lora_A:
+                module.lora_A[name].to(dtype)
+                module.lora_B[name].to(dtype)
 
     def attach(self, names) -> None:
         """Make sure the named adapters (None, the base, is skipped) are on the model."""
         for name in names:
             if name is not None and name not in self.attached:
                 self.model.load_adapter(str(self.paths[name]), adapter_name=name, is_trainable=False)
+                self._in_model_dtype(name)
                 self.attached.append(name)
 
     def activate(self, name: str) -> None:

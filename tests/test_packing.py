@@ -110,3 +110,32 @@ def test_bfloat16_runs_the_output_head_in_float32(arch, arch_models):
     full = EvalkitLM(pretrained=fp32.model, tokenizer=fp32.tokenizer, batch_size=8)._loglikelihood_tokens(requests)
     per_token = [abs(a - b) / len(r[2]) for (a, _), (b, _), r in zip(low, full, requests)]
     assert max(per_token) < 0.05
+
+
+def test_bfloat16_adapters_run_in_the_base_dtype(arch_models, tmp_path):
+    """peft loads adapter weights in float32 onto a bf16 base; evalkit casts them to bf16 (no
+    up- and down-cast in every LoRA layer), and the adapter's scores stay near fp32's."""
+    import torch
+    from peft import get_peft_model
+
+    from evalkit.adapter import TrainSettings, lora_config
+    from evalkit.models import AttachedAdapters
+
+    fp32 = load_base(arch_models["llama"])
+    peft_model = get_peft_model(fp32.model, lora_config(fp32, TrainSettings()))
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero, which would not change the model
+            param.data = torch.randn(param.shape, generator=torch.Generator().manual_seed(0)) * 0.5
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    fp32.model = peft_model.unload()
+    scores = {}
+    for dtype in ("float32", "bfloat16"):
+        adapters = AttachedAdapters(load_base(arch_models["llama"], dtype=dtype), {"a": tmp_path / "adapter"})
+        adapters.activate("a")
+        lora = [p for n, p in adapters.model.named_parameters() if "lora_" in n]
+        assert lora and all(p.dtype == getattr(torch, dtype) for p in lora)
+        lm = EvalkitLM(pretrained=adapters.model, tokenizer=fp32.tokenizer, batch_size=8)
+        requests = suite_requests(lm)
+        scores[dtype] = [s / len(r[2]) for (s, _), r in zip(lm._loglikelihood_tokens(requests), requests)]
+    assert scores["float32"] != scores["bfloat16"]
+    assert max(abs(a - b) for a, b in zip(*scores.values())) < 0.05  # per token
