@@ -150,7 +150,7 @@ def side_floor(work: Path, n: int, args) -> dict:
             model = PeftModel.from_pretrained(model, str(path), adapter_name=path.name)
         else:
             model.load_adapter(str(path), adapter_name=path.name)
-    model.eval()
+    model = model.to(getattr(torch, args.dtype)).eval()  # peft loads adapter weights in fp32
     timings = {"choices": 0.0, "generate": 0.0, "along": 0.0}
     reference_gens = None
     for k in range(n + 1):

@@ -1,7 +1,7 @@
 """Run probe suites on a reference and on subjects with one loaded base; pair and test them.
 
-One base load per run: every adapter is attached to that model and switched with
-`set_adapter`; the base reference is `disable_adapter()`. A checkpoint is a separate model,
+One base load per run: each adapter is attached to that model when it is needed, switched to
+with `set_adapter` and detached once scored; the base reference is `disable_adapter()`. A checkpoint is a separate model,
 loaded when its turn comes and released after.
 """
 
