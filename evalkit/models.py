@@ -192,6 +192,23 @@ def check_adapter_base(adapter_dir: Path, manifest: dict[str, Any], base: Base) 
         )
 
 
+def check_adapter_weights(adapter_dir: Path) -> None:
+    """An adapter is attached only when its turn comes, so unreadable weights must be caught
+    before the run starts, not after half of it."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        if (adapter_dir / "adapter_model.bin").is_file():
+            return
+        raise EvalkitError("no adapter weights (adapter_model.safetensors)", where=str(adapter_dir))
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+    except (OSError, SafetensorError) as exc:
+        raise EvalkitError(f"unreadable adapter weights: {str(exc).splitlines()[0]}", where=str(weights)) from None
+
+
 class AttachedAdapters:
     """A run's adapters on its one base, each attached when first needed and detached once it is
     scored, so a run over hundreds of adapters holds only the few it is working on.

@@ -1,8 +1,8 @@
 """Run probe suites on a reference and on subjects with one loaded base; pair and test them.
 
 One base load per run: each adapter is attached to that model when it is needed, switched to
-with `set_adapter` and detached once scored; the base reference is `disable_adapter()`. A checkpoint is a separate model,
-loaded when its turn comes and released after.
+with `set_adapter` and detached once scored; the base reference is `disable_adapter()`. A
+checkpoint is a separate model, loaded when its turn comes and released after.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from evalkit.models import (
     AttachedAdapters,
     Base,
     check_adapter_base,
+    check_adapter_weights,
     context_limit,
     load_base,
     load_manifest,
@@ -142,10 +143,12 @@ def pair_items(suites: list[LoadedSuite], ref: Scored, sub: Scored) -> list[Item
 
 
 def check_inputs(base: Base, suites: list[LoadedSuite], adapters: list[Subject]) -> None:
-    """Before any scoring: every prompt fits the base's context, every adapter was trained on it."""
+    """Before any scoring: every prompt fits the base's context, every adapter was trained on it
+    and its weights are readable."""
     check_context(suites, base.tokenizer, context_limit(base.model, base.tokenizer))
     for a in adapters:
         check_adapter_base(a.path, a.manifest or {}, base)
+        check_adapter_weights(a.path)
 
 
 class Runner:
@@ -159,7 +162,7 @@ class Runner:
         self._caches: dict[str, ScoreCache] = {}
         self._fingerprints: dict[Path | None, str] = {}
         self.adapter_names = {a.path: f"a{k}" for k, a in enumerate(adapters)}
-        self.adapters = AttachedAdapters(base, {f"a{k}": a.path for k, a in enumerate(adapters)}) if adapters else None
+        self.adapters = AttachedAdapters(base, {n: p for p, n in self.adapter_names.items()}) if adapters else None
         self.model = self.adapters.model if adapters else base.model
         self.lm = self._lm_eval_model(self.model, base.tokenizer, Path(base.path), [a.path for a in adapters])
         if self.adapters is not None and self.settings.backend == "hf":

@@ -137,6 +137,9 @@ def _bad_inputs(tmp: Path, trained: dict, tiny_llama: Path, other: Path) -> list
                                     "{id: a, prompt: Q, options: [x, y]}]\n")
     (tmp / "riddles.yaml").write_text("suite: r\nkind: riddles\nitems: []\n")
     honesty = trained["work"] / "adapters" / "honesty"
+    bad_weights = tmp / "bad-weights"
+    shutil.copytree(honesty, bad_weights)
+    (bad_weights / "adapter_model.safetensors").write_text("not safetensors")
     broken = tmp / "broken-ckpt"
     shutil.copytree(tiny_llama, broken)
     (broken / "evalkit.json").write_text("{not json")
@@ -165,6 +168,8 @@ def _bad_inputs(tmp: Path, trained: dict, tiny_llama: Path, other: Path) -> list
         (["train", tmp / "missing.yaml", "--base", tiny_llama, "--out", out], "missing.yaml: no such file"),
         (["validate", tmp / "unknown-key.yaml"], "unknown-key.yaml: unknown field 'mood'"),
         (["run", "--adapter", tmp / "nope", "--base", tiny_llama, "--out", out], "nope: no such adapter folder"),
+        (["run", "--adapter", honesty, "--adapter", bad_weights, "--base", tiny_llama, "--suite", TENSION,
+          "--out", out], "bad-weights/adapter_model.safetensors: unreadable adapter weights"),
         (["run", "--adapter", honesty, "--base", other, "--suite", TENSION, "--out", out],
          "evalkit.json: field 'base.fingerprint': adapter was trained on base"),
     ]
