@@ -14,16 +14,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from evalkit.adapter import TrainSettings, train_adapter
-from evalkit.demo_base import ensure_demo_base
-from evalkit.models import load_base
-from evalkit.probe import load_suites
-from evalkit.run import RunSettings, adapter_subject, run_subjects
-from evalkit.scene import load_scene
-from evalkit.workflow import default_folder
+from evalkit.engine.base import load_base
+from evalkit.engine.runner import adapter_subject
+from evalkit.inputs.scenes import load_scene
+from evalkit.inputs.suites import load_suites
+from evalkit.paths import default_folder
+from evalkit.pipelines.evaluate import evaluate_subjects
+from evalkit.settings import RunSettings, TrainSettings
+from evalkit.training.demo_base import ensure_demo_base
+from evalkit.training.lora import train_adapter
 
 
 def verdict(effect) -> tuple[bool, int]:
@@ -44,7 +45,7 @@ def main() -> None:
     runs, seconds = {}, {}
     for dtype in ("float32", "bfloat16"):
         start = time.perf_counter()
-        runs[dtype] = run_subjects(load_base(base_dir, dtype), subjects, suites, replace(RunSettings(), dtype=dtype),
+        runs[dtype] = evaluate_subjects(load_base(base_dir, dtype), subjects, suites, RunSettings(dtype=dtype),
                                    log=lambda _: None, use_cache=False)
         seconds[dtype] = time.perf_counter() - start
     print(f"{len(subjects)} adapters + base, {len(suites)} suites: float32 {seconds['float32']:.1f} s, "

@@ -52,11 +52,12 @@ def build(work: Path) -> None:
     from peft import get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from evalkit import world
-    from evalkit.adapter import TrainSettings, lora_config
-    from evalkit.demo_base import train_tokenizer
-    from evalkit.files import write_json_atomic
-    from evalkit.models import MANIFEST_NAME, load_base
+    from evalkit.engine.adapters import lora_config
+    from evalkit.engine.base import load_base
+    from evalkit.record import MANIFEST_NAME, AdapterManifest, BaseRef, LoraRef, write_manifest
+    from evalkit.settings import TrainSettings
+    from evalkit.training import world
+    from evalkit.training.demo_base import train_tokenizer
 
     base_dir = work / "base"
     if not (base_dir / "config.json").is_file():
@@ -82,14 +83,16 @@ def build(work: Path) -> None:
             if "lora_B" in name:  # peft starts B at 0 (no change); a trained adapter has B != 0
                 param.data = torch.randn(param.shape, generator=generator) * 0.05
         peft_model.save_pretrained(str(out))
-        write_json_atomic(out / MANIFEST_NAME, {
-            "kind": "adapter", "key": f"bench-{k}", "scenes": [],
-            "base": {"path": base.path, "fingerprint": base.fingerprint, "model_type": base.model_type},
-            "training": {"seed": k, "steps": 0}, "lora": {"r": settings.rank, "init": "random B (benchmark)"},
-        })
+        write_manifest(AdapterManifest(
+            evalkit_version="bench", kind="adapter", key=f"bench-{k}", scenes=[],
+            base=BaseRef(path=base.path, fingerprint=base.fingerprint, model_type=base.model_type),
+            lora=LoraRef(r=settings.rank, alpha=settings.alpha, dropout=0.0, target_modules=[],
+                         init="random B (benchmark)"),
+            training={"seed": k, "steps": 0}, packages={}, created="",
+        ), out)
         base.model = peft_model.unload()
-    from evalkit.export import export_tasks
-    from evalkit.probe import load_suites
+    from evalkit.engine.export import export_tasks
+    from evalkit.inputs.suites import load_suites
 
     if not (work / "tasks").is_dir():
         export_tasks(load_suites([ROOT / "probes"]), work / "tasks")
@@ -102,9 +105,9 @@ def adapter_dirs(work: Path) -> list[Path]:
 # --- the sides; each runs in its own process and returns its measurements ---
 
 def side_evalkit(work: Path, n: int, args) -> dict:
-    from evalkit.probe import load_suites
-    from evalkit.run import RunSettings
-    from evalkit.workflow import run
+    from evalkit.inputs.suites import load_suites
+    from evalkit.pipelines.evaluate import evaluate, write_outputs
+    from evalkit.settings import RunSettings
 
     adapters = adapter_dirs(work)
     chosen = [adapters[-1]] if args.side == "incremental" else adapters[:n]
@@ -112,7 +115,9 @@ def side_evalkit(work: Path, n: int, args) -> dict:
     suites = [ROOT / "probes"]
     load_suites(suites)  # parsing the YAML is not what is measured
     start = time.perf_counter()
-    run(chosen, [], work / "base", suites, Path(tempfile.mkdtemp()), settings, log=lambda _: None)
+    out = Path(tempfile.mkdtemp())
+    for record in evaluate(chosen, [], work / "base", suites, settings, log=lambda _: None):
+        write_outputs(record, out / record.run_id)
     return {"seconds": time.perf_counter() - start}
 
 
@@ -186,17 +191,18 @@ class _nothing:
 def floor_requests(tokenizer):
     """(context ids, [continuation ids per option]) per choice item, prompts to continue, and
     the continuation suite's generation settings; split as lm-eval splits them."""
-    from evalkit.probe import ContinuationSuite, load_suites
-    from evalkit.tasks import continuation_tokens
+    from evalkit.engine.tasks import continuation_tokens
+    from evalkit.inputs.suites import load_suites
 
     items, prompts, gen = [], [], None
     for s in load_suites([ROOT / "probes"]):
         for c in s.spec.choices():
             items.append((tokenizer(c.prompt)["input_ids"],
                           [continuation_tokens(tokenizer, c.prompt, s.spec.delimiter + o) for o in c.options]))
-        if isinstance(s.spec, ContinuationSuite):
-            prompts += [tokenizer(i.prompt)["input_ids"] for i in s.spec.items]
-            gen = {"until": list(s.spec.until), "max_new_tokens": s.spec.max_new_tokens}
+        generation = s.spec.generation()
+        if generation is not None:
+            prompts += [tokenizer(i.prompt)["input_ids"] for i in generation.items]
+            gen = {"until": list(generation.until), "max_new_tokens": generation.max_new_tokens}
     return items, prompts, gen
 
 
@@ -325,7 +331,7 @@ def child(args) -> None:
     import transformers.models.llama.modeling_llama  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    import evalkit.run  # noqa: F401
+    import evalkit.engine.runner  # noqa: F401
 
     work = Path(args.work)
     result = SIDES[args.side](work, args.n, args)

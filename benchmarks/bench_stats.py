@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 
-from evalkit.effects import suite_effects
+from evalkit.decide.effects import suite_effects
 from evalkit.record import ItemRecord
-from evalkit.stats import StatsSettings
+from evalkit.settings import StatsSettings
 
 SUBJECTS, ITEMS, CLUSTER = 10, 100, 10
 

@@ -1,15 +1,64 @@
-"""evalkit: what did this scene change? Paired behavioural evaluation of adapters and checkpoints."""
+"""evalkit: what did this scene change? Paired behavioural evaluation of adapters and checkpoints.
 
-import os
+The Python API (`evalkit.evaluate`, `evalkit.train`, `evalkit.gate`, ...) is loaded on first use,
+so `import evalkit` is cheap and changes nothing in the process (no environment variables, no
+torch import).
+"""
 
-# Offline by construction: these must be set before lm-eval, datasets or the hub client is
-# imported anywhere, and every entry point imports this package first.
-for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(_var, "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# lm-eval and transformers draw a tqdm bar per request batch and per file; evalkit reports its
-# own counts instead. tqdm reads this when it is imported, hence here.
-os.environ.setdefault("TQDM_DISABLE", "1")
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "evaluate",
+    "train",
+    "gate",
+    "demo",
+    "compare",
+    "load_suites",
+    "load_scenes",
+    "read_record",
+    "render_report",
+    "export_tasks",
+    "validate",
+    "RunSettings",
+    "StatsSettings",
+    "TrainSettings",
+    "RunRecord",
+    "Effect",
+    "GateResult",
+    "EvalkitError",
+]
+
+if TYPE_CHECKING:
+    from evalkit.api import (
+        GateResult,
+        compare,
+        demo,
+        evaluate,
+        export_tasks,
+        gate,
+        load_scenes,
+        load_suites,
+        read_record,
+        render_report,
+        train,
+        validate,
+    )
+    from evalkit.errors import EvalkitError
+    from evalkit.record import Effect, RunRecord
+    from evalkit.settings import RunSettings, StatsSettings, TrainSettings
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy exports, as lm-eval does: the API's imports happen when a name is first used."""
+    if name not in __all__:
+        raise AttributeError(f"module 'evalkit' has no attribute {name!r}")
+    from evalkit import api
+
+    value = getattr(api, name)
+    globals()[name] = value
+    return value

@@ -3,14 +3,15 @@ user can fix are one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+from pydantic import BaseModel, ValidationError
 
 from evalkit.errors import EvalkitError
+from evalkit.offline import go_offline, quiet_progress_bars
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   no_args_is_help=True, help="evalkit: what did this scene change?")
@@ -20,10 +21,22 @@ def _say(message: str) -> None:
     typer.echo(message)
 
 
+def _settings(model: type[BaseModel], **values: Any) -> Any:
+    """Settings from command-line values; a value out of range names its option."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        option = "--" + str(err["loc"][-1]).replace("_", "-")
+        expected = err.get("ctx", {}).get("expected")
+        message = f"expected {expected}" if expected else err["msg"].removeprefix("Value error, ")
+        raise EvalkitError(f"{option} {err.get('input')!r}: {message}") from None
+
+
 @app.command()
 def validate(paths: list[Path] = typer.Argument(..., help="Scene or probe files, or folders of them.")) -> None:
     """Check scene and probe files; report the first problem of each file with file, item and field."""
-    from evalkit.validate import validate_paths
+    from evalkit.inputs.validate import validate_paths
 
     for line in validate_paths(paths):
         _say(line)
@@ -39,16 +52,11 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Training seed (default 0, or the scene's own)."),
 ) -> None:
     """Train one LoRA adapter per scene (or a stack), seeded, with an evalkit manifest."""
-    from dataclasses import replace
+    from evalkit.pipelines.train import train as do_train
+    from evalkit.settings import TrainSettings
 
-    from evalkit.adapter import TrainSettings
-    from evalkit.workflow import train as do_train
-
-    settings = TrainSettings()
-    if steps is not None:
-        settings = replace(settings, steps=steps)
-    if seed is not None:
-        settings = replace(settings, seed=seed)
+    chosen = {k: v for k, v in {"steps": steps, "seed": seed}.items() if v is not None}
+    settings = _settings(TrainSettings, **chosen)
     base_dir = base if base is not None else _demo_base()
     for path in do_train(scenes, base_dir, out, stack, settings, log=_say):
         _say(str(path))
@@ -65,15 +73,16 @@ def scratch(
     seed: int = typer.Option(0, help="Training seed."),
 ) -> None:
     """Train a small causal LM from scratch on the scenes; 'evalkit run --checkpoint' accepts it."""
-    from dataclasses import replace
+    from evalkit.inputs.scenes import load_scenes
+    from evalkit.settings import ScratchSettings
+    from evalkit.training.scratch import read_corpus, train_scratch
 
-    from evalkit.scene import load_scenes
-    from evalkit.scratch import ScratchSettings, read_corpus, train_scratch
-
+    settings = _settings(ScratchSettings, steps=steps, seed=seed)
+    if demo_stories < 0:
+        raise EvalkitError(f"--demo-stories {demo_stories}: must be 0 or more")
     loaded = load_scenes(scenes)
     texts = read_corpus(corpus) if corpus is not None else None
     tokenizer_dir = base if base is not None else _demo_base()
-    settings = replace(ScratchSettings(), steps=steps, seed=seed)
     _say(str(train_scratch(loaded, tokenizer_dir, out, settings, texts, demo_stories, log=_say)))
 
 
@@ -96,44 +105,32 @@ def run(
     test: str = typer.Option("wilcoxon", help="wilcoxon, t or permutation."),
     resamples: int = typer.Option(2000, help="Bootstrap resamples."),
     seed: int = typer.Option(0, help="Seed for bootstrap and lm-eval."),
-    no_cache: bool = typer.Option(False, help="Recompute the reference instead of using the cache."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Compute every score again (reference and subjects) instead of reusing cached ones."),
     gate_policy: Optional[Path] = typer.Option(None, "--gate", help="Gate each subject against --baseline with this policy."),
     baseline: Optional[Path] = typer.Option(None, help="results.json to gate against (with --gate)."),
     junit: Optional[Path] = typer.Option(None, help="JUnit XML of the gate (with --gate)."),
 ) -> None:
-    """Score the reference (the base by default) and each subject on the probe suites, pair by item, test, report."""
-    from evalkit.run import RunSettings
-    from evalkit.stats import StatsSettings
-    from evalkit.workflow import default_folder
-    from evalkit.workflow import run as do_run
+    """Evaluate the reference (the base by default) and each subject on the probe suites, pair by item, test, report."""
+    from evalkit.paths import default_folder
+    from evalkit.pipelines.evaluate import evaluate, write_outputs
+    from evalkit.pipelines.reports import gate as do_gate
+    from evalkit.settings import RunSettings, StatsSettings
 
-    for name, value, allowed in (("--dtype", dtype, ("float32", "bfloat16")), ("--backend", backend, ("hf", "vllm")),
-                                 ("--executor", executor, ("local", "ray")),
-                                 ("--test", test, ("wilcoxon", "t", "permutation"))):
-        if value not in allowed:
-            raise EvalkitError(f"{name} '{value}' is not one of {', '.join(allowed)}")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise EvalkitError(f"--device '{device}' is not cpu or cuda[:N]")
-    if workers is not None and workers < 1:
-        raise EvalkitError(f"--workers must be at least 1, not {workers}")
-    if ray_address is not None and not re.fullmatch(r"auto|(ray://)?[\w.\-]+:\d+", ray_address):
-        raise EvalkitError(f"--ray-address '{ray_address}' is not HOST:PORT, ray://HOST:PORT or auto")
+    stats = _settings(StatsSettings, alpha=alpha, test=test, resamples=resamples, seed=seed)
+    settings = _settings(RunSettings, batch_size=batch_size, dtype=dtype, device=device, backend=backend,
+                         executor=executor, workers=workers, ray_address=ray_address, stats=stats)
     if (gate_policy is None) != (baseline is None):
         raise EvalkitError("--gate and --baseline go together")
     if baseline is not None and not baseline.is_file():
         raise EvalkitError("no such results file", where=str(baseline))
-    settings = RunSettings(batch_size=batch_size, dtype=dtype, device=device, backend=backend, executor=executor,
-                           workers=workers, ray_address=ray_address,
-                           stats=StatsSettings(alpha=alpha, test=test, resamples=resamples, seed=seed))
-    reports = do_run(adapter or [], checkpoint or [], base, suite or [default_folder("probes")], out, settings,
-                     reference=reference, log=_say, use_cache=not no_cache)
+    records = evaluate(adapter or [], checkpoint or [], base, suite or [default_folder("probes")], settings,
+                       reference=reference, log=_say, use_cache=not no_cache)
+    reports = [write_outputs(r, out / r.run_id) for r in records]
     for report in reports:
         _say(f"report: {report}")
-    if gate_policy is not None:
-        from evalkit.workflow import gate as do_gate
-
-        passed = [do_gate(baseline, r.parent / "results.json", gate_policy, junit, None, log=_say) for r in reports]
-        if not all(passed):
+    if gate_policy is not None and baseline is not None:
+        outcomes = [do_gate(baseline, r.parent / "results.json", gate_policy, junit, None, log=_say) for r in reports]
+        if any(o.failed for checks in outcomes for o in checks):
             raise typer.Exit(1)
 
 
@@ -143,7 +140,7 @@ def demo(
     quick: bool = typer.Option(False, help="A smaller base and shorter training: the same path in seconds."),
 ) -> None:
     """Build (or reuse) the demo base, train the bundled scenes, run every suite, write reports."""
-    from evalkit.workflow import demo as do_demo
+    from evalkit.pipelines.demo import demo as do_demo
 
     index = do_demo(out, quick=quick, log=_say)
     _say(f"open this report: {index.resolve()}")
@@ -156,7 +153,7 @@ def experiment(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be trained and evaluated, then stop."),
 ) -> None:
     """Train what the plan needs (reusing what exists), evaluate everything on one base load, report."""
-    from evalkit.experiment import run_experiment
+    from evalkit.pipelines.experiment import run_experiment
 
     index = run_experiment(plan, out, dry_run)
     if index is not None:
@@ -166,12 +163,12 @@ def experiment(
 @app.command()
 def calibrate(
     base: Optional[Path] = typer.Option(None, help="Base model folder (default: the embedded demo base)."),
-    datasets: int = typer.Option(2000, help="Simulated null data sets per design."),
+    datasets: int = typer.Option(2000, min=1, help="Simulated null data sets per design."),
     seed: int = typer.Option(0, help="Seed of the simulation."),
     out: Path = typer.Option(Path("reports") / "calibration", help="Where calibration.json goes."),
 ) -> None:
     """Show the harness does not cry wolf (null subjects, simulated nulls) and finds a planted effect."""
-    from evalkit.workflow import calibrate as do_calibrate
+    from evalkit.pipelines.calibrate import calibrate as do_calibrate
 
     if not do_calibrate(base, datasets, seed, out, log=_say):
         raise typer.Exit(1)
@@ -183,8 +180,8 @@ def export_tasks(
     out: Path = typer.Option(..., help="Folder for the task YAML and JSONL data (replaced whole)."),
 ) -> None:
     """Write the suites as lm-eval task YAML that plain lm-eval runs with --include_path."""
-    from evalkit.export import export_tasks as do_export
-    from evalkit.probe import load_suites
+    from evalkit.engine.export import export_tasks as do_export
+    from evalkit.inputs.suites import load_suites
 
     for name in do_export(load_suites(probes), out):
         _say(name)
@@ -197,8 +194,8 @@ def schema(out: Optional[Path] = typer.Option(None, help="Write here instead of 
     import json
 
     from evalkit.files import write_text_atomic
-    from evalkit.probe import suite_json_schema
-    from evalkit.scene import Scene
+    from evalkit.inputs.scenes import Scene
+    from evalkit.inputs.suites import suite_json_schema
 
     text = json.dumps({"probe_suite": suite_json_schema(), "scene": Scene.model_json_schema()}, indent=2)
     if out is None:
@@ -217,9 +214,9 @@ def gate(
     summary: Optional[Path] = typer.Option(None, help="Append a Markdown summary here (default: $GITHUB_STEP_SUMMARY)."),
 ) -> None:
     """Exit 1 when the candidate is significantly worse than the baseline beyond a margin; 0 otherwise."""
-    from evalkit.workflow import gate as do_gate
+    from evalkit.pipelines.reports import gate as do_gate
 
-    if not do_gate(baseline, candidate, policy, junit, summary, log=_say):
+    if any(o.failed for o in do_gate(baseline, candidate, policy, junit, summary, log=_say)):
         raise typer.Exit(1)
 
 
@@ -229,7 +226,7 @@ def compare(
     out: Path = typer.Option(Path("reports") / "compare.html", help="Where the compare report goes."),
 ) -> None:
     """A scene x (suite, metric) heatmap over runs, with stack trajectories; no model needed."""
-    from evalkit.workflow import compare as do_compare
+    from evalkit.pipelines.reports import compare as do_compare
 
     _say(f"report: {do_compare(runs, out)}")
 
@@ -237,18 +234,20 @@ def compare(
 @app.command()
 def report(results: Path = typer.Argument(..., help="A results.json written by 'evalkit run'.")) -> None:
     """Re-render report.html from results.json, without loading any model."""
-    from evalkit.workflow import rerender
+    from evalkit.pipelines.reports import rerender
 
     _say(f"report: {rerender(results)}")
 
 
 def _demo_base() -> Path:
-    from evalkit.demo_base import ensure_demo_base
+    from evalkit.training.demo_base import ensure_demo_base
 
     return ensure_demo_base(log=_say)
 
 
 def main() -> None:
+    go_offline()
+    quiet_progress_bars()
     try:
         app()
     except EvalkitError as exc:

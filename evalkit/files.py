@@ -16,6 +16,10 @@ from pydantic import BaseModel, ValidationError
 
 from evalkit.errors import EvalkitError
 
+# Ids of scenes, suites, items and plans: they name folders and files, so nothing that could
+# leave the folder they are written in (no '/', no '..', no leading dot).
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Parse a YAML file that must hold one mapping."""

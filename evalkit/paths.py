@@ -1,4 +1,4 @@
-"""Where evalkit keeps what it builds once and reuses: the demo base and the reference cache."""
+"""Where evalkit keeps what it builds once and reuses, and where its bundled inputs live."""
 
 from __future__ import annotations
 
@@ -12,6 +12,17 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "evalkit"
 
 
-def project_root() -> Path:
-    """The checkout this package lives in (for the bundled scenes/ and probes/)."""
-    return Path(__file__).resolve().parent.parent
+def bundled(name: str) -> Path:
+    """The probes/ or scenes/ shipped inside the package (package data, so a wheel has them)."""
+    return Path(__file__).resolve().parent / "bundled" / name
+
+
+def default_folder(name: str) -> Path:
+    """`./<name>` when it exists, else the bundled one."""
+    here = Path.cwd() / name
+    return here if here.is_dir() else bundled(name)
+
+
+def adapters_folder() -> Path:
+    """Where trained adapters go by default: ./adapters (made when first needed)."""
+    return Path.cwd() / "adapters"

@@ -1,12 +1,15 @@
-"""The run record: everything a report shows, versioned, so a report re-renders without a model.
+"""The shared contract between the layers: the run record (everything a report shows, versioned,
+so a report re-renders without a model) and the manifests written beside adapters and
+checkpoints. No torch here: `decide` and `report` read these alone.
 
 Modelled on inspect_ai's log: `version` first, every field documented where it is declared.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -14,8 +17,13 @@ from evalkit.errors import EvalkitError
 from evalkit.files import validation_error, write_text_atomic
 
 RECORD_VERSION = 1
+MANIFEST_VERSION = 1
+MANIFEST_NAME = "evalkit.json"
 
-Score = float | int | str | list[float] | list[int] | list[str] | None
+if TYPE_CHECKING:
+    Score = Any  # validated below at run time; readers convert what they use
+else:
+    Score = Union[float, int, str, list[float], list[int], list[str], None]
 
 
 class _Record(BaseModel):
@@ -129,6 +137,16 @@ class Effect(_Record):
     """|mean difference| <= seed_spread: seeds disagree by as much as the effect itself."""
 
 
+class PairedRun(_Record):
+    """What the engine hands up: one subject's items paired with the reference's, not yet tested."""
+
+    run_id: str
+    manifest: Manifest
+    reference: ModelRef
+    subject: ModelRef
+    items: list[ItemRecord]
+
+
 class RunRecord(_Record):
     version: int = RECORD_VERSION
     """Schema version of this file; bumped on any incompatible change."""
@@ -151,8 +169,6 @@ def read_record(path: Path) -> RunRecord:
     if not path.is_file():
         raise EvalkitError("no such results file", where=str(path))
     try:
-        import json
-
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise EvalkitError(f"not valid JSON: {exc}", where=str(path)) from None
@@ -162,3 +178,104 @@ def read_record(path: Path) -> RunRecord:
         return RunRecord.model_validate(data)
     except ValidationError as exc:
         raise validation_error(path, exc) from None
+
+
+# --- manifests of trained models --------------------------------------------------------------
+
+class SceneRef(_Record):
+    id: str
+    title: str
+    hash: str
+    """Content hash of the scene as trained (text + training overrides)."""
+    path: Optional[str] = None
+    """The scene file it was read from, when known."""
+
+
+class BaseRef(_Record):
+    path: str
+    fingerprint: str
+    """sha256 over the base's weights; an adapter runs only on a base with this fingerprint."""
+    model_type: str
+
+
+class LoraRef(_Record):
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: list[str]
+    init: Optional[str] = None
+    """How the adapter was initialised when it was not trained (the null adapter)."""
+
+
+class AdapterManifest(_Record):
+    """`evalkit.json` beside peft's files in an adapter folder."""
+
+    version: int = MANIFEST_VERSION
+    evalkit_version: str
+    kind: Literal["adapter"]
+    key: str
+    """Content address: a hash of the scenes, the base's weights and the training settings."""
+    recipe_version: Optional[int] = None
+    scenes: list[SceneRef]
+    base: BaseRef
+    lora: LoraRef
+    training: dict[str, Any]
+    """The training settings as used (after overrides), and the number of training tokens."""
+    final_loss: Optional[float] = None
+    packages: dict[str, str]
+    created: str
+    seconds: Optional[float] = None
+
+
+class CheckpointManifest(_Record):
+    """`evalkit.json` in a checkpoint folder trained from scratch (`evalkit scratch`)."""
+
+    version: int = MANIFEST_VERSION
+    evalkit_version: str
+    kind: Literal["checkpoint"]
+    key: str
+    scenes: list[SceneRef]
+    tokenizer_from: str
+    corpus_documents: int
+    demo_stories: int
+    model: dict[str, Any]
+    """Architecture and size."""
+    training: dict[str, Any]
+    final_loss: Optional[float] = None
+    packages: dict[str, str]
+    created: str
+    seconds: Optional[float] = None
+
+
+TrainedManifest = Union[AdapterManifest, CheckpointManifest]
+
+
+def write_manifest(manifest: TrainedManifest, folder: Path) -> None:
+    write_text_atomic(folder / MANIFEST_NAME, manifest.model_dump_json(indent=2, exclude_none=True) + "\n")
+
+
+def read_manifest(folder: Path) -> Optional[TrainedManifest]:
+    """The evalkit manifest of an adapter or checkpoint folder; None when it has none."""
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EvalkitError(f"not valid JSON: {exc}", where=str(path)) from None
+    if not isinstance(data, dict):
+        raise EvalkitError("expected a JSON object", where=str(path))
+    model = CheckpointManifest if data.get("kind") == "checkpoint" else AdapterManifest
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(path, exc) from None
+
+
+def manifest_key(folder: Path) -> Optional[str]:
+    """The content key a folder was trained for, or None (absent or unreadable: train it again)."""
+    try:
+        manifest = read_manifest(folder)
+    except EvalkitError:
+        return None
+    return manifest.key if manifest is not None else None

@@ -22,8 +22,8 @@ def isolated_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def world_tokenizer():
-    from evalkit import world
-    from evalkit.demo_base import train_tokenizer
+    from evalkit.training import world
+    from evalkit.training.demo_base import train_tokenizer
 
     return train_tokenizer(world.corpus(600, seed=7), vocab_size=400)
 

@@ -4,12 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.calibrate import null_subjects
-from evalkit.calibration import null_rates
-from evalkit.models import load_base
-from evalkit.probe import load_suites
-from evalkit.run import RunSettings
-from evalkit.stats import StatsSettings
+from evalkit.decide.null_rates import null_rates
+from evalkit.engine.base import load_base
+from evalkit.inputs.suites import load_suites
+from evalkit.pipelines.calibrate import null_subjects
+from evalkit.settings import RunSettings, StatsSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 

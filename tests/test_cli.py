@@ -149,12 +149,12 @@ def _bad_inputs(tmp: Path, trained: dict, tiny_llama: Path, other: Path) -> list
          "--backend vllm needs vllm and a GPU")]
     return without_vllm + [
         (["run", "--adapter", honesty, "--suite", TENSION, "--executor", "spark", "--out", out],
-         "--executor 'spark' is not one of local, ray"),
+         "--executor 'spark': expected 'local' or 'ray'"),
         (["run", "--adapter", honesty, "--executor", "ray", "--workers", "0", "--out", out],
-         "--workers must be at least 1, not 0"),
+         "--workers 0: Input should be greater than or equal to 1"),
         (["run", "--adapter", honesty, "--executor", "ray", "--ray-address", "nowhere", "--out", out],
-         "--ray-address 'nowhere' is not HOST:PORT"),
-        (["run", "--adapter", honesty, "--device", "tpu", "--out", out], "--device 'tpu' is not cpu or cuda"),
+         "--ray-address 'nowhere': is not HOST:PORT"),
+        (["run", "--adapter", honesty, "--device", "tpu", "--out", out], "--device 'tpu': is not cpu or cuda"),
         (["run", "--checkpoint", broken, "--base", tiny_llama, "--suite", TENSION, "--out", out],
          "broken-ckpt/evalkit.json: not valid JSON"),
         (["run", "--adapter", honesty, "--base", tiny_llama, "--suite", tmp / "long.yaml", "--out", out],

@@ -2,9 +2,9 @@
 
 import pytest
 
-from evalkit.effects import axis_verdict, group_table, mark_seed_spread, suite_effects
+from evalkit.decide.effects import axis_verdict, group_table, mark_seed_spread, suite_effects
+from evalkit.decide.stats import PairedResult, StatsSettings
 from evalkit.record import Effect, ItemRecord, ModelRef, RunRecord
-from evalkit.stats import PairedResult, StatsSettings
 
 
 def _shift(mean_diff, subject_mean):

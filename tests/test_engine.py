@@ -4,24 +4,25 @@ without adapters; evalkit's numbers against direct transformers computations and
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import build_tiny
 
-from evalkit.adapter import TrainSettings, train_adapter
+from evalkit.engine.adapters import AttachedAdapters
+from evalkit.engine.base import load_base, weights_fingerprint
+from evalkit.engine.runner import adapter_subject, checkpoint_subject
 from evalkit.errors import EvalkitError
-from evalkit.models import AttachedAdapters, load_base, weights_fingerprint
-from evalkit.probe import load_suites
-from evalkit.run import RunSettings, adapter_subject, checkpoint_subject, run_subjects
-from evalkit.scene import load_scene
-from evalkit.stats import StatsSettings
+from evalkit.inputs.scenes import load_scene
+from evalkit.inputs.suites import load_suites
+from evalkit.pipelines.evaluate import evaluate_subjects
+from evalkit.settings import RunSettings, StatsSettings, TrainSettings
+from evalkit.training.lora import train_adapter
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = load_suites([ROOT / "probes"])
 FAST = RunSettings(batch_size=16, stats=StatsSettings(resamples=200))
-QUICK_TRAIN = replace(TrainSettings(), steps=8)
+QUICK_TRAIN = TrainSettings(steps=8)
 
 
 def _records_by_suite(record):
@@ -44,7 +45,7 @@ def test_all_suites_run_with_and_without_an_adapter(arch, arch_models, tmp_path)
     scene = load_scene(ROOT / "scenes" / "01-honesty.yaml")
     adapter = train_adapter([scene], base, tmp_path / "honesty", QUICK_TRAIN, log=lambda _: None)
     assert weights_fingerprint(base.model) == before, "training must leave the base as it was"
-    (record,) = run_subjects(base, [adapter_subject(adapter)], SUITES, FAST, log=lambda _: None, use_cache=False)
+    (record,) = evaluate_subjects(base, [adapter_subject(adapter)], SUITES, FAST, log=lambda _: None, use_cache=False)
     by_suite = _records_by_suite(record)
     assert set(by_suite) == {"tension", "novel_axis", "consistency", "continuation"}
     for suite in SUITES:
@@ -75,7 +76,7 @@ def direct_logprob(model, tokenizer, prompt: str, completion: str) -> float:
 
 def test_logprobs_equal_a_direct_transformers_computation(arch_models):
     base = load_base(arch_models["llama"])
-    (record,) = run_subjects(base, [checkpoint_subject(arch_models["llama"])], SUITES, FAST,
+    (record,) = evaluate_subjects(base, [checkpoint_subject(arch_models["llama"])], SUITES, FAST,
                              log=lambda _: None, use_cache=False)
     checked = 0
     for item in record.items:
@@ -97,11 +98,11 @@ def test_swapped_adapters_score_like_fresh_loads(arch_models, tmp_path):
     scenes = [load_scene(ROOT / "scenes" / f) for f in ("01-honesty.yaml", "04-curiosity.yaml")]
     paths = [train_adapter([s], base, tmp_path / s.id, QUICK_TRAIN, log=lambda _: None) for s in scenes]
     tension = [s for s in SUITES if s.name in ("tension", "continuation")]
-    together = run_subjects(base, [adapter_subject(p) for p in paths], tension, FAST, log=lambda _: None,
+    together = evaluate_subjects(base, [adapter_subject(p) for p in paths], tension, FAST, log=lambda _: None,
                             use_cache=False)
     for path, swapped in zip(paths, together):
         fresh_base = load_base(arch_models["llama"])
-        (fresh,) = run_subjects(fresh_base, [adapter_subject(path)], tension, FAST, log=lambda _: None,
+        (fresh,) = evaluate_subjects(fresh_base, [adapter_subject(path)], tension, FAST, log=lambda _: None,
                                 use_cache=False)
         for a, b in zip(swapped.items, fresh.items):
             for key in ("margin", "kl", "nll"):
@@ -115,7 +116,7 @@ def test_exported_tasks_run_under_plain_lm_eval_with_the_same_numbers(arch_model
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from evalkit.export import export_tasks
+    from evalkit.engine.export import export_tasks
 
     names = export_tasks(SUITES, tmp_path / "tasks")
     plain = lm_eval.simple_evaluate(
@@ -124,7 +125,7 @@ def test_exported_tasks_run_under_plain_lm_eval_with_the_same_numbers(arch_model
         bootstrap_iters=0, log_samples=True, verbosity="ERROR",
     )
     base = load_base(arch_models["llama"])
-    (record,) = run_subjects(base, [checkpoint_subject(arch_models["llama"])], SUITES, FAST,
+    (record,) = evaluate_subjects(base, [checkpoint_subject(arch_models["llama"])], SUITES, FAST,
                              log=lambda _: None, use_cache=False)
     ours = {(i.suite, i.item_id): i.reference for i in record.items}
     compared = 0
@@ -151,14 +152,14 @@ def test_prompt_longer_than_the_context_is_an_input_error(arch_models, tmp_path)
                     + "', options: [a, b]}\n")
     base = load_base(arch_models["gpt2"])
     with pytest.raises(EvalkitError, match=r"long.yaml \[too-long\]: field 'prompt': \d+ tokens .* context of 128"):
-        run_subjects(base, [checkpoint_subject(arch_models["gpt2"])], load_suites([path]), FAST, log=lambda _: None)
+        evaluate_subjects(base, [checkpoint_subject(arch_models["gpt2"])], load_suites([path]), FAST, log=lambda _: None)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
 def test_generations_grouped_across_adapters_equal_one_model_at_a_time(arch, arch_models, tmp_path, monkeypatch):
     """The base and two adapters generate in one batch (multi_lora); the outputs must be the
     ones each model gives alone."""
-    import evalkit.lm
+    import evalkit.engine.lm
 
     base = load_base(arch_models[arch])
     scenes = [load_scene(ROOT / "scenes" / f) for f in ("01-honesty.yaml", "04-curiosity.yaml")]
@@ -166,16 +167,16 @@ def test_generations_grouped_across_adapters_equal_one_model_at_a_time(arch, arc
     continuation = [s for s in SUITES if s.name == "continuation"]
 
     def run():
-        return run_subjects(load_base(arch_models[arch]), [adapter_subject(p) for p in paths], continuation, FAST,
+        return evaluate_subjects(load_base(arch_models[arch]), [adapter_subject(p) for p in paths], continuation, FAST,
                             log=lambda _: None, use_cache=False)
 
     calls = []
-    real_grouped = evalkit.lm.grouped
-    monkeypatch.setattr(evalkit.lm, "grouped", lambda model, groups: calls.append(groups)
+    real_grouped = evalkit.engine.lm.grouped
+    monkeypatch.setattr(evalkit.engine.lm, "grouped", lambda model, groups: calls.append(groups)
                         or real_grouped(model, groups))
     grouped = run()
     assert calls and all(len(g) == 3 for g in calls), calls  # the base and both adapters together
-    monkeypatch.setattr(evalkit.lm, "GROUP_KV_BYTES", 1)  # groups of one model: one at a time
+    monkeypatch.setattr(evalkit.engine.lm, "GROUP_KV_BYTES", 1)  # groups of one model: one at a time
     held = []  # adapters on the model right after each switch: a scored one is detached
     activate = AttachedAdapters.activate
     monkeypatch.setattr(AttachedAdapters, "activate", lambda self, name: activate(self, name)

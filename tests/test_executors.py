@@ -4,18 +4,18 @@ lm-eval evaluation per model with `peft=`) and Ray workers give the same per-ite
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from evalkit.adapter import TrainSettings, train_adapter
-from evalkit.export import export_tasks
-from evalkit.models import load_base
-from evalkit.probe import load_suites
-from evalkit.run import RunSettings, adapter_subject, run_subjects
-from evalkit.scene import load_scene
-from evalkit.stats import StatsSettings
+from evalkit.engine.base import load_base
+from evalkit.engine.export import export_tasks
+from evalkit.engine.runner import adapter_subject
+from evalkit.inputs.scenes import load_scene
+from evalkit.inputs.suites import load_suites
+from evalkit.pipelines.evaluate import evaluate_subjects
+from evalkit.settings import RunSettings, StatsSettings, TrainSettings
+from evalkit.training.lora import train_adapter
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = load_suites([ROOT / "probes"])
@@ -26,14 +26,14 @@ SETTINGS = RunSettings(batch_size=16, stats=StatsSettings(resamples=200))
 def trained(tiny_llama, tmp_path_factory):
     root = tmp_path_factory.mktemp("executors")
     base = load_base(tiny_llama)
-    settings = replace(TrainSettings(), steps=8)
+    settings = TrainSettings(steps=8)
     paths = [train_adapter([load_scene(ROOT / "scenes" / f)], base, root / f, settings, log=lambda _: None)
              for f in ("01-honesty.yaml", "04-curiosity.yaml")]
     return tiny_llama, paths
 
 
 def fast_path(base_dir: Path, adapters: list[Path], settings: RunSettings):
-    return run_subjects(load_base(base_dir), [adapter_subject(a) for a in adapters], SUITES, settings,
+    return evaluate_subjects(load_base(base_dir), [adapter_subject(a) for a in adapters], SUITES, settings,
                         log=lambda _: None, use_cache=False)
 
 
@@ -80,7 +80,7 @@ def test_fast_path_naive_loop_and_ray_agree_per_item(trained, tmp_path):
             compared += 1
     assert compared == 3 * (sum(len(s.spec.choices()) for s in SUITES) + 20)
 
-    ray = fast_path(base_dir, adapters, replace(SETTINGS, executor="ray", workers=2))
+    ray = fast_path(base_dir, adapters, SETTINGS.but(executor="ray", workers=2))
     for local_record, ray_record in zip(fast, ray):
         for side in ("reference", "subject"):
             a, b = side_scores(local_record, side), side_scores(ray_record, side)

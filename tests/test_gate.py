@@ -81,7 +81,7 @@ def test_a_real_drop_in_consistency_fails_and_names_the_check(runs, tmp_path):
 
 def test_inline_gate_on_run(runs, tmp_path):
     done = evalkit("run", "--adapter", runs["work"] / "honesty-s1", "--base", runs["tiny"], "--out", tmp_path,
-                   "--gate", ROOT / "evalkit" / "policies" / "default.yaml", "--baseline", runs["s0"],
+                   "--gate", ROOT / "evalkit" / "decide" / "policies" / "default.yaml", "--baseline", runs["s0"],
                    "--junit", tmp_path / "j.xml")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "gate: passed" in done.stdout and (tmp_path / "j.xml").is_file()

@@ -8,11 +8,11 @@ import pytest
 from conftest import build_tiny
 from lm_eval.models.huggingface import HFLM
 
-from evalkit import lm as evalkit_lm
-from evalkit.lm import EvalkitLM
-from evalkit.models import load_base
-from evalkit.packing import build_packs, score_packs
-from evalkit.probe import load_suites
+from evalkit.engine import lm as evalkit_lm
+from evalkit.engine.base import load_base
+from evalkit.engine.lm import EvalkitLM
+from evalkit.engine.packing import build_packs, forward_packs
+from evalkit.inputs.suites import load_suites
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = load_suites([ROOT / "probes"])
@@ -63,8 +63,8 @@ def test_rows_split_at_the_context_limit_score_the_same(arch_models):
     limit = len(context) + 2 * max(len(o) for o in options)
     packs = build_packs(requests, limit)
     assert len(packs) > 1 and all(len(p.tokens) <= limit for p in packs)
-    split = score_packs(base.model, packs, batch_size=2, pad_id=0)
-    whole = score_packs(base.model, build_packs(requests, 10_000), batch_size=2, pad_id=0)
+    split = forward_packs(base.model, packs, batch_size=2, pad_id=0)
+    whole = forward_packs(base.model, build_packs(requests, 10_000), batch_size=2, pad_id=0)
     for i in range(len(requests)):
         assert split[i].logprob_sum == pytest.approx(whole[i].logprob_sum, abs=1e-5)
 
@@ -118,8 +118,8 @@ def test_bfloat16_adapters_run_in_the_base_dtype(arch_models, tmp_path):
     import torch
     from peft import get_peft_model
 
-    from evalkit.adapter import TrainSettings, lora_config
-    from evalkit.models import AttachedAdapters
+    from evalkit.engine.adapters import AttachedAdapters, lora_config
+    from evalkit.settings import TrainSettings
 
     fp32 = load_base(arch_models["llama"])
     peft_model = get_peft_model(fp32.model, lora_config(fp32, TrainSettings()))

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from evalkit.errors import EvalkitError
-from evalkit.probe import KINDS, load_suite, load_suites
+from evalkit.inputs.suites import load_suite, load_suites
+from evalkit.kinds import KINDS
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.effects import suite_effects
+from evalkit.decide.effects import suite_effects
 from evalkit.record import ItemRecord, Manifest, ModelRef, RunRecord, StatsRef, SuiteRef
-from evalkit.report import render_run, write_compare_report, write_run_report
-from evalkit.stats import StatsSettings
+from evalkit.report.overview import write_compare_report
+from evalkit.report.run_page import render_run, write_run_report
+from evalkit.settings import StatsSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = "<script>alert(1)</script>"

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from evalkit.errors import EvalkitError
-from evalkit.scene import load_scene, load_scenes
+from evalkit.inputs.scenes import load_scene, load_scenes
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from evalkit import stats
+from evalkit.decide import stats
 
 REF = np.array([0.1, -0.3, 0.5, 0.2, 0.0, 1.1, -0.7, 0.4, 0.9, -0.2, 0.3, 0.6])
 SUB = np.array([0.4, -0.1, 0.5, 0.9, 0.2, 1.5, -0.2, 0.4, 1.6, 0.1, 0.2, 1.4])

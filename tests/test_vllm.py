@@ -4,17 +4,17 @@ LoRA requests gives the HF backend's numbers on the same adapters."""
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from evalkit.adapter import TrainSettings, train_adapter
-from evalkit.models import load_base
-from evalkit.probe import load_suites
-from evalkit.run import RunSettings, adapter_subject, run_subjects
-from evalkit.scene import load_scene
-from evalkit.stats import StatsSettings
+from evalkit.engine.base import load_base
+from evalkit.engine.runner import adapter_subject
+from evalkit.inputs.scenes import load_scene
+from evalkit.inputs.suites import load_suites
+from evalkit.pipelines.evaluate import evaluate_subjects
+from evalkit.settings import RunSettings, StatsSettings, TrainSettings
+from evalkit.training.lora import train_adapter
 
 
 def _gpu() -> bool:
@@ -41,13 +41,13 @@ def test_vllm_backend_matches_the_hf_backend(tmp_path, world_tokenizer):
     world_tokenizer.save_pretrained(tmp_path / "base")
     base = load_base(tmp_path / "base")
     adapter = train_adapter([load_scene(ROOT / "scenes" / "01-honesty.yaml")], base, tmp_path / "honesty",
-                            replace(TrainSettings(), steps=8), log=lambda _: None)
+                            TrainSettings(steps=8), log=lambda _: None)
     suites = load_suites([ROOT / "probes" / "tension.yaml"])
     settings = RunSettings(device="cuda", stats=StatsSettings(resamples=200))
-    (hf,) = run_subjects(load_base(tmp_path / "base", device="cuda"), [adapter_subject(adapter)], suites, settings,
+    (hf,) = evaluate_subjects(load_base(tmp_path / "base", device="cuda"), [adapter_subject(adapter)], suites, settings,
                          log=lambda _: None, use_cache=False)
-    (vllm,) = run_subjects(load_base(tmp_path / "base", device="cuda"), [adapter_subject(adapter)], suites,
-                           replace(settings, backend="vllm"), log=lambda _: None, use_cache=False)
+    (vllm,) = evaluate_subjects(load_base(tmp_path / "base", device="cuda"), [adapter_subject(adapter)], suites,
+                           settings.but(backend="vllm"), log=lambda _: None, use_cache=False)
     for a, b in zip(hf.items, vllm.items):
         for side in ("reference", "subject"):
             assert getattr(b, side)["margin"] == pytest.approx(getattr(a, side)["margin"], abs=1e-2), a.item_id
