@@ -3,17 +3,30 @@ user can fix are one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from pydantic import BaseModel, ValidationError
+from typer.core import TyperGroup
 
 from evalkit.errors import EvalkitError
 from evalkit.offline import go_offline, quiet_progress_bars
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+
+class _Commands(TyperGroup):
+    """Every command's input errors become one line on stderr and exit code 2, whether evalkit
+    runs as a program or in-process (typer's CliRunner in the tests)."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's vendored click.Context
+        try:
+            return super().invoke(ctx)
+        except EvalkitError as exc:
+            typer.echo(f"evalkit: error: {exc.line()}", err=True)
+            ctx.exit(2)
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   no_args_is_help=True, help="evalkit: what did this scene change?")
 
 
@@ -248,8 +261,4 @@ def _demo_base() -> Path:
 def main() -> None:
     go_offline()
     quiet_progress_bars()
-    try:
-        app()
-    except EvalkitError as exc:
-        print(f"evalkit: error: {exc.line()}", file=sys.stderr)
-        sys.exit(2)
+    app()

@@ -148,6 +148,9 @@ class PairedRun(_Record):
 
 
 class RunRecord(_Record):
+    """One subject against its reference: how it was run, every item paired, every effect tested.
+    Written as results.json; reports and gates read nothing else."""
+
     version: int = RECORD_VERSION
     """Schema version of this file; bumped on any incompatible change."""
     run_id: str

@@ -8,6 +8,8 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+__version__ = "0.1.0"
+
 PACKAGES = ("evalkit", "torch", "transformers", "peft", "lm_eval", "scipy", "numpy", "pydantic", "jinja2")
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up evalkit in ./.venv (or in $EVALKIT_VENV): torch, then evalkit with its test extra.
+# Set up evalkit in ./.venv (or in $EVALKIT_VENV): torch, then evalkit with its dev extra.
+# --test: also Debian's chromium, for the tests that open reports in a real browser.
 #
 # torch: an environment that already has torch keeps it (a GPU user's own build stays).
 # Otherwise: the CPU build torch==2.13.0 when no NVIDIA GPU is visible, plain `torch` when
@@ -21,3 +22,11 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
 fi
 echo "setup: installing evalkit (editable, with the dev extra) into $venv"
 quiet "${pip[@]}" -e ".[dev]"
+
+if [ "${1:-}" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
+  echo "setup: installing chromium (Debian) for the browser tests"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -q >/dev/null
+  $sudo apt-get install -y -q chromium >/dev/null
+fi

@@ -61,3 +61,14 @@ def tiny_llama(tmp_path_factory, world_tokenizer) -> Path:
 def other_tiny_llama(tmp_path_factory, world_tokenizer) -> Path:
     """Same architecture, other weights: adapters trained on tiny_llama must be refused here."""
     return build_tiny("llama", world_tokenizer, tmp_path_factory.mktemp("other-llama"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def honesty_adapter(tmp_path_factory, tiny_llama) -> Path:
+    """An adapter trained in-process on tiny_llama (a few steps: for tests of the plumbing)."""
+    from evalkit import api
+    from evalkit.settings import TrainSettings
+
+    out = tmp_path_factory.mktemp("adapters") / "honesty"
+    (path,) = api.train(ROOT / "scenes" / "01-honesty.yaml", base=tiny_llama, out=out, settings=TrainSettings(steps=5))
+    return path

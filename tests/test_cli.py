@@ -1,8 +1,8 @@
-"""End to end through the real command line: train a tiny adapter, run it, read results.json."""
+"""End to end through the real command line, as a user runs it (a subprocess per command): train a
+tiny adapter, run it, read results.json. Input errors are tested in-process in test_bad_inputs.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 HONESTY = ROOT / "scenes" / "01-honesty.yaml"
@@ -125,64 +127,6 @@ def test_report_rerenders_without_a_model(trained):
     assert done.returncode == 0, done.stderr
     html = (results.parent / "report.html").read_text()
     assert "found-coin-market" in html and 'id="verdicts"' in html
-
-
-def _bad_inputs(tmp: Path, trained: dict, tiny_llama: Path, other: Path) -> list[tuple[list, str]]:
-    (tmp / "no-text.yaml").write_text("id: x\ntitle: T\n")
-    (tmp / "unknown-key.yaml").write_text("id: x\ntitle: T\ntext: hi\nmood: grim\n")
-    (tmp / "not-yaml.yaml").write_text("id: x\ntitle: [T\ntext: : :\n")
-    (tmp / "long.yaml").write_text("suite: long\nkind: tension\nitems:\n  - {id: too-long, prompt: '"
-                                   + "the bread " * 200 + "', options: [a, b]}\n")
-    (tmp / "dupes.yaml").write_text("suite: d\nkind: tension\nitems: [{id: a, prompt: P, options: [x, y]}, "
-                                    "{id: a, prompt: Q, options: [x, y]}]\n")
-    (tmp / "riddles.yaml").write_text("suite: r\nkind: riddles\nitems: []\n")
-    honesty = trained["work"] / "adapters" / "honesty"
-    bad_weights = tmp / "bad-weights"
-    shutil.copytree(honesty, bad_weights)
-    (bad_weights / "adapter_model.safetensors").write_text("not safetensors")
-    broken = tmp / "broken-ckpt"
-    shutil.copytree(tiny_llama, broken)
-    (broken / "evalkit.json").write_text("{not json")
-    out = tmp / "out"
-    without_vllm = [] if importlib.util.find_spec("vllm") else [
-        (["run", "--adapter", honesty, "--suite", TENSION, "--backend", "vllm", "--out", out],
-         "--backend vllm needs vllm and a GPU")]
-    return without_vllm + [
-        (["run", "--adapter", honesty, "--suite", TENSION, "--executor", "spark", "--out", out],
-         "--executor 'spark': expected 'local' or 'ray'"),
-        (["run", "--adapter", honesty, "--executor", "ray", "--workers", "0", "--out", out],
-         "--workers 0: Input should be greater than or equal to 1"),
-        (["run", "--adapter", honesty, "--executor", "ray", "--ray-address", "nowhere", "--out", out],
-         "--ray-address 'nowhere': is not HOST:PORT"),
-        (["run", "--adapter", honesty, "--device", "tpu", "--out", out], "--device 'tpu': is not cpu or cuda"),
-        (["run", "--checkpoint", broken, "--base", tiny_llama, "--suite", TENSION, "--out", out],
-         "broken-ckpt/evalkit.json: not valid JSON"),
-        (["run", "--adapter", honesty, "--base", tiny_llama, "--suite", tmp / "long.yaml", "--out", out],
-         "long.yaml [too-long]: field 'prompt'"),
-        (["validate", tmp / "dupes.yaml"], "dupes.yaml [a]: field 'id': duplicate id"),
-        (["run", "--adapter", honesty, "--suite", tmp / "riddles.yaml", "--out", out], "field 'kind' is 'riddles'"),
-        (["export-tasks", tmp / "riddles.yaml", "--out", out], "riddles.yaml: field 'kind'"),
-        (["train", tmp / "no-text.yaml", "--base", tiny_llama, "--out", out], "no-text.yaml: field 'text' is required"),
-        (["train", tmp / "unknown-key.yaml", "--base", tiny_llama, "--out", out], "unknown field 'mood'"),
-        (["train", tmp / "not-yaml.yaml", "--base", tiny_llama, "--out", out], "not-yaml.yaml: not valid YAML"),
-        (["train", tmp / "missing.yaml", "--base", tiny_llama, "--out", out], "missing.yaml: no such file"),
-        (["validate", tmp / "unknown-key.yaml"], "unknown-key.yaml: unknown field 'mood'"),
-        (["run", "--adapter", tmp / "nope", "--base", tiny_llama, "--out", out], "nope: no such adapter folder"),
-        (["run", "--adapter", honesty, "--adapter", bad_weights, "--base", tiny_llama, "--suite", TENSION,
-          "--out", out], "bad-weights/adapter_model.safetensors: unreadable adapter weights"),
-        (["run", "--adapter", honesty, "--base", other, "--suite", TENSION, "--out", out],
-         "evalkit.json: field 'base.fingerprint': adapter was trained on base"),
-    ]
-
-
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, trained, tiny_llama, other_tiny_llama):
-    for args, expected in _bad_inputs(tmp_path, trained, tiny_llama, other_tiny_llama):
-        done = evalkit(*args)
-        assert done.returncode == 2, (args, done.stderr)
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and expected in lines[0], (args, done.stderr)
-        assert "Traceback" not in done.stderr
-        assert not (tmp_path / "out").exists(), args
 
 
 GUARD = """

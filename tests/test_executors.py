@@ -17,6 +17,8 @@ from evalkit.pipelines.evaluate import evaluate_subjects
 from evalkit.settings import RunSettings, StatsSettings, TrainSettings
 from evalkit.training.lora import train_adapter
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = load_suites([ROOT / "probes"])
 SETTINGS = RunSettings(batch_size=16, stats=StatsSettings(resamples=200))

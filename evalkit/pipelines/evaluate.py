@@ -8,7 +8,8 @@ from typing import Callable, Optional
 
 from evalkit.decide.effects import build_records
 from evalkit.engine.base import Base, load_base
-from evalkit.engine.runner import Subject, adapter_subject, checkpoint_subject, evaluate_paired
+from evalkit.engine.paired import evaluate_paired
+from evalkit.engine.runner import Subject, adapter_subject, checkpoint_subject
 from evalkit.errors import EvalkitError
 from evalkit.inputs.suites import LoadedSuite, load_suites
 from evalkit.record import AdapterManifest, RunRecord, write_record

@@ -20,7 +20,8 @@ from rich.table import Table
 
 from evalkit.decide.effects import build_records
 from evalkit.engine.base import Base, load_base
-from evalkit.engine.runner import Runner, Subject, adapter_subject, checkpoint_subject, model_ref, paired_run
+from evalkit.engine.paired import paired_run
+from evalkit.engine.runner import Runner, Subject, adapter_subject, checkpoint_subject, model_ref
 from evalkit.files import atomic_directory
 from evalkit.inputs.plans import Resolved, ScratchPlan, load_plan
 from evalkit.inputs.scenes import Scene

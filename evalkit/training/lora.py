@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from evalkit import __version__
+from evalkit.versions import __version__
 from evalkit.engine.adapters import lora_config
 from evalkit.engine.base import Base
 from evalkit.files import atomic_directory, stable_hash, write_json_atomic

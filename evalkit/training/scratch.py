@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from evalkit import __version__
+from evalkit.versions import __version__
 from evalkit.errors import EvalkitError
 from evalkit.files import atomic_directory, stable_hash, write_json_atomic
 from evalkit.inputs.scenes import Scene

@@ -1,0 +1,264 @@
+"""The command line: each command parses, calls one library function, prints. Errors the
+user can fix are one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from pydantic import BaseModel, ValidationError
+from typer.core import TyperGroup
+
+from evalkit.errors import EvalkitError
+from evalkit.offline import go_offline, quiet_progress_bars
+
+
+class _Commands(TyperGroup):
+    """Every command's input errors become one line on stderr and exit code 2, whether evalkit
+    runs as a program or in-process (typer's CliRunner in the tests)."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's vendored click.Context
+        try:
+            return super().invoke(ctx)
+        except EvalkitError as exc:
+            typer.echo(f"evalkit: error: {exc.line()}", err=True)
+            ctx.exit(2)
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  no_args_is_help=True, help="evalkit: what did this scene change?")
+
+
+def _say(message: str) -> None:
+    typer.echo(message)
+
+
+def _settings(model: type[BaseModel], **values: Any) -> Any:
+    """Settings from command-line values; a value out of range names its option."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        option = "--" + str(err["loc"][-1]).replace("_", "-")
+        expected = err.get("ctx", {}).get("expected")
+        message = f"expected {expected}" if expected else err["msg"].removeprefix("Value error, ")
+        raise EvalkitError(f"{option} {err.get('input')!r}: {message}") from None
+
+
+@app.command()
+def validate(paths: list[Path] = typer.Argument(..., help="Scene or probe files, or folders of them.")) -> None:
+    """Check scene and probe files; report the first problem of each file with file, item and field."""
+    from evalkit.inputs.validate import validate_paths
+
+    for line in validate_paths(paths):
+        _say(line)
+
+
+@app.command()
+def train(
+    scenes: Path = typer.Argument(..., help="A scene file, or a folder of scenes."),
+    base: Optional[Path] = typer.Option(None, help="Base model folder (default: the embedded demo base)."),
+    out: Optional[Path] = typer.Option(None, help="Adapter folder (default: adapters/<scene id>)."),
+    stack: bool = typer.Option(False, help="Train cumulative adapters for scenes 1..k of a folder."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default 60, or the scene's own)."),
+    seed: Optional[int] = typer.Option(None, help="Training seed (default 0, or the scene's own)."),
+) -> None:
+    """Train one LoRA adapter per scene (or a stack), seeded, with an evalkit manifest."""
+    from evalkit.pipelines.train import train as do_train
+    from evalkit.settings import TrainSettings
+
+    chosen = {k: v for k, v in {"steps": steps, "seed": seed}.items() if v is not None}
+    settings = _settings(TrainSettings, **chosen)
+    base_dir = base if base is not None else _demo_base()
+    for path in do_train(scenes, base_dir, out, stack, settings, log=_say):
+        _say(str(path))
+
+
+@app.command()
+def scratch(
+    scenes: Path = typer.Argument(..., help="A scene file or a folder of scenes."),
+    out: Path = typer.Option(..., help="Checkpoint folder, e.g. checkpoints/s10."),
+    base: Optional[Path] = typer.Option(None, help="Model folder whose tokenizer to use (default: the demo base)."),
+    corpus: Optional[Path] = typer.Option(None, help="Extra training text: a .txt file or a folder of them."),
+    demo_stories: int = typer.Option(0, help="Also train on this many generated demo-world stories."),
+    steps: int = typer.Option(260, help="Training steps."),
+    seed: int = typer.Option(0, help="Training seed."),
+) -> None:
+    """Train a small causal LM from scratch on the scenes; 'evalkit run --checkpoint' accepts it."""
+    from evalkit.inputs.scenes import load_scenes
+    from evalkit.settings import ScratchSettings
+    from evalkit.training.scratch import read_corpus, train_scratch
+
+    settings = _settings(ScratchSettings, steps=steps, seed=seed)
+    if demo_stories < 0:
+        raise EvalkitError(f"--demo-stories {demo_stories}: must be 0 or more")
+    loaded = load_scenes(scenes)
+    texts = read_corpus(corpus) if corpus is not None else None
+    tokenizer_dir = base if base is not None else _demo_base()
+    _say(str(train_scratch(loaded, tokenizer_dir, out, settings, texts, demo_stories, log=_say)))
+
+
+@app.command()
+def run(
+    adapter: Optional[list[Path]] = typer.Option(None, "--adapter", help="Adapter folder; repeat for several."),
+    checkpoint: Optional[list[Path]] = typer.Option(None, "--checkpoint", help="A full model folder (e.g. from 'evalkit scratch') to compare against the base; repeatable."),
+    base: Optional[Path] = typer.Option(None, help="Base model folder (default: the adapters' manifest)."),
+    reference: Optional[Path] = typer.Option(None, help="Compare against this adapter or checkpoint instead of the base (e.g. the control scene's adapter)."),
+    suite: Optional[list[Path]] = typer.Option(None, "--suite", help="Probe file or folder (default: probes/)."),
+    out: Path = typer.Option(Path("reports"), help="Reports folder; each subject gets <out>/<name>/."),
+    batch_size: int = typer.Option(32, help="Rows per forward pass (packed prompts, generations)."),
+    dtype: str = typer.Option("float32", help="float32 (default) or bfloat16 (faster on CPU; margins move by up to ~0.15 nats, see README)."),
+    device: str = typer.Option("cpu", help="cpu, or cuda for a GPU."),
+    backend: str = typer.Option("hf", help="hf (default: evalkit's lm-eval HF model class) or vllm (lm-eval's vLLM class, GPU)."),
+    executor: str = typer.Option("local", help="local (this process) or ray ((subject x suite) jobs on a Ray cluster)."),
+    workers: Optional[int] = typer.Option(None, help="Ray workers (default: one per CPU of the cluster)."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)."),
+    alpha: float = typer.Option(0.05, help="Significance level for q-values."),
+    test: str = typer.Option("wilcoxon", help="wilcoxon, t or permutation."),
+    resamples: int = typer.Option(2000, help="Bootstrap resamples."),
+    seed: int = typer.Option(0, help="Seed for bootstrap and lm-eval."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Compute every score again (reference and subjects) instead of reusing cached ones."),
+    gate_policy: Optional[Path] = typer.Option(None, "--gate", help="Gate each subject against --baseline with this policy."),
+    baseline: Optional[Path] = typer.Option(None, help="results.json to gate against (with --gate)."),
+    junit: Optional[Path] = typer.Option(None, help="JUnit XML of the gate (with --gate)."),
+) -> None:
+    """Evaluate the reference (the base by default) and each subject on the probe suites, pair by item, test, report."""
+    from evalkit.paths import default_folder
+    from evalkit.pipelines.evaluate import evaluate, write_outputs
+    from evalkit.pipelines.reports import gate as do_gate
+    from evalkit.settings import RunSettings, StatsSettings
+
+    stats = _settings(StatsSettings, alpha=alpha, test=test, resamples=resamples, seed=seed)
+    settings = _settings(RunSettings, batch_size=batch_size, dtype=dtype, device=device, backend=backend,
+                         executor=executor, workers=workers, ray_address=ray_address, stats=stats)
+    if (gate_policy is None) != (baseline is None):
+        raise EvalkitError("--gate and --baseline go together")
+    if baseline is not None and not baseline.is_file():
+        raise EvalkitError("no such results file", where=str(baseline))
+    records = evaluate(adapter or [], checkpoint or [], base, suite or [default_folder("probes")], settings,
+                       reference=reference, log=_say, use_cache=not no_cache)
+    reports = [write_outputs(r, out / r.run_id) for r in records]
+    for report in reports:
+        _say(f"report: {report}")
+    if gate_policy is not None and baseline is not None:
+        outcomes = [do_gate(baseline, r.parent / "results.json", gate_policy, junit, None, log=_say) for r in reports]
+        if any(o.failed for checks in outcomes for o in checks):
+            raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("reports") / "demo", help="Where the demo's reports go."),
+    quick: bool = typer.Option(False, help="A smaller base and shorter training: the same path in seconds."),
+) -> None:
+    """Build (or reuse) the demo base, train the bundled scenes, run every suite, write reports."""
+    from evalkit.pipelines.demo import demo as do_demo
+
+    index = do_demo(out, quick=quick, log=_say)
+    _say(f"open this report: {index.resolve()}")
+
+
+@app.command()
+def experiment(
+    plan: Path = typer.Argument(..., help="An experiment plan (see examples/ten-scenes.yaml)."),
+    out: Optional[Path] = typer.Option(None, help="Report folder (default: reports/<plan name>); replaced whole."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be trained and evaluated, then stop."),
+) -> None:
+    """Train what the plan needs (reusing what exists), evaluate everything on one base load, report."""
+    from evalkit.pipelines.experiment import run_experiment
+
+    index = run_experiment(plan, out, dry_run)
+    if index is not None:
+        _say(f"open this report: {index.resolve()}")
+
+
+@app.command()
+def calibrate(
+    base: Optional[Path] = typer.Option(None, help="Base model folder (default: the embedded demo base)."),
+    datasets: int = typer.Option(2000, min=1, help="Simulated null data sets per design."),
+    seed: int = typer.Option(0, help="Seed of the simulation."),
+    out: Path = typer.Option(Path("reports") / "calibration", help="Where calibration.json goes."),
+) -> None:
+    """Show the harness does not cry wolf (null subjects, simulated nulls) and finds a planted effect."""
+    from evalkit.pipelines.calibrate import calibrate as do_calibrate
+
+    if not do_calibrate(base, datasets, seed, out, log=_say):
+        raise typer.Exit(1)
+
+
+@app.command("export-tasks")
+def export_tasks(
+    probes: list[Path] = typer.Argument(..., help="Probe files or folders."),
+    out: Path = typer.Option(..., help="Folder for the task YAML and JSONL data (replaced whole)."),
+) -> None:
+    """Write the suites as lm-eval task YAML that plain lm-eval runs with --include_path."""
+    from evalkit.engine.export import export_tasks as do_export
+    from evalkit.inputs.suites import load_suites
+
+    for name in do_export(load_suites(probes), out):
+        _say(name)
+    _say(f"run them with: lm_eval --model hf --model_args pretrained=MODEL --include_path {out.resolve()} --tasks NAME")
+
+
+@app.command()
+def schema(out: Optional[Path] = typer.Option(None, help="Write here instead of printing.")) -> None:
+    """The JSON Schema of probe files and scene files, for editors."""
+    import json
+
+    from evalkit.files import write_text_atomic
+    from evalkit.inputs.scenes import Scene
+    from evalkit.inputs.suites import suite_json_schema
+
+    text = json.dumps({"probe_suite": suite_json_schema(), "scene": Scene.model_json_schema()}, indent=2)
+    if out is None:
+        _say(text)
+    else:
+        write_text_atomic(out, text + "\n")
+        _say(f"schema: {out}")
+
+
+@app.command()
+def gate(
+    baseline: Path = typer.Option(..., help="results.json of the baseline run."),
+    candidate: Path = typer.Option(..., help="results.json of the candidate run."),
+    policy: Optional[Path] = typer.Option(None, help="Gate policy YAML (default: evalkit's default policy)."),
+    junit: Optional[Path] = typer.Option(None, help="Write JUnit XML here (one testcase per check)."),
+    summary: Optional[Path] = typer.Option(None, help="Append a Markdown summary here (default: $GITHUB_STEP_SUMMARY)."),
+) -> None:
+    """Exit 1 when the candidate is significantly worse than the baseline beyond a margin; 0 otherwise."""
+    from evalkit.pipelines.reports import gate as do_gate
+
+    if any(o.failed for o in do_gate(baseline, candidate, policy, junit, summary, log=_say)):
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run folders, results.json files, or folders of run folders."),
+    out: Path = typer.Option(Path("reports") / "compare.html", help="Where the compare report goes."),
+) -> None:
+    """A scene x (suite, metric) heatmap over runs, with stack trajectories; no model needed."""
+    from evalkit.pipelines.reports import compare as do_compare
+
+    _say(f"report: {do_compare(runs, out)}")
+
+
+@app.command()
+def report(results: Path = typer.Argument(..., help="A results.json written by 'evalkit run'.")) -> None:
+    """Re-render report.html from results.json, without loading any model."""
+    from evalkit.pipelines.reports import rerender
+
+    _say(f"report: {rerender(results)}")
+
+
+def _demo_base() -> Path:
+    from evalkit.training.demo_base import ensure_demo_base
+
+    return ensure_demo_base(log=_say)
+
+
+def main() -> None:
+    go_offline()
+    quiet_progress_bars()
+    app()

@@ -1,0 +1,195 @@
+"""The CI gate: does the candidate regress against the baseline beyond a tolerated margin?
+
+Both sides are run records (results.json). Each check pairs the two subjects' scores item by
+item (or paraphrase group by group), orients the differences so that negative is worse, and
+tests H1: mean difference < -margin against H0: mean difference >= -margin, one-sided, with
+Holm across the checks. A build fails only on a significant regression beyond the margin: an
+insignificant wiggle never fails it, a real drop does. (Stated as H0: mean difference <= -margin,
+the test would fail builds on noise; non-inferiority puts the burden on the regression.)
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from evalkit.decide import stats
+from evalkit.errors import EvalkitError
+from evalkit.files import parse_model, read_yaml_mapping, write_text_atomic
+from evalkit.kinds import KINDS
+from evalkit.record import ItemRecord, RunRecord
+from evalkit.settings import StatsSettings
+
+DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.yaml"
+
+
+class Check(BaseModel):
+    """One gated score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    suite: str
+    """The suite's name, as in its probe file."""
+    metric: str
+    """A per-item score (e.g. nll, entropy, margin) or a consistency group score (agreement, margin_variance)."""
+    worse: Literal["lower", "higher"]
+    """Which direction is a regression."""
+    margin: float = Field(ge=0)
+    """Tolerated worsening, in the metric's unit."""
+    alpha: float | None = Field(default=None, gt=0, lt=1)
+    """Overrides the policy's alpha for this check."""
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    item_tolerance: float = Field(default=0.0, ge=0, le=1)
+    """Share of items (of the larger side) allowed to be on one side only; those are skipped."""
+    checks: list[Check] = Field(min_length=1)
+
+
+def load_policy(path: Path | None) -> Policy:
+    path = path or DEFAULT_POLICY
+    data = read_yaml_mapping(path)
+    policy = parse_model(Policy, data, path)
+    seen = set()
+    for k, c in enumerate(policy.checks):
+        if (c.suite, c.metric) in seen:
+            raise EvalkitError(f"field 'checks.{k}': {c.suite}/{c.metric} is gated twice", where=str(path))
+        seen.add((c.suite, c.metric))
+    return policy
+
+
+@dataclass
+class Outcome:
+    check: Check
+    n: int
+    unit: str
+    baseline_mean: float
+    candidate_mean: float
+    worsening: float
+    """Mean of (candidate - baseline) oriented so that positive = worse."""
+    ci_low: float
+    ci_high: float
+    p_value: float
+    p_holm: float
+    test: str
+    alpha: float
+    failed: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.check.suite}/{self.check.metric}"
+
+    def line(self) -> str:
+        verdict = "FAIL" if self.failed else "pass"
+        return (f"{verdict}  {self.name}: worse by {self.worsening:+.4f} [{self.ci_low:+.4f}, {self.ci_high:+.4f}] "
+                f"({self.unit}, n={self.n}); margin {self.check.margin:g}, {self.check.worse} is worse; "
+                f"p {self.p_value:.4g}, Holm {self.p_holm:.4g} (alpha {self.alpha:g}; {self.test})")
+
+
+def _items(record: RunRecord) -> dict[tuple[str, str], ItemRecord]:
+    return {(i.suite, i.item_id): i for i in record.items}
+
+
+def pair_records(baseline: RunRecord, candidate: RunRecord, tolerance: float,
+                 where: str) -> list[tuple[ItemRecord, ItemRecord]]:
+    """Items of both runs by (suite, item id); too many on one side only is an input error."""
+    a, b = _items(baseline), _items(candidate)
+    only = sorted(set(a) ^ set(b))
+    if len(only) > tolerance * max(len(a), len(b)):
+        shown = ", ".join(f"{s}/{i} ({'baseline' if (s, i) in a else 'candidate'} only)" for s, i in only[:5])
+        more = f" and {len(only) - 5} more" if len(only) > 5 else ""
+        raise EvalkitError(f"baseline and candidate differ in {len(only)} items: {shown}{more}", where=where,
+                           hint=f"the policy tolerates {tolerance:.0%}")
+    return [(a[k], b[k]) for k in sorted(set(a) & set(b))]
+
+
+def _values(pairs: list[tuple[ItemRecord, ItemRecord]],
+            check: Check) -> tuple[np.ndarray, np.ndarray, list[str] | None, str]:
+    members = [(x, y) for x, y in pairs if x.suite == check.suite]
+    kind = KINDS[members[0][0].kind] if members and members[0][0].kind in KINDS else None
+    scores = kind.group_scores if kind is not None else None
+    if scores is not None and kind is not None and check.metric in {m.name for m in kind.group_tested}:
+        base = scores([x for x, _ in members], "subject")
+        cand = scores([y for _, y in members], "subject")
+        groups = sorted(set(base) & set(cand))
+        return (np.array([base[g][check.metric] for g in groups]),
+                np.array([cand[g][check.metric] for g in groups]), None, "groups")
+    kept = [(x, y) for x, y in members if x.subject.get(check.metric) is not None
+            and y.subject.get(check.metric) is not None]
+    clusters = [x.cluster or x.item_id for x, _ in kept]
+    return (np.array([float(x.subject[check.metric]) for x, _ in kept]),
+            np.array([float(y.subject[check.metric]) for _, y in kept]), clusters, "items")
+
+
+def decide(baseline: RunRecord, candidate: RunRecord, policy: Policy, where: str = "gate") -> list[Outcome]:
+    pairs = pair_records(baseline, candidate, policy.item_tolerance, where)
+    settings = StatsSettings(alpha=policy.alpha, seed=baseline.stats.seed)
+    outcomes = []
+    for check in policy.checks:
+        base, cand, clusters, unit = _values(pairs, check)
+        if len(base) == 0:
+            raise EvalkitError(f"no scores for {check.suite}/{check.metric} in both runs", where=where,
+                               hint="check the suite and metric names against results.json")
+        worse = (cand - base) if check.worse == "higher" else (base - cand)  # positive = worse
+        # H1: mean worsening > margin  <=>  mean of (margin - worsening) < 0
+        p, test = stats.one_sided_less(check.margin - worse, clusters, settings)
+        lo, hi, _ = stats.mean_ci(worse, clusters, settings)
+        outcomes.append(Outcome(check=check, n=len(worse), unit=unit, baseline_mean=float(base.mean()),
+                                candidate_mean=float(cand.mean()), worsening=float(worse.mean()), ci_low=lo,
+                                ci_high=hi, p_value=p, p_holm=p, test=test,
+                                alpha=check.alpha if check.alpha is not None else policy.alpha, failed=False))
+    for outcome, adjusted in zip(outcomes, stats.holm([o.p_value for o in outcomes])):
+        outcome.p_holm = adjusted
+        outcome.failed = adjusted < outcome.alpha
+    return outcomes
+
+
+def junit_xml(outcomes: list[Outcome], baseline: str, candidate: str) -> str:
+    suite = ET.Element("testsuite", name="evalkit gate", tests=str(len(outcomes)),
+                       failures=str(sum(o.failed for o in outcomes)), errors="0")
+    properties = ET.SubElement(suite, "properties")
+    ET.SubElement(properties, "property", name="baseline", value=baseline)
+    ET.SubElement(properties, "property", name="candidate", value=candidate)
+    for o in outcomes:
+        case = ET.SubElement(suite, "testcase", classname=f"evalkit.gate.{o.check.suite}", name=o.check.metric)
+        if o.failed:
+            failure = ET.SubElement(case, "failure", type="regression",
+                                    message=f"{o.name} worse by {o.worsening:+.4f} "
+                                            f"[{o.ci_low:+.4f}, {o.ci_high:+.4f}], "
+                                            f"margin {o.check.margin:g}, Holm p {o.p_holm:.4g}")
+            failure.text = o.line()
+        else:
+            ET.SubElement(case, "system-out").text = o.line()
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def markdown(outcomes: list[Outcome], baseline: str, candidate: str) -> str:
+    failed = sum(o.failed for o in outcomes)
+    head = f"### evalkit gate: {'❌ ' + str(failed) + ' regression(s)' if failed else '✅ no regression'}\n\n"
+    lines = [head, f"Baseline `{baseline}`, candidate `{candidate}`.\n\n",
+             "| check | result | worse by | CI | margin | Holm p | n |\n|---|---|---|---|---|---|---|\n"]
+    for o in outcomes:
+        lines.append(f"| {o.name} ({o.check.worse} is worse) | {'**FAIL**' if o.failed else 'pass'} | "
+                     f"{o.worsening:+.4f} | [{o.ci_low:+.4f}, {o.ci_high:+.4f}] | {o.check.margin:g} | "
+                     f"{o.p_holm:.4g} | {o.n} {o.unit} |\n")
+    lines.append("\nA check fails only when the candidate is significantly worse than the baseline by more than "
+                 "its margin (one-sided, Holm across checks).\n")
+    return "".join(lines)
+
+
+def write_outputs(outcomes: list[Outcome], baseline: str, candidate: str, junit: Path | None,
+                  summary: Path | None) -> None:
+    if junit is not None:
+        write_text_atomic(junit, junit_xml(outcomes, baseline, candidate))
+    if summary is not None:
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        with summary.open("a", encoding="utf-8") as fh:  # GitHub appends step summaries; so do we
+            fh.write(markdown(outcomes, baseline, candidate))

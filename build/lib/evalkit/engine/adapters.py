@@ -1,0 +1,154 @@
+"""Adapters on a loaded base, in one place: which modules LoRA targets, the checks an adapter
+must pass before a run uses it, and attaching, switching and detaching adapters with peft."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from evalkit.engine.base import Base
+from evalkit.errors import EvalkitError
+from evalkit.record import MANIFEST_NAME, AdapterManifest, read_manifest
+from evalkit.settings import TrainSettings
+
+# LoRA targets per architecture family; other models fall back to every linear layer but the head.
+LORA_TARGETS: dict[str, list[str]] = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+}
+
+
+def lora_targets(model) -> list[str]:
+    """LoRA target module names for this architecture (table above, else every linear layer)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    model_type = getattr(model.config, "model_type", "")
+    if model_type in LORA_TARGETS:
+        return LORA_TARGETS[model_type]
+    head = model.get_output_embeddings()
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head
+    }
+    if not names:
+        raise EvalkitError(f"no linear layers found to put LoRA on in a '{model_type}' model")
+    return sorted(names)
+
+
+def uses_conv1d(model) -> bool:
+    """GPT-2 style layers store weights transposed; LoRA must know (peft's fan_in_fan_out)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) for m in model.modules())
+
+
+def lora_config(base: Base, settings: TrainSettings) -> Any:
+    """peft's LoraConfig for this base: targets inferred per architecture, GPT-2's Conv1D handled."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=settings.rank, lora_alpha=settings.alpha,  # type: ignore[arg-type]  # peft takes floats too lora_dropout=settings.dropout,
+                      target_modules=lora_targets(base.model), task_type="CAUSAL_LM",
+                      fan_in_fan_out=uses_conv1d(base.model))
+
+
+def adapter_manifest(adapter_dir: Path) -> AdapterManifest:
+    """An adapter's manifest, required: without it the adapter's base cannot be checked."""
+    if not adapter_dir.is_dir():
+        raise EvalkitError("no such adapter folder", where=str(adapter_dir))
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise EvalkitError("not a peft adapter folder (no adapter_config.json)", where=str(adapter_dir))
+    manifest = read_manifest(adapter_dir)
+    if manifest is None:
+        raise EvalkitError("no evalkit manifest, so its base cannot be checked", where=str(adapter_dir / MANIFEST_NAME),
+                           hint="train it with 'evalkit train'")
+    if not isinstance(manifest, AdapterManifest):
+        raise EvalkitError("field 'kind': this folder holds a checkpoint, not an adapter",
+                           where=str(adapter_dir / MANIFEST_NAME))
+    return manifest
+
+
+def check_adapter_base(adapter_dir: Path, manifest: AdapterManifest, base: Base) -> None:
+    """Refuse an adapter trained on another base: its numbers would mean nothing."""
+    trained_on = manifest.base.fingerprint
+    if trained_on != base.fingerprint:
+        raise EvalkitError(
+            f"field 'base.fingerprint': adapter was trained on base {trained_on[:12]} "
+            f"({manifest.base.path}), "
+            f"but the loaded base is {base.fingerprint[:12]} ({base.path})",
+            where=str(adapter_dir / MANIFEST_NAME), hint="pass --base with the base it was trained on",
+        )
+
+
+def check_adapter_weights(adapter_dir: Path) -> None:
+    """An adapter is attached only when its turn comes, so unreadable weights must be caught
+    before the run starts, not after half of it."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        if (adapter_dir / "adapter_model.bin").is_file():
+            return
+        raise EvalkitError("no adapter weights (adapter_model.safetensors)", where=str(adapter_dir))
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+    except (OSError, SafetensorError) as exc:
+        raise EvalkitError(f"unreadable adapter weights: {str(exc).splitlines()[0]}", where=str(weights)) from None
+
+
+class AttachedAdapters:
+    """A run's adapters on its one base, each attached when first needed and detached once it is
+    scored, so a run over hundreds of adapters holds only the few it is working on.
+
+    peft's attach walks every module of the model, the attached adapters' own too, so holding
+    all N made attaching O(N^2) and kept every adapter's weights in memory to the end.
+    The base weights are shared: switching is `activate(name)`, and the reference is
+    `with model.disable_adapter():`. (HFLM's `peft=` argument is ignored for model objects.)
+    """
+
+    def __init__(self, base: Base, paths: dict[str, Path]):
+        from peft import PeftModel
+
+        self.paths = paths
+        first = next(iter(paths))
+        self.model = PeftModel.from_pretrained(base.model, str(paths[first]), adapter_name=first, is_trainable=False)
+        self.model.eval()
+        self._in_model_dtype(first)
+        self.attached = [first]
+        self._finished: set[str] = set()
+
+    def _in_model_dtype(self, name: str) -> None:
+        """peft keeps adapter weights in float32 on a bf16 base, which casts every LoRA layer's
+        input up and its update back down on every call (a quarter of a bf16 forward here)."""
+        from peft.tuners.lora import LoraLayer
+
+        dtype: Any = self.model.get_base_model().dtype
+        for module in self.model.modules():
+            if isinstance(module, LoraLayer) and name in module.lora_A:
+                module.lora_A[name].to(dtype)
+                module.lora_B[name].to(dtype)
+
+    def attach(self, names: Iterable[str | None]) -> None:
+        """Make sure the named adapters (None, the base, is skipped) are on the model."""
+        for name in names:
+            if name is not None and name not in self.attached:
+                self.model.load_adapter(str(self.paths[name]), adapter_name=name, is_trainable=False)
+                self._in_model_dtype(name)
+                self.attached.append(name)
+
+    def activate(self, name: str) -> None:
+        """Attach and switch to `name`; adapters already scored are detached."""
+        self.attach([name])
+        self.model.set_adapter(name)
+        for done in [n for n in self.attached if n in self._finished and n != name]:
+            self.model.delete_adapter(done)
+            self.attached.remove(done)
+
+    def finish(self, name: str) -> None:
+        """`name` is scored; it goes at the next switch."""
+        self._finished.add(name)

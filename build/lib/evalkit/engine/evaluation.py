@@ -1,0 +1,226 @@
+"""Evaluate one model on every suite: lm-eval for choices and generations, distributions beside
+it for KL, the score cache in front of both, then each kind's item metrics. The model's state
+(which adapter is active) is the caller's business."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from evalkit.engine.cache import ScoreCache
+from evalkit.engine.distributions import along_continuations, mean_kl
+from evalkit.engine.tasks import (
+    choice_hash,
+    choice_task,
+    choice_task_name,
+    continuation_tokens,
+    generation_hash,
+    generation_task,
+    generation_task_name,
+)
+from evalkit.errors import EvalkitError
+from evalkit.files import stable_hash
+from evalkit.inputs.suites import LoadedSuite
+from evalkit.offline import go_offline
+
+ItemScores = dict[str, dict[str, dict[str, Any]]]  # suite -> item id -> scores
+
+
+@dataclass
+class Counts:
+    """Requests this model needed: computed now, or taken from the cache."""
+
+    computed: int = 0
+    cached: int = 0
+
+    def line(self) -> str:
+        return f"{self.computed} requests computed, {self.cached} from cache"
+
+
+@dataclass
+class Evaluated:
+    """One model's item metrics, and what a subject evaluated against it needs."""
+
+    scores: ItemScores
+    generations: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Greedy generations per continuation suite, the text subjects' KL is measured along."""
+    distributions: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+
+
+def check_context(suites: list[LoadedSuite], tokenizer, limit: int) -> None:
+    """A prompt that does not fit the model's context is an input error, not a silent truncation."""
+    for s in suites:
+        for c in s.spec.choices():
+            longest = max(len(tokenizer(c.prompt + s.spec.delimiter + o)["input_ids"]) for o in c.options)
+            if longest > limit:
+                raise EvalkitError(
+                    f"field 'prompt': {longest} tokens with its longest completion, more than the model's "
+                    f"context of {limit}", where=f"{s.path} [{c.id}]")
+        generation = s.spec.generation()
+        if generation is None:
+            continue
+        for item in generation.items:
+            n = len(tokenizer(item.prompt)["input_ids"]) + generation.max_new_tokens
+            if n > limit:
+                raise EvalkitError(
+                    f"field 'prompt': {n} tokens with max_new_tokens, more than the model's context of {limit}",
+                    where=f"{s.path} [{item.id}]")
+
+
+def quiet_libraries() -> None:
+    go_offline()
+    import datasets
+
+    datasets.disable_progress_bars()
+    for name in ("lm-eval", "lm_eval", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run_lm_eval(lm, tasks: list[dict[str, Any]], seed: int) -> dict[str, list[dict]]:
+    """One real lm-eval evaluation of `lm` (an lm-eval model); its per-sample records per task name.
+
+    This is what `simple_evaluate` does for an already-built model, minus its per-call
+    environment report (pip list, nvidia-smi: about 0.5 s per model here); evalkit writes its
+    own manifest of package versions once per record.
+    """
+    import random
+
+    import numpy as np
+    import torch
+    go_offline()
+    from lm_eval.evaluator import evaluate
+    from lm_eval.tasks import TaskManager
+
+    if not tasks:
+        return {}
+    quiet_libraries()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    loaded = TaskManager(include_defaults=False).load(tasks)
+    for task in loaded["tasks"].values():
+        task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=seed)
+    result = evaluate(lm=lm, task_dict=loaded, bootstrap_iters=0, log_samples=True, verbosity="ERROR")
+    return result["samples"]
+
+
+def _along_key(prompt: str, text: str, reference_fingerprint: str | None) -> str:
+    return stable_hash({"shape": "along", "prompt": prompt, "text": text, "reference": reference_fingerprint})
+
+
+def evaluate_model(model, tokenizer, lm, suites: list[LoadedSuite], *, batch_size: int, seed: int, counts: Counts,
+                   cache: ScoreCache | None, reference: Evaluated | None = None,
+                   reference_fingerprint: str | None = None) -> Evaluated:
+    """Every item's metrics under `model`; pass `reference` to evaluate it as a subject against it.
+
+    `lm` is the lm-eval model that serves choices and generations for `model` (evalkit's HF
+    class around it, or lm-eval's vLLM engine with the matching adapter selected); KL and NLL
+    are computed on `model` itself.
+    """
+    choices: dict[str, dict[str, Any]] = {s.name: {} for s in suites}
+    generations: dict[str, dict[str, Any]] = {s.name: {} for s in suites}
+    tasks, todo_gen = [], {}
+    for s in suites:
+        todo = []
+        for c in s.spec.choices():
+            hit = cache.get(choice_hash(s, c)) if cache else None
+            if hit is None:
+                todo.append(c)
+                counts.computed += len(c.options)
+            else:
+                choices[s.name][c.id] = hit
+                counts.cached += len(c.options)
+        if todo:
+            tasks.append(choice_task(s, todo))
+        generation = s.spec.generation()
+        if generation is not None:
+            gen_todo = []
+            for item in generation.items:
+                hit = cache.get(generation_hash(generation, item)) if cache else None
+                if hit is None:
+                    gen_todo.append(item)
+                    counts.computed += 1
+                else:
+                    generations[s.name][item.id] = dict(hit)
+                    counts.cached += 1
+            if gen_todo:
+                tasks.append(generation_task(s, generation, gen_todo))
+                todo_gen[s.name] = (generation, gen_todo)
+
+    samples = run_lm_eval(lm, tasks, seed)
+    for s in suites:
+        by_id = {c.id: c for c in s.spec.choices()}
+        for sample in samples.get(choice_task_name(s), []):
+            c = by_id[sample["doc"]["id"]]
+            raw = {"logprob_sum": [float(r[0]) for r in sample["filtered_resps"]],
+                   "n_tokens": [len(continuation_tokens(tokenizer, c.prompt, s.spec.delimiter + o)) for o in c.options]}
+            choices[s.name][c.id] = raw
+            if cache:
+                cache.put(choice_hash(s, c), raw)
+        for sample in samples.get(generation_task_name(s), []):
+            item_id = sample["doc"]["id"]
+            text = sample["filtered_resps"][0]
+            generations[s.name][item_id] = {"generation": text if isinstance(text, str) else str(text)}
+            if cache:
+                generation, todo_items = todo_gen[s.name]
+                item = next(i for i in todo_items if i.id == item_id)
+                cache.put(generation_hash(generation, item), {"generation": generations[s.name][item_id]["generation"]})
+
+    evaluated = Evaluated(scores={})
+    _along_generations(model, tokenizer, suites, generations, evaluated, reference, reference_fingerprint,
+                       batch_size, cache, counts)
+    for s in suites:
+        ref_gens = reference.generations.get(s.name) if reference is not None else None
+        evaluated.scores[s.name] = s.kind.item_metrics(s.spec, choices[s.name], generations[s.name], ref_gens)
+        if s.spec.generation() is not None:
+            evaluated.generations[s.name] = {k: v["generation"] for k, v in generations[s.name].items()}
+    if cache:
+        cache.save()
+    return evaluated
+
+
+def _along_generations(model, tokenizer, suites, generations, evaluated: Evaluated, reference: Evaluated | None,
+                       reference_fingerprint: str | None, batch_size: int, cache: ScoreCache | None,
+                       counts: Counts) -> None:
+    """NLL and KL along the reference's greedy continuation (the model's own, for the reference)."""
+    for s in suites:
+        generation = s.spec.generation()
+        if generation is None:
+            continue
+        todo = []
+        for item in generation.items:
+            gen = generations[s.name][item.id]
+            text = gen["generation"] if reference is None else reference.generations[s.name][item.id]
+            key = _along_key(item.prompt, text, reference_fingerprint)
+            hit = cache.get(key) if cache else None
+            array = cache.get_array(key) if (cache and hit is not None and reference is None) else None
+            if hit is not None and (reference is not None or array is not None):
+                gen.update(hit)
+                if array is not None:
+                    evaluated.distributions[(s.name, item.id)] = array
+                counts.cached += 1
+            else:
+                todo.append((item, text, key))
+                counts.computed += 1
+        if not todo:
+            continue
+        alongs = along_continuations(model, tokenizer, [(i.prompt, t) for i, t, _ in todo], batch_size)
+        for (item, _, key), along in zip(todo, alongs):
+            numbers = {"nll_sum": along.nll_sum, "n_tokens": len(along.token_ids),
+                       "token_logprobs": along.token_logprobs,
+                       "tokens": [tokenizer.decode([t]) for t in along.token_ids]}
+            if reference is None:
+                evaluated.distributions[(s.name, item.id)] = along.logprobs
+                if cache:
+                    cache.put_array(key, along.logprobs)
+            else:
+                ref_dist = reference.distributions[(s.name, item.id)]
+                same_shape = along.logprobs.shape == ref_dist.shape
+                numbers["kl_mean"] = mean_kl(along.logprobs, ref_dist) if same_shape else None
+            generations[s.name][item.id].update(numbers)
+            if cache:
+                cache.put(key, numbers)

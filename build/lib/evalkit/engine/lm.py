@@ -1,0 +1,141 @@
+"""evalkit's lm-eval model class: lm-eval's own HFLM around an already-loaded model, with
+log-likelihood requests scored by shared-prefix packing (`evalkit/packing.py`).
+
+Everything else - request building, tokenisation (`_encode_pair`), generation, filters,
+metrics - is HFLM's code. Progress bars are silenced; evalkit prints its own request counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from evalkit.offline import go_offline
+
+go_offline()  # before lm-eval (and through it the hub client and datasets) is imported
+
+from lm_eval.api.registry import register_model  # noqa: E402
+from lm_eval.models.huggingface import HFLM  # noqa: E402
+
+from evalkit.engine.multi_lora import can_group, grouped  # noqa: E402
+from evalkit.engine.packing import Pack, build_packs, forward_packs, forward_rows  # noqa: E402
+
+log = logging.getLogger("evalkit")
+
+# Per (model class, attention implementation, dtype): did packed scoring match unpacked scoring?
+_PACKING_VERIFIED: dict[tuple[str, str, str], bool] = {}
+
+
+# KV cache one grouped generation call may hold: a group's size is what fits (at least one
+# model). Eleven models' rows at once ran fastest on the benchmark but cost 290 MiB more peak
+# memory than one model at a time; four fit in this and keep most of the gain.
+GROUP_KV_BYTES = 96 * 2**20
+
+
+@register_model("evalkit-hf")
+class EvalkitLM(HFLM):
+    """With `schedule` set (the adapter names, None for the base, in the order they will be
+    evaluated) and `current` naming the model being evaluated, each generation batch is
+    computed for `current` and the next models of the schedule together (`multi_lora`); their
+    outputs wait here until their own evaluation asks for the same batch."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.schedule: list[str | None] = []
+        self.current: str | None = None
+        self._ready: dict[tuple, object] = {}
+        self.attach = lambda names: None  # puts a group's adapters on the model (the run's AttachedAdapters)
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        return super().loglikelihood(requests, disable_tqdm=True)
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        return super().generate_until(requests, disable_tqdm=True)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        if not (self.backend == "causal" and requests):
+            return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
+        pairs = [(list(ctx), list(cont)) for _, ctx, cont in requests]
+        packs = build_packs(pairs, self.max_length)
+        if not self._packing_matches(requests, packs):
+            return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
+        batch = self.batch_size if isinstance(self.batch_size, int) else 16
+        scored = forward_packs(self.model, packs, batch, self._pad_id())
+        results = [(scored[i].logprob_sum, scored[i].greedy) for i in range(len(requests))]
+        for (request_str, _, _), answer in zip(requests, results):
+            if request_str is not None:
+                self.cache_hook.add_partial("loglikelihood", request_str, answer)
+        return results
+
+    def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
+        key = _batch_key(context, generation_kwargs.get("attention_mask"), max_length, stop, generation_kwargs)
+        if (self.current, key) in self._ready:
+            return self._ready.pop((self.current, key))
+        group = self._group(context.shape[0], max_length)
+        if len(group) == 1:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        rows = context.shape[0]
+        generation_kwargs["attention_mask"] = generation_kwargs["attention_mask"].repeat(len(group), 1)
+        self.attach(group)
+        with grouped(self.model, group):
+            out = super()._model_generate(context.repeat(len(group), 1), max_length, stop, **generation_kwargs)
+        for k, name in enumerate(group[1:], start=1):
+            self._ready[(name, key)] = out[k * rows : (k + 1) * rows]
+        return out[:rows]
+
+    def _group(self, rows: int, max_length: int) -> list[str | None]:
+        """The current model and the ones after it in the schedule, as many as fit GROUP_KV_BYTES."""
+        if self.current not in self.schedule or not can_group(self.model):
+            return [self.current]
+        start = self.schedule.index(self.current)
+        fits = GROUP_KV_BYTES // max(1, rows * _kv_bytes_per_token(self.model) * max_length)
+        return self.schedule[start : start + max(1, fits)]
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.eot_token_id
+
+    def _packing_matches(self, requests, packs) -> bool:
+        """Once per architecture: the last request of a shared prompt, packed (after another pack
+        in the same row) and unpacked, must agree. It is the one a model that ignored the custom
+        mask or position ids would get wrong."""
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        key = (type(inner).__name__, str(getattr(inner.config, "_attn_implementation", "")), str(inner.dtype))
+        if key in _PACKING_VERIFIED:
+            return _PACKING_VERIFIED[key]
+        shared = next((p for p in packs if len(p.requests) > 1), None)
+        if shared is None:
+            return True  # nothing is shared here, so there is nothing packing could get wrong
+        index = shared.requests[-1][0]
+        row = [p for p in packs if p is not shared][:1] + [_only(shared, index)]
+        packed = forward_rows(self.model, [row], self._pad_id())[index].logprob_sum
+        plain = super()._loglikelihood_tokens([requests[index]], disable_tqdm=True)[0][0]
+        # Per continuation token: fp32 agrees to ~1e-6, bf16 to a few hundredths.
+        per_token = 2e-5 if str(self.model.dtype) == "torch.float32" else 5e-2
+        ok = abs(packed - plain) <= per_token * len(shared.requests[-1][1])
+        if not ok:
+            log.warning("shared-prefix scoring disagrees with lm-eval's for %s (%.4f vs %.4f); "
+                        "using lm-eval's unpacked path", key[0], packed, plain)
+        _PACKING_VERIFIED[key] = ok
+        return ok
+
+
+def _kv_bytes_per_token(model) -> int:
+    """Key and value cache bytes one token of one row takes, over all layers."""
+    config = model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * next(model.parameters()).element_size()
+
+
+def _batch_key(context, attention_mask, max_length: int, stop: list[str], kwargs: dict) -> tuple:
+    """What a generation batch's output depends on, besides the model."""
+    rest = sorted((k, repr(v)) for k, v in kwargs.items() if k != "attention_mask")
+    mask = attention_mask.cpu().numpy().tobytes() if attention_mask is not None else b""
+    return context.cpu().numpy().tobytes(), mask, max_length, tuple(stop), tuple(rest)
+
+
+def _only(pack: Pack, index: int) -> Pack:
+    """`pack` as it is, scored for one of its requests only."""
+    return Pack(pack.tokens, pack.positions, pack.branch, [r for r in pack.requests if r[0] == index])

@@ -1,0 +1,105 @@
+"""Scenes: the small YAML texts a researcher grows a model with, one adapter each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from evalkit.errors import EvalkitError
+from evalkit.files import ID_PATTERN, parse_model, read_yaml_mapping, stable_hash, yaml_files
+
+
+class Expectation(BaseModel):
+    """A probe the scene's author expects to move, and which way."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    suite: str
+    """Name of the probe suite (its `suite` field), e.g. `tension`."""
+    item: str | None = None
+    """An item id within the suite."""
+    cluster: str | None = None
+    """A cluster of the suite (a dilemma, a novel axis, a consistency group). Omitting both
+    `item` and `cluster` means the suite as a whole."""
+    metric: str = "margin"
+    """The per-item score expected to move."""
+    direction: Literal["increase", "decrease"]
+    """Which way the subject's score should go relative to the reference."""
+
+    @model_validator(mode="after")
+    def _item_or_cluster(self) -> "Expectation":
+        if self.item is not None and self.cluster is not None:
+            raise ValueError("give 'item' or 'cluster', not both")
+        return self
+
+
+class TrainingOverrides(BaseModel):
+    """Per-scene training settings; anything left out takes the trainer's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int | None = Field(default=None, ge=1)
+    learning_rate: float | None = Field(default=None, gt=0)
+    rank: int | None = Field(default=None, ge=1)
+    alpha: float | None = Field(default=None, gt=0)
+    seed: int | None = None
+
+
+class Scene(BaseModel):
+    """One scene file. Exactly one of `text` and `turns` carries the content."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=ID_PATTERN)
+    """Stable identifier; names the adapter folder."""
+    title: str = Field(min_length=1)
+    text: str | None = None
+    """The scene as prose."""
+    turns: list[str] | None = None
+    """The scene as a sequence of utterances, joined by blank lines for training."""
+    tags: list[str] = []
+    expect: list[Expectation] = []
+    """Probes the author expects this scene to move (empty for a control scene)."""
+    training: TrainingOverrides = TrainingOverrides()
+
+    @model_validator(mode="after")
+    def _one_body(self) -> "Scene":
+        if (self.text is None) == (self.turns is None):
+            raise ValueError("give exactly one of 'text' or 'turns'")
+        if not self.body.strip():
+            raise ValueError("the scene's text is empty")
+        return self
+
+    @property
+    def body(self) -> str:
+        return self.text if self.text is not None else "\n\n".join(self.turns or [])
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of everything that affects training: the text and the training overrides."""
+        return stable_hash({"body": self.body, "training": self.training.model_dump()})
+
+
+def load_scene(path: Path) -> Scene:
+    data = read_yaml_mapping(path)
+    if "text" not in data and "turns" not in data:
+        raise EvalkitError("field 'text' is required (or 'turns')", where=str(path))
+    return parse_model(Scene, data, path)
+
+
+def scene_files(path: Path) -> list[Path]:
+    """A scene file, or the scene files of a folder in name order (the stacking order)."""
+    return yaml_files(path, "scene")
+
+
+def load_scenes(path: Path) -> list[Scene]:
+    scenes = [load_scene(f) for f in scene_files(path)]
+    seen: dict[str, int] = {}
+    for scene in scenes:
+        seen[scene.id] = seen.get(scene.id, 0) + 1
+    dupes = [sid for sid, n in seen.items() if n > 1]
+    if dupes:
+        raise EvalkitError(f"scene id '{dupes[0]}' is used by more than one file", where=str(path))
+    return scenes

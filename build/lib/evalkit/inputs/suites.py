@@ -1,0 +1,121 @@
+"""Probe suites: declarative YAML files of items, validated with errors that name file, item, field.
+
+The kinds and their schemas are declared in `evalkit.kinds`; this module reads files into them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Union
+
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from evalkit.errors import EvalkitError
+from evalkit.files import read_yaml_mapping, stable_hash, validation_error, yaml_files
+from evalkit.kinds import KINDS, Kind, SuiteSpec
+
+if TYPE_CHECKING:
+    AnySuite = SuiteSpec
+else:
+    AnySuite = Annotated[Union[tuple(k.spec for k in KINDS.values())], Field(discriminator="kind")]
+_SUITE_ADAPTER: TypeAdapter = TypeAdapter(AnySuite)
+
+
+def suite_json_schema() -> dict:
+    """JSON Schema for probe files, for editors (`evalkit schema`)."""
+    schema = _SUITE_ADAPTER.json_schema()
+    schema["title"] = "evalkit probe suite"
+    return schema
+
+
+class LoadedSuite(BaseModel):
+    """A validated suite with where it came from and its content hash."""
+
+    path: str
+    hash: str
+    spec: AnySuite
+
+    @property
+    def name(self) -> str:
+        return self.spec.suite
+
+    @property
+    def kind(self) -> Kind:
+        return KINDS[self.spec.kind]
+
+    def clusters(self) -> set[str]:
+        return self.spec.clusters()
+
+    def item_ids(self) -> list[str]:
+        return self.spec.item_ids()
+
+
+def load_suite(path: Path) -> LoadedSuite:
+    data = read_yaml_mapping(path)
+    kind = data.get("kind")
+    if kind not in KINDS:
+        shown = "missing" if kind is None else f"'{kind}'"
+        raise EvalkitError(f"field 'kind' is {shown}; allowed: {', '.join(KINDS)}", where=str(path))
+    listing = "groups" if kind == "consistency" else "items"
+    entries = data.get(listing)
+    if isinstance(entries, list):
+        if not entries:
+            raise EvalkitError(f"field '{listing}': the suite is empty", where=str(path))
+        _check_unique_ids(path, entries, nested="paraphrases" if kind == "consistency" else None)
+    try:
+        spec = _SUITE_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise _item_error(path, data, exc) from None
+    return LoadedSuite(path=str(path), hash=stable_hash(spec.model_dump(mode="json")), spec=spec)
+
+
+def _check_unique_ids(path: Path, entries: list, nested: str | None) -> None:
+    """Item ids pair reference with subject, so a duplicate would pair the wrong scores."""
+    seen: set[str] = set()
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        children = entry.get(nested) if nested else None
+        for child in [entry, *(children if isinstance(children, list) else [])]:
+            item_id = child.get("id") if isinstance(child, dict) else None
+            if item_id is None:
+                continue
+            if item_id in seen:
+                raise EvalkitError("field 'id': duplicate id", where=f"{path} [{item_id}]")
+            seen.add(item_id)
+
+
+def _item_error(path: Path, data: dict, exc: ValidationError) -> EvalkitError:
+    """Name the offending item (or group, or paraphrase) by its id, and the field inside it."""
+    loc = exc.errors()[0]["loc"]
+    # With a discriminated union pydantic prefixes the kind tag: (kind, 'items', 3, 'options').
+    skip = 1 if loc and loc[0] in KINDS else 0
+    rest = loc[skip:]
+    if len(rest) >= 2 and rest[0] in ("items", "groups") and isinstance(rest[1], int):
+        entry = data[rest[0]][rest[1]]
+        names = [_entry_id(entry, rest[1])]
+        used = 2
+        if len(rest) >= 4 and rest[2] == "paraphrases" and isinstance(rest[3], int) and isinstance(entry, dict):
+            names.append(_entry_id(entry["paraphrases"][rest[3]], rest[3]))
+            used = 4
+        return validation_error(path, exc, " / ".join(names), skip=skip + used)
+    return validation_error(path, exc, skip=skip)
+
+
+def _entry_id(entry: Any, index: int) -> str:
+    item_id = entry.get("id") if isinstance(entry, dict) else None
+    return str(item_id) if item_id else f"#{index + 1}"
+
+
+def suite_files(path: Path) -> list[Path]:
+    return yaml_files(path, "probe")
+
+
+def load_suites(paths: list[Path]) -> list[LoadedSuite]:
+    suites = [load_suite(f) for p in paths for f in suite_files(p)]
+    names: set[str] = set()
+    for s in suites:
+        if s.name in names:
+            raise EvalkitError(f"suite name '{s.name}' is used by more than one file", where=s.path)
+        names.add(s.name)
+    return suites

@@ -1,0 +1,158 @@
+"""What every suite kind shares: the suite header, the request shapes, the choice metrics, and
+`Kind`, the one declaration of what a kind means to the layers that use it.
+
+Every kind reduces to two request shapes that lm-eval runs: a *choice* (a prompt and competing
+completions, scored by log-likelihood) and a *generation* (a prompt continued greedily).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Literal, Optional, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from evalkit.files import ID_PATTERN
+
+Normalization = Literal["sum", "per_token"]
+Text = Annotated[str, Field(min_length=1)]
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+Raw = dict[str, dict[str, Any]]  # item id -> raw outputs, or item id -> per-item metrics
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One multiple-choice request group: options[0] is the pole margins are measured for."""
+
+    id: str
+    cluster: Optional[str]
+    prompt: str
+    options: tuple[str, ...]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GenerationItem(Strict):
+    """An item continued greedily (continuation suites)."""
+
+    id: Id
+    cluster: Optional[str] = None
+    prompt: Text
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a suite asks to be generated greedily, and how."""
+
+    items: Sequence[GenerationItem]
+    max_new_tokens: int
+    until: list[str]
+
+
+class SuiteSpec(Strict):
+    """The fields every probe file has; each kind adds `kind` and its items."""
+
+    suite: Id
+    """The suite's name; names its lm-eval task and its rows in reports."""
+    kind: str
+    """Which kind of suite this is (each kind narrows it to its own name)."""
+    description: str = ""
+    normalization: Normalization = "sum"
+    """Which log-probability margins use: summed over the completion's tokens, or per token."""
+    delimiter: str = " "
+    """Put between the prompt and each completion (lm-eval's target_delimiter)."""
+
+    def choices(self) -> list[Choice]:
+        """The choice requests of the suite (every option of every item)."""
+        raise NotImplementedError(f"{type(self).__name__} must list its choices")
+
+    def generation(self) -> Optional[Generation]:
+        """The items generated greedily, if the kind generates (None: it only chooses)."""
+        return None
+
+    def item_ids(self) -> list[str]:
+        """Every item id, in file order: the unit reference and subject are paired by."""
+        return [c.id for c in self.choices()]
+
+    def clusters(self) -> set[str]:
+        generation = self.generation()
+        found = {c.cluster for c in self.choices()} | {i.cluster for i in (generation.items if generation else [])}
+        return {c for c in found if c is not None}
+
+
+def choice_metrics(logprobs: list[float], n_tokens: list[int], normalization: str) -> dict[str, Any]:
+    """Margin of option 0 over its strongest rival, choice entropy (bits), and who wins."""
+    per_token = [lp / max(n, 1) for lp, n in zip(logprobs, n_tokens)]
+    chosen = logprobs if normalization == "sum" else per_token
+    top = max(chosen)
+    weights = [math.exp(c - top) for c in chosen]
+    probs = [w / sum(weights) for w in weights]
+    winner = max(range(len(chosen)), key=lambda i: chosen[i])
+    return {
+        "margin": chosen[0] - max(chosen[1:]),
+        "margin_sum": logprobs[0] - max(logprobs[1:]),
+        "margin_per_token": per_token[0] - max(per_token[1:]),
+        "entropy": -sum(p * math.log2(p) for p in probs if p > 0),
+        "p_a": probs[0],
+        "a_wins": int(winner == 0),
+        "winner": winner,
+        "logprob_sum": list(logprobs),
+        "logprob_per_token": per_token,
+        "n_tokens": list(n_tokens),
+    }
+
+
+def choice_of(raw: dict[str, Any], normalization: str) -> dict[str, Any]:
+    return choice_metrics(raw["logprob_sum"], raw["n_tokens"], normalization)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A per-item (or per-group) score that is tested reference vs subject."""
+
+    name: str
+    binary: bool = False
+    """A yes/no outcome (McNemar) rather than a continuous score."""
+    higher_is_better: Optional[bool] = None
+    """Which way is better, where either is (None: moving it is what scenes are for)."""
+
+
+# (spec, choice outputs, generation outputs, the reference's generations or None) -> item metrics
+ItemMetrics = Callable[[Any, Raw, Raw, Optional[dict[str, str]]], Raw]
+# (item records, side 'reference' or 'subject') -> group -> group metric -> value
+GroupScores = Callable[[list, str], dict[str, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Everything a suite kind means, declared once: its file schema, how raw outputs become
+    per-item metrics, which of them are tested (and how), and which the reports lead with.
+    Adding a kind is one module that builds one of these (see `evalkit.kinds`)."""
+
+    name: str
+    spec: type[SuiteSpec]
+    """The pydantic model of its probe files (with `kind: Literal[name]`)."""
+    item_metrics: ItemMetrics
+    """Raw model outputs -> per-item metrics (pure Python: no torch)."""
+    tested: tuple[Metric, ...]
+    """Per-item metrics tested over the whole suite (clustered where items share clusters)."""
+    main_metric: str
+    """The metric 'items that moved most' ranks by."""
+    key_metric: str
+    """The metric stack trajectories and increments show for this kind."""
+    heatmap: tuple[str, ...]
+    """Suite-level metrics shown as columns of the compare heatmap."""
+    cluster_tested: tuple[str, ...] = ()
+    """Metrics also tested per cluster (when the suite has more than one)."""
+    lean_verdicts: bool = False
+    """Per-cluster results get a verdict from the reference's lean (new, amplified, ...)."""
+    group_scores: Optional[GroupScores] = None
+    """Scores computed per cluster from its items, then paired over clusters."""
+    group_tested: tuple[Metric, ...] = ()
+    """The group scores that are tested (and may be gated)."""
+
+    def metric(self, name: str) -> Optional[Metric]:
+        return next((m for m in (*self.tested, *self.group_tested) if m.name == name), None)

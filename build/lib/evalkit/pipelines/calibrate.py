@@ -1,0 +1,141 @@
+"""`evalkit calibrate`: the harness proves it does not cry wolf, and that it finds a planted effect.
+
+(a) null subjects on a real model: the base against itself and an untrained LoRA (B = 0);
+(b) simulated null data sets (decide/null_rates.py): false-positive rates of every default procedure;
+(c) a scene built to move one novel axis of the demo base, trained with several seeds and
+    compared with the neutral control scene: found on that axis in the expected direction, and
+    nothing on the control axes beyond seed noise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from evalkit.decide.effects import build_records
+from evalkit.decide.null_rates import null_rates, print_rates
+from evalkit.engine.base import Base, load_base
+from evalkit.engine.paired import evaluate_paired
+from evalkit.engine.runner import adapter_subject, checkpoint_subject
+from evalkit.errors import EvalkitError
+from evalkit.files import write_json_atomic
+from evalkit.inputs.scenes import Scene, load_scenes, scene_files
+from evalkit.inputs.suites import LoadedSuite, load_suites
+from evalkit.kinds.novel_axis import NovelAxisSuite
+from evalkit.paths import adapters_folder, default_folder
+from evalkit.pipelines.evaluate import evaluate_subjects
+from evalkit.settings import RunSettings, TrainSettings
+from evalkit.training.demo_base import ensure_demo_base
+from evalkit.training.lora import train_adapter, untrained_adapter
+
+Log = Callable[[str], None]
+
+
+def null_subjects(base: Base, suites: list[LoadedSuite], work: Path, settings: RunSettings, log: Log) -> dict:
+    """(a) Subjects that change nothing must give p = 1 everywhere and no significant effect."""
+    zero = untrained_adapter(base, work / "untrained-lora")
+    records = evaluate_subjects(base, [checkpoint_subject(Path(base.path)), adapter_subject(zero)], suites, settings,
+                                log=lambda _: None, use_cache=False)
+    out = {}
+    for label, record in zip(("base vs itself", "untrained LoRA (B = 0)"), records):
+        identical = all(i.reference == i.subject for i in record.items)
+        figures = {"effects": len(record.effects), "significant": sum(e.significant for e in record.effects),
+                   "min_p": min(e.p_value for e in record.effects), "items_identical": identical}
+        figures["ok"] = figures["significant"] == 0 and figures["min_p"] == 1.0 and identical
+        log(f"{'ok ' if figures['ok'] else 'FAIL'} {label:24s} {figures['effects']} effects, "
+            f"{figures['significant']} significant, smallest p {figures['min_p']:.3f}, "
+            f"all {len(record.items)} items identical: {identical}")
+        out[label] = figures
+    return out
+
+
+def planted_axis(scene: Scene) -> tuple[str, str, str]:
+    for e in scene.expect:
+        if e.cluster is not None:
+            return e.suite, e.cluster, e.direction
+    raise EvalkitError("the planted scene must expect a cluster (a novel axis) to move", where=scene.id)
+
+
+def planted_effect(base: Base, planted: tuple[Scene, str], control: tuple[Scene, str], suites: list[LoadedSuite],
+                   work: Path, settings: RunSettings, seeds: tuple[int, ...], log: Log) -> dict:
+    """(c) The planted scene against the neutral control scene, seed for seed.
+
+    Any LoRA nudges every axis a little, and items of one axis are near-clones, so a shift of
+    0.05 nats can be 'significant' on them. What the scene itself changed is what it changes
+    beyond fine-tuning on neutral text (the control scene, same seed, as reference), and only
+    where that exceeds the seed-to-seed spread of the planted scene's own adapters.
+    """
+    scene, scene_path = planted
+    suite_name, axis, direction = planted_axis(scene)
+    suite = next((s for s in suites if s.name == suite_name), None)
+    if suite is None or not isinstance(suite.spec, NovelAxisSuite):
+        raise EvalkitError(f"no novel_axis suite named '{suite_name}' among the probes", where=scene.id)
+    controls = sorted(a for a, text in suite.spec.axes.items() if "control" in text)
+    runs = []
+    for seed in seeds:
+        train = TrainSettings(seed=seed)
+        subject = train_adapter([scene], base, work / f"{scene.id}-seed{seed}", train, scene_paths=[scene_path],
+                                log=log)
+        reference = train_adapter([control[0]], base, work / f"{control[0].id}-seed{seed}", train,
+                                  scene_paths=[control[1]], log=log)
+        runs += evaluate_paired(base, [adapter_subject(subject)], [suite], settings,
+                                reference=adapter_subject(reference), log=lambda _: None)
+    records = build_records(runs, settings.stats)  # the seeds of one scene: their spread is measured
+    rows, ok = [], True
+    for seed, record in zip(seeds, records):
+        effects = {e.scope.removeprefix("cluster:"): e for e in record.effects if e.scope.startswith("cluster:")}
+        hit = effects[axis]
+        right_way = (hit.mean_diff < 0) == (direction == "decrease")
+        found = hit.significant and right_way and not hit.within_seed_noise
+        false_alarms = [a for a in controls if effects[a].significant and not effects[a].within_seed_noise]
+        ok = ok and found and not false_alarms
+        rows.append({"seed": seed, "axis": axis, "shift": hit.mean_diff, "ci": [hit.ci_low, hit.ci_high],
+                     "q": hit.q_value, "verdict": hit.verdict, "seed_spread": hit.seed_spread, "found": found,
+                     "controls": {a: {"shift": effects[a].mean_diff, "q": effects[a].q_value,
+                                      "significant": effects[a].significant, "seed_spread": effects[a].seed_spread,
+                                      "within_seed_noise": effects[a].within_seed_noise} for a in controls},
+                     "false_alarms": false_alarms})
+        log(f"{'ok ' if found and not false_alarms else 'FAIL'} seed {seed}: {axis} shift {hit.mean_diff:+.3f} "
+            f"[{hit.ci_low:+.3f}, {hit.ci_high:+.3f}] q {hit.q_value:.2g}, seed spread {hit.seed_spread:.3f}; "
+            "control axes " + ", ".join(
+                f"{a} {effects[a].mean_diff:+.3f} q {effects[a].q_value:.2g}"
+                + (" (within seed spread {:.3f})".format(effects[a].seed_spread or 0.0)
+                   if effects[a].significant and effects[a].within_seed_noise else "")
+                for a in controls))
+    return {"scene": scene.id, "reference": f"{control[0].id} adapter, same seed", "axis": axis,
+            "direction": direction, "controls": controls, "seeds": rows, "ok": ok}
+
+
+def simulated(datasets: int, seed: int, alpha: float, log: Log) -> dict[str, Any]:
+    """(b) False-positive rates on simulated null data, with 95% binomial CIs."""
+    rates = null_rates(datasets=datasets, alpha=alpha, seed=seed)
+    ok = print_rates(rates, alpha, log)
+    return {"ok": ok, "datasets": datasets, "seed": seed, "rates": [
+        {"design": r.design, "n": r.n, "procedure": r.procedure, "default": r.default, "rate": r.rate,
+         "ci": list(r.ci), "passes": r.passes(alpha)} for r in rates]}
+
+
+
+def calibrate(base_dir: Optional[Path], datasets: int, seed: int, out: Path, log: Log = print) -> bool:
+    """(a) null subjects, (b) simulated null data, (c) a planted scene; figures to `out`/calibration.json."""
+    suites = load_suites([default_folder("probes")])
+    scenes_dir = default_folder("scenes")
+    tagged = list(zip(load_scenes(scenes_dir), [str(f.resolve()) for f in scene_files(scenes_dir)]))
+    planted = [(s, f) for s, f in tagged if "planted" in s.tags]
+    control = [(s, f) for s, f in tagged if "control" in s.tags]
+    if not planted or not control:
+        raise EvalkitError("calibration needs a scene tagged 'planted' and one tagged 'control'", where=str(scenes_dir))
+    base = load_base(base_dir or ensure_demo_base(log=log))
+    settings = RunSettings()
+    work = adapters_folder() / "calibration"
+    log("(a) null subjects: nothing changed, so nothing may be significant")
+    figures: dict = {"null_subjects": null_subjects(base, suites, work, settings, log)}
+    log(f"(b) {datasets} simulated null data sets per design (seed {seed}); 'ok' = 95% CI covers or lies below alpha")
+    figures["simulated"] = simulated(datasets, seed, settings.stats.alpha, log)
+    log(f"(c) planted scene '{planted[0][0].id}' against control scene '{control[0][0].id}', seeds 0, 1, 2")
+    figures["planted"] = planted_effect(base, planted[0], control[0], suites, work, settings, (0, 1, 2), log)
+    ok = (all(f["ok"] for f in figures["null_subjects"].values()) and figures["simulated"]["ok"]
+          and figures["planted"]["ok"])
+    write_json_atomic(out / "calibration.json", {"ok": ok, **figures})
+    log(f"calibration {'passed' if ok else 'FAILED'}; figures in {out / 'calibration.json'}")
+    return ok

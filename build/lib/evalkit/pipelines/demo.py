@@ -1,0 +1,38 @@
+"""`evalkit demo`: the embedded default end to end. Build (or reuse) the demo base, train the
+bundled scenes, evaluate every suite, write a report per scene and the compare index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from evalkit.engine.base import load_base
+from evalkit.engine.runner import adapter_subject
+from evalkit.inputs.scenes import load_scenes, scene_files
+from evalkit.inputs.suites import load_suites
+from evalkit.paths import adapters_folder, default_folder
+from evalkit.pipelines.evaluate import evaluate_subjects, write_outputs
+from evalkit.report.overview import write_compare_report
+from evalkit.settings import RunSettings, TrainSettings
+from evalkit.training.demo_base import QUICK, DemoBaseSettings, ensure_demo_base
+from evalkit.training.lora import train_adapter
+
+Log = Callable[[str], None]
+
+
+def demo(out_root: Path, quick: bool = False, adapters_dir: Optional[Path] = None, log: Log = print) -> Path:
+    """Build or reuse the demo base, train or reuse the bundled scenes, run every suite.
+
+    `quick` runs the same path with a smaller base and shorter training (for smoke tests).
+    """
+    scenes_dir, probes_dir = default_folder("scenes"), default_folder("probes")
+    scenes = load_scenes(scenes_dir)
+    files = [str(f.resolve()) for f in scene_files(scenes_dir)]
+    suites = load_suites([probes_dir])
+    base = load_base(ensure_demo_base(QUICK if quick else DemoBaseSettings(), log=log))
+    train = TrainSettings(steps=10) if quick else TrainSettings()
+    folder = adapters_dir or adapters_folder() / ("quick" if quick else "")
+    adapters = [train_adapter([s], base, folder / s.id, train, scene_paths=[f], log=log) for s, f in zip(scenes, files)]
+    records = evaluate_subjects(base, [adapter_subject(a) for a in adapters], suites, RunSettings(), log=log)
+    reports = [write_outputs(r, out_root / r.run_id) for r in records]
+    return write_compare_report(records, reports, out_root / "index.html")

@@ -1,0 +1,63 @@
+"""Evaluate subjects against a reference and test what changed: the engine's paired items, then
+the decisions, then the reports. The composition behind `evalkit run` and `evalkit.evaluate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from evalkit.decide.effects import build_records
+from evalkit.engine.base import Base, load_base
+from evalkit.engine.paired import evaluate_paired
+from evalkit.engine.runner import Subject, adapter_subject, checkpoint_subject
+from evalkit.errors import EvalkitError
+from evalkit.inputs.suites import LoadedSuite, load_suites
+from evalkit.record import AdapterManifest, RunRecord, write_record
+from evalkit.report.run_page import write_run_report
+from evalkit.settings import RunSettings
+
+Log = Callable[[str], None]
+
+
+def evaluate_subjects(base: Base, subjects: list[Subject], suites: list[LoadedSuite], settings: RunSettings,
+                      reference: Optional[Subject] = None, log: Log = print, use_cache: bool = True) -> list[RunRecord]:
+    """Paired items from the engine, tested: one RunRecord per subject."""
+    runs = evaluate_paired(base, subjects, suites, settings, reference=reference, log=log, use_cache=use_cache)
+    return build_records(runs, settings.stats)
+
+
+def base_of(adapters: list[Subject]) -> Path:
+    """The base named by the adapters' manifests (they must agree)."""
+    paths = {a.manifest.base.path for a in adapters if isinstance(a.manifest, AdapterManifest)}
+    if len(paths) != 1:
+        raise EvalkitError("the adapters name different bases; pass --base")
+    return Path(paths.pop())
+
+
+def reference_subject(path: Path) -> Subject:
+    """A reference is a checkpoint when it is a full model folder, else an adapter."""
+    return checkpoint_subject(path) if (path / "config.json").is_file() else adapter_subject(path)
+
+
+def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[Path], suite_paths: list[Path],
+             settings: RunSettings, reference: Optional[Path] = None, log: Log = print,
+             use_cache: bool = True) -> list[RunRecord]:
+    """Validate everything, load the base once, evaluate reference and subjects, test each pair."""
+    if not adapters and not checkpoints:
+        raise EvalkitError("give at least one --adapter or --checkpoint")
+    suites = load_suites(suite_paths)
+    subjects = [*(adapter_subject(a) for a in adapters), *(checkpoint_subject(c) for c in checkpoints)]
+    ref_subject = reference_subject(reference) if reference is not None else None
+    if base_dir is None:
+        with_manifest = [s for s in subjects if s.kind == "adapter"]
+        if not with_manifest:
+            raise EvalkitError("--checkpoint needs --base: the model it is compared against")
+        base_dir = base_of(with_manifest)
+    base = load_base(base_dir, settings.dtype, settings.device)
+    return evaluate_subjects(base, subjects, suites, settings, reference=ref_subject, log=log, use_cache=use_cache)
+
+
+def write_outputs(record: RunRecord, folder: Path) -> Path:
+    """results.json and report.html of one run; returns the report's path."""
+    write_record(record, folder / "results.json")
+    return write_run_report(record, folder / "report.html")

@@ -1,0 +1,284 @@
+"""The shared contract between the layers: the run record (everything a report shows, versioned,
+so a report re-renders without a model) and the manifests written beside adapters and
+checkpoints. No torch here: `decide` and `report` read these alone.
+
+Modelled on inspect_ai's log: `version` first, every field documented where it is declared.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from evalkit.errors import EvalkitError
+from evalkit.files import validation_error, write_text_atomic
+
+RECORD_VERSION = 1
+MANIFEST_VERSION = 1
+MANIFEST_NAME = "evalkit.json"
+
+if TYPE_CHECKING:
+    Score = Any  # validated below at run time; readers convert what they use
+else:
+    Score = Union[float, int, str, list[float], list[int], list[str], None]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRef(_Record):
+    """One side of a comparison: the base, an adapter on it, or a checkpoint."""
+
+    kind: Literal["base", "adapter", "checkpoint"]
+    name: str
+    """Short label shown in reports (adapter folder name, 'base', checkpoint folder name)."""
+    path: str
+    fingerprint: str
+    """sha256 over the weights that produce this model's outputs (base + adapter for adapters)."""
+    base_fingerprint: str | None = None
+    scene_ids: list[str] = []
+    scene_hashes: list[str] = []
+    """Content hashes of those scenes as trained (text + training overrides)."""
+    scene_title: str | None = None
+    scene_excerpt: str | None = None
+    training: dict[str, Any] | None = None
+    """The adapter's or checkpoint's manifest (hyper-parameters, seed, steps, final loss)."""
+
+
+class SuiteRef(_Record):
+    name: str
+    kind: str
+    path: str
+    hash: str
+    n_items: int
+    normalization: str
+    """Which log-probability the suite's margins use: 'sum' over tokens or 'per_token'."""
+
+
+class StatsRef(_Record):
+    alpha: float
+    test: str
+    resamples: int
+    seed: int
+    power: float
+    ci: str = "t"
+    multiple_comparisons: str = "benjamini-hochberg over every effect of the run"
+
+
+class Manifest(_Record):
+    evalkit_version: str
+    git_commit: str | None
+    created: str
+    packages: dict[str, str]
+    seeds: dict[str, int]
+    decoding: dict[str, Any]
+    """Settings that change per-item scores: dtype, batch size, lm-eval request settings."""
+    scoring: str
+    """How scores were computed (which engine produced which number)."""
+    suites: list[SuiteRef]
+    requests: dict[str, int] = {}
+    """Requests computed and taken from the reference cache in this run."""
+
+
+class ItemRecord(_Record):
+    """One item's scores under the reference and the subject, paired by (suite, item id)."""
+
+    suite: str
+    kind: str
+    item_id: str
+    cluster: str | None
+    prompt: str
+    options: list[str] = []
+    reference: dict[str, Score]
+    subject: dict[str, Score]
+
+
+class Effect(_Record):
+    """One paired test: a suite x metric, optionally restricted to a cluster or an item."""
+
+    suite: str
+    metric: str
+    scope: str
+    """'suite' for all items; 'groups' for per-group consistency scores; 'cluster:<name>' for one cluster."""
+    n: int
+    reference_mean: float
+    subject_mean: float
+    mean_diff: float
+    se: float | None
+    se_kind: str
+    ci_low: float
+    ci_high: float
+    ci_method: str
+    p_value: float
+    q_value: float
+    test: str
+    effect_size: float | None
+    effect_size_kind: str
+    d_z: float | None = None
+    """Cohen's d_z of the item differences: one scale across metrics (compare heatmaps)."""
+    mde: float | None
+    """Minimum detectable effect at the run's alpha and power; read 'no change larger than this'."""
+    significant: bool
+    """q < alpha."""
+    direction: Literal["up", "down", "none"]
+    verdict: str | None = None
+    """Novel axes only: new, amplified, reversed, attenuated or unchanged (see effects.axis_verdict)."""
+    reference_ci_low: float | None = None
+    """Novel axes only: the reference's own mean margin CI; covering 0 means it was neutral."""
+    reference_ci_high: float | None = None
+    seed_spread: float | None = None
+    """When the run holds the same scene trained with several seeds: the range (max - min) of
+    this effect's mean difference across those seeds."""
+    within_seed_noise: bool | None = None
+    """|mean difference| <= seed_spread: seeds disagree by as much as the effect itself."""
+
+
+class PairedRun(_Record):
+    """What the engine hands up: one subject's items paired with the reference's, not yet tested."""
+
+    run_id: str
+    manifest: Manifest
+    reference: ModelRef
+    subject: ModelRef
+    items: list[ItemRecord]
+
+
+class RunRecord(_Record):
+    """One subject against its reference: how it was run, every item paired, every effect tested.
+    Written as results.json; reports and gates read nothing else."""
+
+    version: int = RECORD_VERSION
+    """Schema version of this file; bumped on any incompatible change."""
+    run_id: str
+    manifest: Manifest
+    reference: ModelRef
+    subject: ModelRef
+    stats: StatsRef
+    items: list[ItemRecord]
+    effects: list[Effect]
+    seed_siblings: list[str] = []
+    """Other subjects of the same run trained on the same scenes with other seeds."""
+
+
+def write_record(record: RunRecord, path: Path) -> None:
+    write_text_atomic(path, record.model_dump_json(indent=2) + "\n")
+
+
+def read_record(path: Path) -> RunRecord:
+    if not path.is_file():
+        raise EvalkitError("no such results file", where=str(path))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EvalkitError(f"not valid JSON: {exc}", where=str(path)) from None
+    if isinstance(data, dict) and data.get("version") != RECORD_VERSION:
+        raise EvalkitError(f"record version {data.get('version')!r} is not {RECORD_VERSION}", where=str(path))
+    try:
+        return RunRecord.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(path, exc) from None
+
+
+# --- manifests of trained models --------------------------------------------------------------
+
+class SceneRef(_Record):
+    id: str
+    title: str
+    hash: str
+    """Content hash of the scene as trained (text + training overrides)."""
+    path: Optional[str] = None
+    """The scene file it was read from, when known."""
+
+
+class BaseRef(_Record):
+    path: str
+    fingerprint: str
+    """sha256 over the base's weights; an adapter runs only on a base with this fingerprint."""
+    model_type: str
+
+
+class LoraRef(_Record):
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: list[str]
+    init: Optional[str] = None
+    """How the adapter was initialised when it was not trained (the null adapter)."""
+
+
+class AdapterManifest(_Record):
+    """`evalkit.json` beside peft's files in an adapter folder."""
+
+    version: int = MANIFEST_VERSION
+    evalkit_version: str
+    kind: Literal["adapter"]
+    key: str
+    """Content address: a hash of the scenes, the base's weights and the training settings."""
+    recipe_version: Optional[int] = None
+    scenes: list[SceneRef]
+    base: BaseRef
+    lora: LoraRef
+    training: dict[str, Any]
+    """The training settings as used (after overrides), and the number of training tokens."""
+    final_loss: Optional[float] = None
+    packages: dict[str, str]
+    created: str
+    seconds: Optional[float] = None
+
+
+class CheckpointManifest(_Record):
+    """`evalkit.json` in a checkpoint folder trained from scratch (`evalkit scratch`)."""
+
+    version: int = MANIFEST_VERSION
+    evalkit_version: str
+    kind: Literal["checkpoint"]
+    key: str
+    scenes: list[SceneRef]
+    tokenizer_from: str
+    corpus_documents: int
+    demo_stories: int
+    model: dict[str, Any]
+    """Architecture and size."""
+    training: dict[str, Any]
+    final_loss: Optional[float] = None
+    packages: dict[str, str]
+    created: str
+    seconds: Optional[float] = None
+
+
+TrainedManifest = Union[AdapterManifest, CheckpointManifest]
+
+
+def write_manifest(manifest: TrainedManifest, folder: Path) -> None:
+    write_text_atomic(folder / MANIFEST_NAME, manifest.model_dump_json(indent=2, exclude_none=True) + "\n")
+
+
+def read_manifest(folder: Path) -> Optional[TrainedManifest]:
+    """The evalkit manifest of an adapter or checkpoint folder; None when it has none."""
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EvalkitError(f"not valid JSON: {exc}", where=str(path)) from None
+    if not isinstance(data, dict):
+        raise EvalkitError("expected a JSON object", where=str(path))
+    model = CheckpointManifest if data.get("kind") == "checkpoint" else AdapterManifest
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(path, exc) from None
+
+
+def manifest_key(folder: Path) -> Optional[str]:
+    """The content key a folder was trained for, or None (absent or unreadable: train it again)."""
+    try:
+        manifest = read_manifest(folder)
+    except EvalkitError:
+        return None
+    return manifest.key if manifest is not None else None

@@ -1,0 +1,46 @@
+"""The one training loop: seeded random windows of a token stream, AdamW, a loss per step.
+LoRA adapters and models trained from scratch both run through it."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Optional
+
+
+def window_batch(data: Any, block: int, batch_size: int, rng: random.Random) -> Any:
+    """A seeded batch of random windows of the token stream: (batch_size, block + 1) token ids."""
+    import torch
+
+    starts = [rng.randrange(0, len(data) - block) for _ in range(batch_size)]
+    return torch.stack([data[i : i + block + 1] for i in starts])
+
+
+def train_loop(model: Any, params: list, data: Any, *, block: int, batch_size: int, steps: int,
+               learning_rate: float, rng: random.Random, weight_decay: float = 0.0,
+               schedule: Optional[Callable[[int], float]] = None, clip: Optional[float] = None,
+               on_step: Optional[Callable[[int, float], None]] = None) -> list[float]:
+    """Train `params` of `model` on windows of `data` (a 1-D tensor of token ids); the loss of
+    every step, rounded to 5 decimals. `schedule(step)` sets the learning rate of each step
+    (constant without it); `clip` caps the gradient norm. Seed torch and `rng` before calling:
+    the model's initialisation draws from torch's generator too."""
+    import torch
+
+    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    losses: list[float] = []
+    model.train()
+    for step in range(steps):
+        if schedule is not None:
+            for group in opt.param_groups:
+                group["lr"] = schedule(step)
+        batch = window_batch(data, block, batch_size, rng)  # (B, block + 1)
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        losses.append(round(loss.item(), 5))
+        if on_step is not None:
+            on_step(step, losses[-1])
+    model.eval()
+    return losses
