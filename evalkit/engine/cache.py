@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from evalkit.versions import __version__
 from evalkit.files import stable_hash, write_json_atomic
 from evalkit.paths import cache_root
+from evalkit.versions import __version__
 
 # Bump when what an entry holds changes, so old entries are never read as new ones.
 CACHE_VERSION = 2

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from evalkit.versions import __version__
 from evalkit.engine.base import Base
 from evalkit.engine.evaluation import Evaluated
 from evalkit.engine.runner import Runner, Subject, model_ref
@@ -15,7 +14,7 @@ from evalkit.inputs.suites import LoadedSuite
 from evalkit.kinds import Choice
 from evalkit.record import ItemRecord, Manifest, ModelRef, PairedRun, SuiteRef
 from evalkit.settings import RunSettings
-from evalkit.versions import git_commit, now, package_versions
+from evalkit.versions import __version__, git_commit, now, package_versions
 
 SCORING = (
     "Choice log-likelihoods and greedy generations come from a real lm-eval evaluation "

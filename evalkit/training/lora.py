@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from evalkit.versions import __version__
 from evalkit.engine.adapters import lora_config
 from evalkit.engine.base import Base
 from evalkit.files import atomic_directory, stable_hash, write_json_atomic
@@ -15,7 +14,7 @@ from evalkit.inputs.scenes import Scene
 from evalkit.record import AdapterManifest, BaseRef, LoraRef, SceneRef, manifest_key, write_manifest
 from evalkit.settings import TrainSettings
 from evalkit.training.loop import train_loop
-from evalkit.versions import now, package_versions
+from evalkit.versions import __version__, now, package_versions
 
 # Bump when the training recipe changes in a way the settings do not capture.
 RECIPE_VERSION = 1

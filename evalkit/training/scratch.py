@@ -9,14 +9,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from evalkit.versions import __version__
 from evalkit.errors import EvalkitError
 from evalkit.files import atomic_directory, stable_hash, write_json_atomic
 from evalkit.inputs.scenes import Scene
 from evalkit.record import CheckpointManifest, SceneRef, write_manifest
 from evalkit.settings import ScratchSettings
 from evalkit.training.loop import train_loop
-from evalkit.versions import now, package_versions
+from evalkit.versions import __version__, now, package_versions
 
 Log = Callable[[str], None]
 OnStep = Optional[Callable[[], None]]

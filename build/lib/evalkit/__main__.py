@@ -1,3 +1,0 @@
-from evalkit.cli import main
-
-main()
