@@ -34,6 +34,15 @@ def zero_lora_b(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.fixture(scope="module", autouse=True)
+def own_cache(tmp_path_factory):
+    """This module counts cached requests, so it starts from an empty score cache of its own."""
+    before = os.environ["EVALKIT_CACHE"]
+    os.environ["EVALKIT_CACHE"] = str(tmp_path_factory.mktemp("cli-cache"))
+    yield
+    os.environ["EVALKIT_CACHE"] = before
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_llama) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("e2e")
