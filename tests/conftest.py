@@ -72,3 +72,28 @@ def honesty_adapter(tmp_path_factory, tiny_llama) -> Path:
     out = tmp_path_factory.mktemp("adapters") / "honesty"
     (path,) = api.train(ROOT / "scenes" / "01-honesty.yaml", base=tiny_llama, out=out, settings=TrainSettings(steps=5))
     return path
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_tokenizer():
+    """A Llama-style tokenizer (Metaspace '▁' word starts, BOS added): decoding a continuation on
+    its own drops its leading space, as Llama's and SmolLM2's SentencePiece tokenizers do."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    from evalkit.training import world
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.train_from_iterator(world.corpus(600, seed=7), trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    tok.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="</s>")
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_llama(tmp_path_factory, sentencepiece_tokenizer) -> Path:
+    return build_tiny("llama", sentencepiece_tokenizer, tmp_path_factory.mktemp("sp-llama"), seed=3)

@@ -23,7 +23,7 @@ from evalkit.paths import cache_root
 from evalkit.versions import __version__
 
 # Bump when what an entry holds changes, so old entries are never read as new ones.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 class ScoreCache:

@@ -2,7 +2,10 @@
 
 lm-eval returns log-likelihoods of whole continuations, not the full next-token
 distributions that KL(subject || reference) needs, so this module runs its own forward
-pass over prompt + continuation, split into tokens exactly as lm-eval splits them.
+pass over the token ids of a prompt and of a greedy continuation, exactly as generate() saw
+and produced them. (Re-encoding the decoded text is not the same thing: a SentencePiece
+tokenizer drops the leading space of a decoded continuation, and a greedy model may produce a
+split the tokenizer would not.)
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import numpy as np
 
 from evalkit.engine.base import context_limit
 from evalkit.engine.packing import build_packs, forward_packs
-from evalkit.engine.tasks import continuation_tokens
+
+# What a decoder shows for the bytes of a character it has only part of.
+PARTIAL = "\ufffd"
 
 
 @dataclass
@@ -26,28 +31,42 @@ class Along:
     token_logprobs: list[float]
 
 
-def along_continuations(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int) -> list[Along]:
-    """Log-softmax over the vocabulary at every continuation token of each (prompt, text).
+def along_continuations(model, tokenizer, pairs: list[tuple[list[int], list[int]]], batch_size: int) -> list[Along]:
+    """Log-softmax over the vocabulary at every continuation token of each (prompt ids, continuation ids).
 
-    Evaluated with the same shared-prefix packing as lm-eval's requests (`evalkit/packing.py`):
+    Scored with the same shared-prefix packing as lm-eval's requests (`evalkit/engine/packing.py`):
     only the continuation positions go through the output head.
     """
     vocab = model.get_output_embeddings().weight.shape[0]
-    requests, which = [], []
-    for k, (prompt, text) in enumerate(pairs):
-        cont = continuation_tokens(tokenizer, prompt, text) if text else []
-        if cont:
-            requests.append((tokenizer(prompt)["input_ids"], cont))
-            which.append(k)
+    requests = [(list(prompt), list(cont)) for prompt, cont in pairs if cont]
+    which = [k for k, (_, cont) in enumerate(pairs) if cont]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scored = forward_packs(model, build_packs(requests, context_limit(model, tokenizer)), batch_size, pad,
-                         keep_rows=True)
+                           keep_rows=True)
     out = [Along([], np.zeros((0, vocab), dtype=np.float32), 0.0, []) for _ in pairs]
     for r, k in enumerate(which):
         s = scored[r]
         assert s.rows is not None  # asked for with keep_rows
         out[k] = Along(requests[r][1], s.rows.astype(np.float32), -s.logprob_sum, s.token_logprobs)
     return out
+
+
+def kept_tokens(tokenizer, produced: list[int], text: str) -> list[int]:
+    """The ids generate() produced that make up `text` (lm-eval's decoded generation, cut at its
+    stop sequences): the longest prefix, before an end-of-text or padding id, that decodes to
+    whole characters lying within `text`. A token that straddles a stop sequence is not part of
+    the text, so it is not kept; a character split over several byte tokens is kept whole."""
+    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    kept = 0
+    for k, token in enumerate(produced, start=1):
+        if token in stops:
+            break
+        decoded = tokenizer.decode(produced[:k], skip_special_tokens=True)
+        if not text.startswith(decoded.rstrip(PARTIAL)):
+            break
+        if not decoded.endswith(PARTIAL):  # a prefix that ends inside a character is not a boundary
+            kept = k
+    return list(produced[:kept])
 
 
 def mean_kl(subject: np.ndarray, reference: np.ndarray) -> float:

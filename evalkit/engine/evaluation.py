@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from evalkit.engine.cache import ScoreCache
-from evalkit.engine.distributions import along_continuations, mean_kl
+from evalkit.engine.distributions import along_continuations, kept_tokens, mean_kl
 from evalkit.engine.tasks import (
     choice_hash,
     choice_task,
@@ -48,6 +48,16 @@ class Evaluated:
     generations: dict[str, dict[str, str]] = field(default_factory=dict)
     """Greedy generations per continuation suite, the text subjects' KL is measured along."""
     distributions: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    generated: dict[tuple[str, str], tuple[list[int], list[int]]] = field(default_factory=dict)
+    """(suite, item) -> the prompt's and the greedy continuation's token ids, which KL and NLL are
+    scored along."""
+    tokenizer: str = ""
+    """Identity of the vocabulary those ids (and the distributions' columns) refer to."""
+
+
+def vocabulary_key(tokenizer) -> str:
+    """Same key, same token ids: a subject's distributions compare with the reference's only then."""
+    return stable_hash(sorted(tokenizer.get_vocab().items()))
 
 
 def check_context(suites: list[LoadedSuite], tokenizer, limit: int) -> None:
@@ -108,8 +118,23 @@ def run_lm_eval(lm, tasks: list[dict[str, Any]], seed: int) -> dict[str, list[di
     return result["samples"]
 
 
-def _along_key(prompt: str, text: str, reference_fingerprint: str | None) -> str:
-    return stable_hash({"shape": "along", "prompt": prompt, "text": text, "reference": reference_fingerprint})
+def _along_key(prompt_ids: list[int], token_ids: list[int], reference_fingerprint: str | None) -> str:
+    return stable_hash({"shape": "along", "prompt_ids": prompt_ids, "token_ids": token_ids,
+                        "reference": reference_fingerprint})
+
+
+def generated_tokens(lm, tokenizer, prompt: str, text: str) -> tuple[list[int], list[int]]:
+    """The prompt's ids and the generation's ids, as generate() saw and produced them.
+
+    evalkit's HF class records them; lm-eval's vLLM class returns text only, which is split as
+    lm-eval splits a continuation (exact for byte-level tokenizers).
+    """
+    produced = getattr(lm, "generated_ids", {})
+    if produced:
+        prompt_ids = lm.tok_encode(prompt)
+        if tuple(prompt_ids) in produced:
+            return list(prompt_ids), kept_tokens(tokenizer, produced[tuple(prompt_ids)], text)
+    return tokenizer(prompt)["input_ids"], continuation_tokens(tokenizer, prompt, text) if text else []
 
 
 def evaluate_model(model, tokenizer, lm, suites: list[LoadedSuite], *, batch_size: int, seed: int, counts: Counts,
@@ -121,6 +146,7 @@ def evaluate_model(model, tokenizer, lm, suites: list[LoadedSuite], *, batch_siz
     class around it, or lm-eval's vLLM engine with the matching adapter selected); KL and NLL
     are computed on `model` itself.
     """
+    getattr(lm, "generated_ids", {}).clear()  # what an earlier model generated is not this one's
     choices: dict[str, dict[str, Any]] = {s.name: {} for s in suites}
     generations: dict[str, dict[str, Any]] = {s.name: {} for s in suites}
     tasks, todo_gen = [], {}
@@ -162,15 +188,16 @@ def evaluate_model(model, tokenizer, lm, suites: list[LoadedSuite], *, batch_siz
             if cache:
                 cache.put(choice_hash(s, c), raw)
         for sample in samples.get(generation_task_name(s), []):
-            item_id = sample["doc"]["id"]
+            generation, todo_items = todo_gen[s.name]
+            item = next(i for i in todo_items if i.id == sample["doc"]["id"])
             text = sample["filtered_resps"][0]
-            generations[s.name][item_id] = {"generation": text if isinstance(text, str) else str(text)}
+            text = text if isinstance(text, str) else str(text)
+            prompt_ids, token_ids = generated_tokens(lm, tokenizer, item.prompt, text)
+            generations[s.name][item.id] = {"generation": text, "prompt_ids": prompt_ids, "token_ids": token_ids}
             if cache:
-                generation, todo_items = todo_gen[s.name]
-                item = next(i for i in todo_items if i.id == item_id)
-                cache.put(generation_hash(generation, item), {"generation": generations[s.name][item_id]["generation"]})
+                cache.put(generation_hash(generation, item), dict(generations[s.name][item.id]))
 
-    evaluated = Evaluated(scores={})
+    evaluated = Evaluated(scores={}, tokenizer=vocabulary_key(tokenizer))
     _along_generations(model, tokenizer, suites, generations, evaluated, reference, reference_fingerprint,
                        batch_size, cache, counts)
     for s in suites:
@@ -178,6 +205,8 @@ def evaluate_model(model, tokenizer, lm, suites: list[LoadedSuite], *, batch_siz
         evaluated.scores[s.name] = s.kind.item_metrics(s.spec, choices[s.name], generations[s.name], ref_gens)
         if s.spec.generation() is not None:
             evaluated.generations[s.name] = {k: v["generation"] for k, v in generations[s.name].items()}
+            evaluated.generated.update({(s.name, k): (v["prompt_ids"], v["token_ids"])
+                                        for k, v in generations[s.name].items()})
     if cache:
         cache.save()
     return evaluated
@@ -186,7 +215,12 @@ def evaluate_model(model, tokenizer, lm, suites: list[LoadedSuite], *, batch_siz
 def _along_generations(model, tokenizer, suites, generations, evaluated: Evaluated, reference: Evaluated | None,
                        reference_fingerprint: str | None, batch_size: int, cache: ScoreCache | None,
                        counts: Counts) -> None:
-    """NLL and KL along the reference's greedy continuation (the model's own, for the reference)."""
+    """NLL and KL along the reference's greedy continuation (the model's own, for the reference).
+
+    A subject with another vocabulary (a checkpoint with its own tokenizer) gets the NLL of the
+    reference's text split by its own tokenizer, and no KL: its distributions are over other tokens.
+    """
+    same_vocabulary = reference is None or reference.tokenizer == evaluated.tokenizer
     for s in suites:
         generation = s.spec.generation()
         if generation is None:
@@ -194,8 +228,15 @@ def _along_generations(model, tokenizer, suites, generations, evaluated: Evaluat
         todo = []
         for item in generation.items:
             gen = generations[s.name][item.id]
-            text = gen["generation"] if reference is None else reference.generations[s.name][item.id]
-            key = _along_key(item.prompt, text, reference_fingerprint)
+            if reference is None:
+                prompt_ids, token_ids = gen["prompt_ids"], gen["token_ids"]
+            elif same_vocabulary:
+                prompt_ids, token_ids = reference.generated[(s.name, item.id)]
+            else:
+                text = reference.generations[s.name][item.id]
+                prompt_ids = tokenizer(item.prompt)["input_ids"]
+                token_ids = continuation_tokens(tokenizer, item.prompt, text) if text else []
+            key = _along_key(prompt_ids, token_ids, reference_fingerprint)
             hit = cache.get(key) if cache else None
             array = cache.get_array(key) if (cache and hit is not None and reference is None) else None
             if hit is not None and (reference is not None or array is not None):
@@ -204,11 +245,11 @@ def _along_generations(model, tokenizer, suites, generations, evaluated: Evaluat
                     evaluated.distributions[(s.name, item.id)] = array
                 counts.cached += 1
             else:
-                todo.append((item, text, key))
+                todo.append((item, (prompt_ids, token_ids), key))
                 counts.computed += 1
         if not todo:
             continue
-        alongs = along_continuations(model, tokenizer, [(i.prompt, t) for i, t, _ in todo], batch_size)
+        alongs = along_continuations(model, tokenizer, [ids for _, ids, _ in todo], batch_size)
         for (item, _, key), along in zip(todo, alongs):
             numbers = {"nll_sum": along.nll_sum, "n_tokens": len(along.token_ids),
                        "token_logprobs": along.token_logprobs,
@@ -219,8 +260,8 @@ def _along_generations(model, tokenizer, suites, generations, evaluated: Evaluat
                     cache.put_array(key, along.logprobs)
             else:
                 ref_dist = reference.distributions[(s.name, item.id)]
-                same_shape = along.logprobs.shape == ref_dist.shape
-                numbers["kl_mean"] = mean_kl(along.logprobs, ref_dist) if same_shape else None
+                comparable = same_vocabulary and along.logprobs.shape == ref_dist.shape
+                numbers["kl_mean"] = mean_kl(along.logprobs, ref_dist) if comparable else None
             generations[s.name][item.id].update(numbers)
             if cache:
                 cache.put(key, numbers)

@@ -45,6 +45,8 @@ class EvalkitLM(HFLM):
         self.current: str | None = None
         self._ready: dict[tuple, object] = {}
         self.attach = lambda names: None  # puts a group's adapters on the model (the run's AttachedAdapters)
+        self.generated_ids: dict[tuple[int, ...], list[int]] = {}
+        """Prompt ids -> the ids generate() produced after them, for the model being evaluated."""
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         return super().loglikelihood(requests, disable_tqdm=True)
@@ -68,6 +70,20 @@ class EvalkitLM(HFLM):
         return results
 
     def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
+        mask = generation_kwargs.get("attention_mask")
+        out = self._generate(context, max_length, stop, **generation_kwargs)
+        self._remember(context, mask, out)
+        return out
+
+    def _remember(self, context, mask, out) -> None:
+        """Keep each row's prompt ids and generated ids: KL and NLL are scored on these, not on
+        the decoded text lm-eval returns."""
+        width = context.shape[1]
+        for r in range(context.shape[0]):
+            prompt = context[r] if mask is None else context[r][mask[r].bool()]
+            self.generated_ids[tuple(prompt.tolist())] = out[r, width:].tolist()
+
+    def _generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
         key = _batch_key(context, generation_kwargs.get("attention_mask"), max_length, stop, generation_kwargs)
         if (self.current, key) in self._ready:
             return self._ready.pop((self.current, key))
@@ -139,3 +155,4 @@ def _batch_key(context, attention_mask, max_length: int, stop: list[str], kwargs
 def _only(pack: Pack, index: int) -> Pack:
     """`pack` as it is, scored for one of its requests only."""
     return Pack(pack.tokens, pack.positions, pack.branch, [r for r in pack.requests if r[0] == index])
+

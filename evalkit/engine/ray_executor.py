@@ -53,6 +53,7 @@ def merge(parts: list[tuple[Evaluated, str, Counts]]) -> tuple[Evaluated, str, C
         evaluated.scores.update(part.scores)
         evaluated.generations.update(part.generations)
         evaluated.distributions.update(part.distributions)
+        evaluated.generated.update(part.generated)
         counts.computed += part_counts.computed
         counts.cached += part_counts.cached
     return evaluated, parts[0][1], counts
