@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from evalkit.errors import EvalkitError
 from evalkit.files import validation_error, write_text_atomic
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+# Version 1 lacks the fields version 2 added as optional; it reads as it is.
+READABLE_VERSIONS = (1, 2)
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "evalkit.json"
 
@@ -66,7 +68,9 @@ class StatsRef(_Record):
     seed: int
     power: float
     ci: str = "t"
-    multiple_comparisons: str = "benjamini-hochberg over every effect of the run"
+    multiple_comparisons: str = "benjamini-hochberg over every testable effect of the run"
+    neutral_margin: float | None = None
+    """Novel axes: the equivalence bound (nats) within which a reference counts as not leaning."""
 
 
 class Manifest(_Record):
@@ -97,6 +101,9 @@ class ItemRecord(_Record):
     subject: dict[str, Score]
 
 
+Verdict = Literal["new", "amplified", "reversed", "attenuated", "shifted", "baseline unclear", "unchanged"]
+
+
 class Effect(_Record):
     """One paired test: a suite x metric, optionally restricted to a cluster or an item."""
 
@@ -109,27 +116,38 @@ class Effect(_Record):
     subject_mean: float
     mean_diff: float
     se: float | None
+    """The SE the interval and the MDE use: naive over items, or cluster-robust (CR1) over clusters."""
     se_kind: str
-    ci_low: float
-    ci_high: float
+    ci_low: float | None
+    """None when the effect is untestable (one unit)."""
+    ci_high: float | None
     ci_method: str
-    p_value: float
-    q_value: float
+    p_value: float | None
+    """None when the effect is untestable; such effects are left out of the BH family."""
+    q_value: float | None
     test: str
     effect_size: float | None
     effect_size_kind: str
     d_z: float | None = None
     """Cohen's d_z of the item differences: one scale across metrics (compare heatmaps)."""
     mde: float | None
-    """Minimum detectable effect at the run's alpha and power; read 'no change larger than this'."""
+    """Minimum detectable effect at the run's alpha and power, (t_{1-a/2,df} + t_{power,df}) SE on
+    the interval's SE and degrees of freedom; read 'no change larger than this'."""
+    units: int | None = None
+    """Items, or clusters when items share them: the unit the test and the interval count."""
+    untestable: str | None = None
+    """Why no test was possible (one item or one cluster: no spread to test against)."""
     significant: bool
     """q < alpha."""
     direction: Literal["up", "down", "none"]
-    verdict: str | None = None
-    """Novel axes only: new, amplified, reversed, attenuated or unchanged (see effects.axis_verdict)."""
+    verdict: Optional[Verdict] = None
+    """Novel axes only, from the reference's lean and the subject's (see decide.effects.axis_verdict)."""
     reference_ci_low: float | None = None
-    """Novel axes only: the reference's own mean margin CI; covering 0 means it was neutral."""
+    """Novel axes only: the reference's own mean margin, its (1 - alpha) CI."""
     reference_ci_high: float | None = None
+    reference_neutral: bool | None = None
+    """Novel axes only: the reference is shown not to lean (its 1 - 2 alpha CI lies within
+    +-stats.neutral_margin nats: two one-sided tests at alpha)."""
     seed_spread: float | None = None
     """When the run holds the same scene trained with several seeds: the range (max - min) of
     this effect's mean difference across those seeds."""
@@ -175,8 +193,9 @@ def read_record(path: Path) -> RunRecord:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise EvalkitError(f"not valid JSON: {exc}", where=str(path)) from None
-    if isinstance(data, dict) and data.get("version") != RECORD_VERSION:
-        raise EvalkitError(f"record version {data.get('version')!r} is not {RECORD_VERSION}", where=str(path))
+    if isinstance(data, dict) and data.get("version") not in READABLE_VERSIONS:
+        raise EvalkitError(f"record version {data.get('version')!r} is not one of "
+                           f"{', '.join(map(str, READABLE_VERSIONS))}", where=str(path))
     try:
         return RunRecord.model_validate(data)
     except ValidationError as exc:

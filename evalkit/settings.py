@@ -49,6 +49,9 @@ class StatsSettings(_Settings):
     """1 - beta for the minimum detectable effect."""
     ci: Literal["t", "bootstrap"] = "t"
     """Student-t interval (default; see stats.mean_ci) or the seeded expanded percentile bootstrap."""
+    neutral_margin: float = Field(default=0.5, gt=0)
+    """Novel axes: a reference counts as not leaning on an axis when its mean margin is shown to lie
+    within +-this many nats (two one-sided tests at alpha); only then can an axis be 'new'."""
 
 
 class RunSettings(_Settings):

@@ -86,3 +86,17 @@ def test_functions_take_str_paths(tmp_path):
     suites = evalkit.load_suites(str(ROOT / "probes"))
     assert {s.spec.kind for s in suites} == {"tension", "novel_axis", "consistency", "continuation"}
     assert os.fspath(evalkit.validate([str(ROOT / "scenes")])[0]).startswith("ok")
+
+
+def test_subjects_with_one_folder_name_get_distinct_records(tmp_path, honesty_adapter, tiny_llama):
+    import shutil
+
+    for parent in ("seed0", "seed1"):
+        shutil.copytree(honesty_adapter, tmp_path / parent / "share")
+    records = evalkit.evaluate([tmp_path / "seed0" / "share", tmp_path / "seed1" / "share"], base=tiny_llama,
+                               suites=[ROOT / "probes" / "tension.yaml"], out=tmp_path / "reports")
+    assert [r.run_id for r in records] == ["seed0-share", "seed1-share"]
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["seed0-share", "seed1-share"]
+    with pytest.raises(evalkit.EvalkitError, match="given twice"):
+        evalkit.evaluate([tmp_path / "seed0" / "share", tmp_path / "seed0" / "share"], base=tiny_llama,
+                         suites=[ROOT / "probes" / "tension.yaml"])

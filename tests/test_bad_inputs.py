@@ -91,3 +91,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(places, tmp_path, args,
     assert len(lines) == 1 and expected in lines[0], (argv, result.stderr)
     assert "Traceback" not in result.stderr
     assert not out.exists(), argv
+
+
+def test_no_cache_is_one_flag_that_says_what_it_recomputes():
+    result = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert "--no-cache" in result.stdout and "--no-no-cache" not in result.stdout
+    assert "reference and subjects" in result.stdout

@@ -1,27 +1,61 @@
 """The effects table: metrics per kind, per-cluster breakdowns, axis verdicts, seed spread."""
 
+import numpy as np
 import pytest
+from scipy import stats as sps
 
-from evalkit.decide.effects import axis_verdict, group_table, mark_seed_spread, suite_effects
-from evalkit.decide.stats import PairedResult, StatsSettings
+from evalkit.decide.effects import axis_verdict, group_table, lean, mark_seed_spread, suite_effects
 from evalkit.record import Effect, ItemRecord, ModelRef, RunRecord
+from evalkit.settings import StatsSettings
+
+AXIS = {"neutral": [0.05, -0.1, 0.08, -0.02, 0.0, 0.04, -0.06, 0.03],
+        "leans_a": [1.2, 0.9, 1.5, 1.1, 1.3, 0.8, 1.0, 1.4],
+        "leans_b": [-1.1, -1.3, -0.9, -1.4, -1.2, -1.0, -0.8, -1.5],
+        "strongly_b": [-2.1, -2.6, -1.9, -2.8, -2.2, -2.0, -1.6, -3.0],
+        "weakly_b": [-0.6, 0.2, -0.5, 0.1, -0.4, -0.3, 0.3, -0.2],
+        "control_adapter": [9.37, 3.02, 1.49, 6.19],  # leans one way on all 4, yet its CI covers 0
+        "flipped": [-2.0, -1.5, -3.0, 4.0]}
 
 
-def _shift(mean_diff, subject_mean):
-    return PairedResult(n=5, reference_mean=subject_mean - mean_diff, subject_mean=subject_mean, mean_diff=mean_diff,
-                        se=0.1, se_kind="naive", ci_low=0, ci_high=0, ci_method="t", p_value=0.01, test="t",
-                        effect_size=None, effect_size_kind="", mde=None, d_z=None)
-
-
-@pytest.mark.parametrize("reference_ci, mean_diff, subject_mean, significant, verdict", [
-    ((-0.2, 0.3), -2.0, -1.9, True, "new"),
-    ((0.5, 1.0), 1.0, 1.8, True, "amplified"),
-    ((0.5, 1.0), -2.0, -1.2, True, "reversed"),
-    ((0.5, 1.0), -0.4, 0.3, True, "attenuated"),
-    ((-0.2, 0.3), -2.0, -1.9, False, "unchanged"),
+@pytest.mark.parametrize("reference, subject, significant, verdict", [
+    ("neutral", "leans_a", True, "new"),
+    ("neutral", "weakly_b", True, "shifted"),
+    ("leans_a", "leans_a", False, "unchanged"),
+    ("neutral", "leans_b", False, "unchanged"),
+    ("leans_b", "strongly_b", True, "amplified"),
+    ("leans_a", "leans_b", True, "reversed"),
+    ("leans_a", "weakly_b", True, "attenuated"),
+    ("control_adapter", "flipped", True, "baseline unclear"),
 ])
-def test_axis_verdicts(reference_ci, mean_diff, subject_mean, significant, verdict):
-    assert axis_verdict(_shift(mean_diff, subject_mean), reference_ci, significant) == verdict
+def test_axis_verdicts(reference, subject, significant, verdict):
+    settings = StatsSettings()
+    ref, sub = np.array(AXIS[reference]), np.array(AXIS[subject])
+    ref_lean, sub_lean = lean(ref, settings), lean(sub, settings)
+    assert axis_verdict(ref_lean, sub_lean, float(sub.mean() - ref.mean()), significant) == verdict
+
+
+def test_new_needs_the_reference_shown_neutral_within_the_stated_margin():
+    settings = StatsSettings()
+    control = lean(np.array(AXIS["control_adapter"]), settings)
+    assert control.ci is not None and control.ci[0] < 0 < control.ci[1] and not control.neutral
+    assert lean(np.array(AXIS["neutral"]), settings).neutral
+    assert not lean(np.array(AXIS["neutral"]), StatsSettings(neutral_margin=0.01)).neutral
+
+
+def test_a_metric_with_one_cluster_is_untestable_and_outside_the_bh_family():
+    items = [ItemRecord(suite="t", kind="tension", item_id=f"i{k}", cluster="only" if k < 4 else f"c{k}",
+                        prompt="p", options=["a", "b"],
+                        reference={"margin": 0.0, "entropy": 1.0, "a_wins": 0},
+                        subject={"margin": -3.7 if k < 4 else 0.3 * k, "entropy": 1.0, "a_wins": 0})
+             for k in range(12)]
+    items[0] = items[0].model_copy(update={"cluster": "lonely"})
+    effects = suite_effects(items, StatsSettings())
+    lonely = next(e for e in effects if e.scope == "cluster:lonely")
+    assert lonely.untestable and lonely.p_value is None and lonely.q_value is None and lonely.ci_low is None
+    assert not lonely.significant and lonely.mean_diff == pytest.approx(-3.7)
+    tested = [e for e in effects if e.p_value is not None]
+    assert [e.q_value for e in tested] == pytest.approx(
+        list(sps.false_discovery_control([e.p_value for e in tested], method="bh")))
 
 
 def _consistency_items(flip_group: str) -> list[ItemRecord]:

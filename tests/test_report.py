@@ -85,6 +85,43 @@ def test_reports_name_no_url(tmp_path):
     assert not re.search(r"""(src|href)=["']?(//|https?:)""", html)
 
 
+# --- wording -----------------------------------------------------------------------------------
+
+def _plain_record(shared_ids: bool = True) -> RunRecord:
+    """Two suites that share item ids; a one-item cluster; no seed siblings."""
+    items = []
+    for k in range(8):
+        for suite in ("left", "right"):
+            items.append(ItemRecord(suite=suite, kind="tension", item_id=f"i{k}" if shared_ids else f"{suite}{k}",
+                                    cluster="lonely" if k == 0 else f"c{k % 3}", prompt=f"p{k}", options=["a", "b"],
+                                    reference=_choice(0.1 * k), subject=_choice(0.1 * k + (3.0 if k == 1 else 0.01))))
+    record = hostile_record()
+    return record.model_copy(update={"items": items, "effects": suite_effects(items, StatsSettings()),
+                                     "seed_siblings": []})
+
+
+def test_items_that_moved_most_name_their_suite():
+    from evalkit.report.run_page import changed_items
+
+    lines = changed_items(_plain_record())
+    assert any(line.startswith("left/i1") for line in lines) and any(line.startswith("right/i1") for line in lines)
+
+
+def test_seed_noise_is_mentioned_only_where_it_was_measured():
+    record = _plain_record()
+    quiet = record.model_copy(update={"effects": [e.model_copy(update={"significant": False, "within_seed_noise": True,
+                                                                       "seed_spread": 5.0})
+                                                  for e in record.effects]})
+    html = render_run(quiet)
+    assert "seed noise" not in html.split('id="verdicts"')[1].split("</table>")[0]
+    assert "No effect is significant." in html and "beyond seed noise" not in html
+
+
+def test_an_untestable_effect_says_so():
+    html = render_run(_plain_record())
+    assert "untestable: 1 item: no spread to test a difference against" in html
+
+
 # --- a real browser ---------------------------------------------------------------------------
 
 CHROMIUM = "/usr/bin/chromium"

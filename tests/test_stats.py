@@ -40,13 +40,19 @@ def test_all_zero_differences_give_p_one_without_warnings():
         assert stats.compare_binary([1, 0, 1], [1, 0, 1], None, stats.StatsSettings()).p_value == 1.0
 
 
-@pytest.mark.parametrize("n", [1, 2])
-def test_tiny_samples_do_not_crash(n):
-    r = stats.compare_continuous(REF[:n], SUB[:n], None, stats.StatsSettings())
-    assert 0.0 <= r.p_value <= 1.0
-    assert r.ci_low <= r.mean_diff <= r.ci_high
-    if n == 1:
-        assert r.se is None and r.mde is None
+def test_one_unit_is_untestable_not_p_one():
+    """One item (or one cluster) has no spread: no p, no interval, and the reason is given."""
+    for r in (stats.compare_continuous(REF[:1], SUB[:1], None, stats.StatsSettings()),
+              stats.compare_continuous(REF[:3], SUB[:3], ["a", "a", "a"], stats.StatsSettings())):
+        assert r.p_value is None and r.ci_low is None and r.ci_high is None and r.mde is None and r.se is None
+        assert r.untestable and r.untestable.startswith("1 ") and r.units == 1
+        assert r.mean_diff == pytest.approx(float(np.mean(SUB[:len(REF[:r.n])] - REF[:r.n])))
+
+
+def test_two_items_do_not_crash():
+    r = stats.compare_continuous(REF[:2], SUB[:2], None, stats.StatsSettings())
+    assert r.p_value is not None and 0.0 <= r.p_value <= 1.0
+    assert r.ci_low is not None and r.ci_high is not None and r.ci_low <= r.mean_diff <= r.ci_high
 
 
 def test_nan_scores_are_an_error_never_dropped():
@@ -113,9 +119,28 @@ def test_bootstrap_is_seeded_and_resamples_clusters():
 
 
 def test_mde_and_items_needed():
+    t = sps.t.ppf(0.975, 9) + sps.t.ppf(0.8, 9)
+    spread = stats.Spread(se=0.1, kind="naive", units=10)
+    assert stats.minimum_detectable_effect(spread, 0.05, 0.8) == pytest.approx(t * 0.1)
     z = sps.norm.ppf(0.975) + sps.norm.ppf(0.8)
-    assert stats.minimum_detectable_effect(0.1, 0.05, 0.8) == pytest.approx(z * 0.1)
     assert stats.items_needed(var_d=1.0, delta=0.5) == int(np.ceil(z**2 / 0.25))
+
+
+@pytest.mark.parametrize("n, clusters", [(4, None), (9, [str(i // 3) for i in range(9)]),
+                                         (12, [str(i // 4) for i in range(12)]), (30, None)])
+def test_mde_sits_on_the_interval_it_is_shown_beside(n, clusters):
+    """'No change larger than MDE' must never claim more than the CI allows: on the same SE and
+    degrees of freedom, MDE / half-width = (t_{1-a/2,df} + t_{power,df}) / t_{1-a/2,df}. (A 3-cluster
+    effect used to show an MDE of 2.98 beside a CI half-width of 5.6.)"""
+    rng = np.random.default_rng(n)
+    ref, sub = rng.normal(size=n), rng.normal(size=n)
+    settings = stats.StatsSettings()
+    r = stats.compare_continuous(ref, sub, clusters, settings)
+    df = (len(set(clusters)) if clusters else n) - 1
+    ratio = (sps.t.ppf(0.975, df) + sps.t.ppf(0.8, df)) / sps.t.ppf(0.975, df)
+    half = (r.ci_high - r.ci_low) / 2
+    assert r.mde == pytest.approx(half * ratio, rel=1e-9)
+    assert r.mde >= half
 
 
 @pytest.mark.parametrize("n", [3, 6, 9, 13])
@@ -161,7 +186,7 @@ def test_clustered_scores_are_tested_on_cluster_means():
     r = stats.compare_continuous(ref, sub, clusters, stats.StatsSettings())
     means = np.array([1.0, -0.2, 0.5, 0.2])
     assert r.p_value == pytest.approx(sps.ttest_1samp(means, 0).pvalue)  # 4 clusters: t, not Wilcoxon
-    assert "4 cluster means" in r.test and r.se_kind == "clustered"
+    assert "4 cluster means" in r.test and r.se_kind == "clustered (CR1)"
 
 
 def test_binary_with_clusters_is_not_mcnemar():

@@ -8,13 +8,13 @@ No torch here: a report re-renders and a gate decides from these numbers alone.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from evalkit.decide import stats
 from evalkit.kinds import KINDS
-from evalkit.record import Effect, ItemRecord, PairedRun, RunRecord, StatsRef
+from evalkit.record import Effect, ItemRecord, PairedRun, RunRecord, StatsRef, Verdict
 from evalkit.settings import StatsSettings
 
 
@@ -24,8 +24,35 @@ class Row:
     metric: str
     scope: str
     result: stats.PairedResult
-    verdict: str | None = None
-    reference_ci: tuple[float, float] | None = None
+    leans: tuple[Lean, Lean] | None = None
+    """Novel axes: where the reference and the subject lean on the cluster's axis."""
+
+
+@dataclass(frozen=True)
+class Lean:
+    """Where one side leans on an axis: its mean margin, that mean's (1 - alpha) CI, and whether it
+    is shown to lie within +-neutral_margin (two one-sided tests at alpha: the 1 - 2 alpha CI)."""
+
+    mean: float
+    ci: tuple[float, float] | None
+    neutral: bool
+
+    @property
+    def sign(self) -> int:
+        """+1 or -1 when the CI excludes 0, else 0."""
+        if self.ci is None or self.ci[0] <= 0 <= self.ci[1]:
+            return 0
+        return 1 if self.ci[0] > 0 else -1
+
+
+def lean(margins: np.ndarray, settings: StatsSettings) -> Lean:
+    spread = stats.interval_spread(margins, None)
+    mean = float(margins.mean())
+    if not spread.testable:
+        return Lean(mean, None, False)
+    low, high = stats.t_interval_from(mean, spread.se, spread.units, 2 * settings.alpha)
+    return Lean(mean, stats.t_interval_from(mean, spread.se, spread.units, settings.alpha),
+                -settings.neutral_margin < low and high < settings.neutral_margin)
 
 
 def _values(items: list[ItemRecord], metric: str) -> tuple[list[ItemRecord], list[float], list[float]]:
@@ -43,17 +70,25 @@ def _test(items: list[ItemRecord], metric: str, binary: bool, settings: StatsSet
     return compare(ref, sub, clusters, settings)
 
 
-def axis_verdict(shift: stats.PairedResult, reference_ci: tuple[float, float], significant: bool) -> str:
-    """new / amplified / reversed / attenuated / unchanged, from the reference's lean and the shift."""
-    lo, hi = reference_ci
+def axis_verdict(reference: Lean, subject: Lean, shift: float, significant: bool) -> Verdict:
+    """What a significant shift on an axis means, given where the reference leaned.
+
+    - the reference leaned (its CI excludes 0): *amplified* when the shift goes its way;
+      *reversed* when the subject now leans significantly the other way; else *attenuated*;
+    - the reference is shown not to lean (within +-neutral_margin): *new* when the subject leans
+      significantly, else *shifted*;
+    - neither shown: *baseline unclear* (a few items that all lean one way can give a CI that
+      covers 0 without showing that the reference is neutral).
+    """
     if not significant:
         return "unchanged"
-    if lo <= 0 <= hi:
-        return "new"
-    leaning = 1.0 if lo > 0 else -1.0
-    if np.sign(shift.mean_diff) == leaning:
-        return "amplified"
-    return "reversed" if np.sign(shift.subject_mean) == -leaning else "attenuated"
+    if reference.sign:
+        if np.sign(shift) == reference.sign:
+            return "amplified"
+        return "reversed" if subject.sign == -reference.sign else "attenuated"
+    if reference.neutral:
+        return "new" if subject.sign else "shifted"
+    return "baseline unclear"
 
 
 def group_table(items: list[ItemRecord]) -> dict[str, dict[str, dict[str, float]]]:
@@ -87,35 +122,35 @@ def _suite_rows(suite: str, items: list[ItemRecord], settings: StatsSettings) ->
                 result = _test(members, metric, False, settings, clustered=False)
                 if result is None:
                     continue
-                ref_ci = None
+                leans = None
                 if kind.lean_verdicts:
-                    lean = np.array([float(m.reference[metric]) for m in members])
-                    ref_ci = stats.mean_ci(lean, None, settings)[:2]
-                rows.append(Row(suite, metric, f"cluster:{name}", result, reference_ci=ref_ci))
+                    leans = (lean(np.array([float(m.reference[metric]) for m in members]), settings),
+                             lean(np.array([float(m.subject[metric]) for m in members]), settings))
+                rows.append(Row(suite, metric, f"cluster:{name}", result, leans=leans))
     return rows
 
 
 def suite_effects(items: list[ItemRecord], settings: StatsSettings) -> list[Effect]:
-    """Every effect of one reference/subject pair, with BH q-values across all of them."""
+    """Every effect of one reference/subject pair, with BH q-values across the testable ones."""
     by_suite: dict[str, list[ItemRecord]] = defaultdict(list)
     for item in items:
         by_suite[item.suite].append(item)
     rows = [row for suite, members in by_suite.items() for row in _suite_rows(suite, members, settings)]
-    qvalues = stats.bh_qvalues([row.result.p_value for row in rows])
+    family = [(row, row.result.p_value) for row in rows if row.result.p_value is not None]
+    qvalues = dict(zip((id(row) for row, _ in family), stats.bh_qvalues([p for _, p in family])))
     effects = []
-    for row, q in zip(rows, qvalues):
+    for row in rows:
         r = row.result
-        significant = bool(q < settings.alpha)
-        verdict = axis_verdict(r, row.reference_ci, significant) if row.reference_ci else None
+        q = qvalues.get(id(row))
+        significant = q is not None and q < settings.alpha
+        reference, subject = row.leans if row.leans else (None, None)
         effects.append(Effect(
-            suite=row.suite, metric=row.metric, scope=row.scope, n=r.n, reference_mean=r.reference_mean,
-            subject_mean=r.subject_mean, mean_diff=r.mean_diff, se=r.se, se_kind=r.se_kind,
-            ci_low=r.ci_low, ci_high=r.ci_high, ci_method=r.ci_method, p_value=r.p_value, q_value=q, test=r.test,
-            effect_size=r.effect_size, effect_size_kind=r.effect_size_kind, mde=r.mde, d_z=r.d_z,
-            significant=significant, direction="none" if not significant else ("up" if r.mean_diff > 0 else "down"),
-            verdict=verdict,
-            reference_ci_low=row.reference_ci[0] if row.reference_ci else None,
-            reference_ci_high=row.reference_ci[1] if row.reference_ci else None,
+            suite=row.suite, metric=row.metric, scope=row.scope, **asdict(r), q_value=q, significant=significant,
+            direction="none" if not significant else ("up" if r.mean_diff > 0 else "down"),
+            verdict=axis_verdict(reference, subject, r.mean_diff, significant) if reference and subject else None,
+            reference_ci_low=reference.ci[0] if reference and reference.ci else None,
+            reference_ci_high=reference.ci[1] if reference and reference.ci else None,
+            reference_neutral=reference.neutral if reference else None,
         ))
     return effects
 
@@ -125,7 +160,8 @@ def build_records(runs: list[PairedRun], settings: StatsSettings) -> list[RunRec
     st = settings
     records = [RunRecord(
         run_id=run.run_id, manifest=run.manifest, reference=run.reference, subject=run.subject,
-        stats=StatsRef(alpha=st.alpha, test=st.test, resamples=st.resamples, seed=st.seed, power=st.power, ci=st.ci),
+        stats=StatsRef(alpha=st.alpha, test=st.test, resamples=st.resamples, seed=st.seed, power=st.power, ci=st.ci,
+                       neutral_margin=st.neutral_margin),
         items=run.items, effects=suite_effects(run.items, st),
     ) for run in runs]
     mark_seed_spread(records)

@@ -70,6 +70,14 @@ def _binary(rng: np.random.Generator, n: int, clustered: bool) -> tuple[np.ndarr
     return ref.astype(float), sub.astype(float), [str(c) for c in labels] if clustered else None
 
 
+def _rejects(p: float | None, alpha: float) -> bool:
+    return p is not None and p < alpha
+
+
+def _excludes_zero(r: stats.PairedResult) -> bool:
+    return r.ci_low is not None and r.ci_high is not None and not r.ci_low <= 0 <= r.ci_high
+
+
 def _naive_t(ref: np.ndarray, sub: np.ndarray) -> float:
     return stats.paired_t(sub - ref)
 
@@ -91,15 +99,15 @@ def null_rates(datasets: int = 2000, sizes: tuple[int, ...] = (20, 100), alpha: 
             for _ in range(datasets):
                 ref, sub, clusters = _continuous(rng, n, clustered)
                 r = stats.compare_continuous(ref, sub, clusters, settings)
-                count(f"continuous: {r.test.split(' (')[0]}", True, r.p_value < alpha)
-                count(f"continuous: {r.ci_method.split(' (')[0]} CI excludes 0", True, not r.ci_low <= 0 <= r.ci_high)
+                count(f"continuous: {r.test.split(' (')[0]}", True, _rejects(r.p_value, alpha))
+                count(f"continuous: {r.ci_method.split(' (')[0]} CI excludes 0", True, _excludes_zero(r))
                 lo, hi = stats.bootstrap_ci(sub - ref, clusters, settings.resamples, settings.seed, alpha)
                 count("continuous: expanded percentile bootstrap CI", False, not lo <= 0 <= hi)
                 if clustered:
                     count("continuous: naive t ignoring clusters", False, _naive_t(ref, sub) < alpha)
                 bref, bsub, bclusters = _binary(rng, n, clustered)
                 b = stats.compare_binary(bref, bsub, bclusters, settings)
-                count(f"binary: {b.test.split(' (')[0]}", True, b.p_value < alpha)
+                count(f"binary: {b.test.split(' (')[0]}", True, _rejects(b.p_value, alpha))
                 if clustered:
                     p, _, _ = stats.mcnemar_exact(bref.astype(bool), bsub.astype(bool))
                     count("binary: mcnemar ignoring clusters", False, p < alpha)

@@ -7,7 +7,7 @@ d_i = subject_i - reference_i (the README's Statistics section says what each nu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -86,12 +86,43 @@ def bootstrap_ci(d: np.ndarray, clusters: Sequence[str] | None, resamples: int, 
     return float(lo), float(hi)
 
 
+@dataclass(frozen=True)
+class Spread:
+    """The standard error an effect's interval uses, on its unit of independence. The minimum
+    detectable effect is computed from the same SE and degrees of freedom, so the two agree."""
+
+    se: float | None
+    """sd(d)/sqrt(n) over items, or the CR1 cluster-robust SE over clusters; None below 2 units."""
+    kind: str
+    units: int
+    """Items, or clusters when items share them: n - 1 (or k - 1) degrees of freedom."""
+
+    @property
+    def testable(self) -> bool:
+        return self.se is not None and self.units >= 2
+
+
+def interval_spread(d: np.ndarray, clusters: Sequence[str] | None) -> Spread:
+    """Naive SE over items, or the cluster-robust SE with CR1's small-sample factor sqrt(k / (k - 1))
+    over k clusters (Cameron and Miller 2015, eq. 12)."""
+    if not _repeats(clusters, len(d)):
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) >= 2 else None
+        return Spread(se, "naive", len(d))
+    index = _cluster_index(clusters, len(d))
+    assert index is not None
+    units = int(index.max()) + 1
+    se, _ = standard_error(d, clusters)
+    cr1 = se * float(np.sqrt(units / (units - 1))) if se is not None and units >= 2 else None
+    return Spread(cr1, "clustered (CR1)", units)
+
+
 def t_interval(d: np.ndarray, alpha: float) -> tuple[float, float]:
     """Student-t CI of the mean; a point when n = 1 (nothing to estimate a spread from)."""
-    return _t_interval(float(d.mean()), standard_error(d)[0], len(d), alpha)
+    return t_interval_from(float(d.mean()), standard_error(d)[0], len(d), alpha)
 
 
-def _t_interval(mean: float, se: float | None, units: int, alpha: float) -> tuple[float, float]:
+def t_interval_from(mean: float, se: float | None, units: int, alpha: float) -> tuple[float, float]:
+    """mean +- t_{1-alpha/2, units-1} se; a point when there is no spread."""
     if se is None or units < 2:
         return mean, mean
     half = float(sps.t.ppf(1 - alpha / 2, units - 1)) * se
@@ -107,20 +138,16 @@ def mean_ci(d: np.ndarray, clusters: Sequence[str] | None, settings: StatsSettin
     percentile bootstrap excludes 0 in up to 13% of data sets at alpha 0.05; this interval
     stays at 4-5.5%. The seeded bootstrap stays available (ci='bootstrap').
     """
-    index = _cluster_index(clusters, len(d)) if _repeats(clusters, len(d)) else None
-    units = len(d) if index is None else int(index.max()) + 1
-    if settings.ci == "bootstrap" and units >= SMALL_N:
-        lo, hi = bootstrap_ci(d, clusters if index is not None else None, settings.resamples, settings.seed,
-                              settings.alpha)
+    clustered = _repeats(clusters, len(d))
+    spread = interval_spread(d, clusters)
+    if settings.ci == "bootstrap" and spread.units >= SMALL_N:
+        lo, hi = bootstrap_ci(d, clusters if clustered else None, settings.resamples, settings.seed, settings.alpha)
         return lo, hi, f"expanded percentile bootstrap, {settings.resamples} resamples of " + (
-            "clusters" if index is not None else "items")
-    if index is None:
-        lo, hi = t_interval(d, settings.alpha)
-        return lo, hi, f"t interval ({units} items)"
-    se, _ = standard_error(d, clusters)
-    se = None if se is None else se * np.sqrt(units / (units - 1))
-    lo, hi = _t_interval(float(d.mean()), se, units, settings.alpha)
-    return lo, hi, f"t interval, cluster-robust SE ({units} clusters)"
+            "clusters" if clustered else "items")
+    lo, hi = t_interval_from(float(d.mean()), spread.se, spread.units, settings.alpha)
+    if not clustered:
+        return lo, hi, f"t interval ({spread.units} items)"
+    return lo, hi, f"t interval, cluster-robust SE ({spread.units} clusters)"
 
 
 def _repeats(clusters: Sequence[str] | None, n: int) -> bool:
@@ -241,9 +268,19 @@ def z_sum(alpha: float, power: float) -> float:
     return float(sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power))
 
 
-def minimum_detectable_effect(se: float | None, alpha: float, power: float) -> float | None:
-    """The smallest true difference this test finds with the given power: (z_{1-a/2} + z_{1-b}) SE."""
-    return None if se is None else z_sum(alpha, power) * se
+def t_sum(alpha: float, power: float, df: int) -> float:
+    return float(sps.t.ppf(1 - alpha / 2, df) + sps.t.ppf(power, df))
+
+
+def minimum_detectable_effect(spread: Spread, alpha: float, power: float) -> float | None:
+    """The smallest true difference this test finds with the given power:
+    (t_{1-a/2, df} + t_{1-b, df}) SE, on the SE and degrees of freedom of the effect's t interval
+    (whose half-width is t_{1-a/2, df} SE). With z in place of t and the SE without CR1's factor,
+    a 3-cluster effect claimed 'no change larger than 2.98' beside a CI of [-3.24, 7.95]."""
+    if not spread.testable:
+        return None
+    assert spread.se is not None
+    return t_sum(alpha, power, spread.units - 1) * spread.se
 
 
 def items_needed(var_d: float, delta: float, alpha: float = 0.05, power: float = 0.8) -> int:
@@ -273,22 +310,28 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 
 @dataclass(frozen=True)
 class PairedResult:
+    """One paired comparison. Below 2 units (items, or clusters) there is no spread to test a
+    difference against: `p_value` and the CI are None and `untestable` says why."""
+
     n: int
     reference_mean: float
     subject_mean: float
     mean_diff: float
     se: float | None
     se_kind: str
-    ci_low: float
-    ci_high: float
+    ci_low: float | None
+    ci_high: float | None
     ci_method: str
-    p_value: float
+    p_value: float | None
     test: str
     effect_size: float | None
     effect_size_kind: str
     mde: float | None
     d_z: float | None
     """Cohen's d_z over the item differences, whatever the test: the common scale for heatmaps."""
+    units: int
+    """Items, or clusters when items share them: what the test and the interval count."""
+    untestable: str | None = None
 
 
 def _test_differences(d: np.ndarray, settings: StatsSettings) -> tuple[float, float | None, str, str]:
@@ -304,14 +347,17 @@ def _test_differences(d: np.ndarray, settings: StatsSettings) -> tuple[float, fl
 
 def _result(ref: np.ndarray, sub: np.ndarray, d: np.ndarray, clusters: Sequence[str] | None,
             settings: StatsSettings, p: float, size: float | None, size_kind: str, test: str) -> PairedResult:
-    se, se_kind = standard_error(d, clusters)
+    spread = interval_spread(d, clusters)
+    common: dict[str, Any] = dict(n=len(d), reference_mean=float(ref.mean()), subject_mean=float(sub.mean()),
+                  mean_diff=float(d.mean()), se=spread.se, se_kind=spread.kind, test=test, effect_size=size,
+                  effect_size_kind=size_kind, d_z=cohens_dz(d), units=spread.units)
+    if spread.units < 2:
+        unit = "cluster" if spread.kind.startswith("clustered") else "item"
+        return PairedResult(**common, ci_low=None, ci_high=None, ci_method="none", p_value=None, mde=None,
+                            untestable=f"1 {unit}: no spread to test a difference against")
     lo, hi, ci_method = mean_ci(d, clusters, settings)
-    return PairedResult(
-        n=len(d), reference_mean=float(ref.mean()), subject_mean=float(sub.mean()), mean_diff=float(d.mean()),
-        se=se, se_kind=se_kind, ci_low=lo, ci_high=hi, ci_method=ci_method, p_value=p, test=test,
-        effect_size=size, effect_size_kind=size_kind, mde=minimum_detectable_effect(se, settings.alpha, settings.power),
-        d_z=cohens_dz(d),
-    )
+    return PairedResult(**common, ci_low=lo, ci_high=hi, ci_method=ci_method, p_value=p,
+                        mde=minimum_detectable_effect(spread, settings.alpha, settings.power))
 
 
 def compare_continuous(reference: ArrayLike, subject: ArrayLike,

@@ -22,6 +22,19 @@ from evalkit.engine.packing import Pack, build_packs, forward_packs, forward_row
 
 log = logging.getLogger("evalkit")
 
+
+class _AccountedFor(logging.Filter):
+    """lm-eval warns when it is handed a loaded model instead of a name. evalkit does that on
+    purpose: it attaches adapters itself and records which one is active in every run record."""
+
+    WARNINGS = ("`pretrained` model kwarg is not of type `str`", "Passed an already-initialized model")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.WARNINGS)
+
+
+logging.getLogger("lm_eval.models.huggingface").addFilter(_AccountedFor())
+
 # Per (model class, attention implementation, dtype): did packed scoring match unpacked scoring?
 _PACKING_VERIFIED: dict[tuple[str, str, str], bool] = {}
 

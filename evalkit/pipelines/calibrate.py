@@ -40,7 +40,8 @@ def null_subjects(base: Base, suites: list[LoadedSuite], work: Path, settings: R
     for label, record in zip(("base vs itself", "untrained LoRA (B = 0)"), records):
         identical = all(i.reference == i.subject for i in record.items)
         figures = {"effects": len(record.effects), "significant": sum(e.significant for e in record.effects),
-                   "min_p": min(e.p_value for e in record.effects), "items_identical": identical}
+                   "min_p": min((e.p_value for e in record.effects if e.p_value is not None), default=1.0),
+                   "items_identical": identical}
         figures["ok"] = figures["significant"] == 0 and figures["min_p"] == 1.0 and identical
         log(f"{'ok ' if figures['ok'] else 'FAIL'} {label:24s} {figures['effects']} effects, "
             f"{figures['significant']} significant, smallest p {figures['min_p']:.3f}, "

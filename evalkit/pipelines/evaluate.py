@@ -34,6 +34,30 @@ def base_of(adapters: list[Subject]) -> Path:
     return Path(paths.pop())
 
 
+def name_apart(subjects: list[Subject]) -> None:
+    """Give every subject a distinct name (its run id and report folder): the folder name, or,
+    where folders share one, as many trailing path parts as tell them apart (a/share, b/share ->
+    a-share, b-share). The same folder given twice is refused."""
+    seen: dict[Path, Subject] = {}
+    for s in subjects:
+        if s.path in seen:
+            raise EvalkitError("this model is given twice", where=str(s.path))
+        seen[s.path] = s
+    by_name: dict[str, list[Subject]] = {}
+    for s in subjects:
+        by_name.setdefault(s.name, []).append(s)
+    for same in (group for group in by_name.values() if len(group) > 1):
+        for depth in range(2, max(len(s.path.parts) for s in same) + 1):
+            names = ["-".join(s.path.parts[-depth:]).lstrip("/-") for s in same]
+            if len(set(names)) == len(names):
+                break
+        for s, name in zip(same, names):
+            s.name = name
+    if len({s.name for s in subjects}) < len(subjects):
+        raise EvalkitError("two subjects would write the same report folder; rename one",
+                           where=", ".join(str(s.path) for s in subjects))
+
+
 def reference_subject(path: Path) -> Subject:
     """A reference is a checkpoint when it is a full model folder, else an adapter."""
     return checkpoint_subject(path) if (path / "config.json").is_file() else adapter_subject(path)
@@ -47,6 +71,7 @@ def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[P
         raise EvalkitError("give at least one --adapter or --checkpoint")
     suites = load_suites(suite_paths)
     subjects = [*(adapter_subject(a) for a in adapters), *(checkpoint_subject(c) for c in checkpoints)]
+    name_apart(subjects)
     ref_subject = reference_subject(reference) if reference is not None else None
     if base_dir is None:
         with_manifest = [s for s in subjects if s.kind == "adapter"]

@@ -13,5 +13,7 @@ def num(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def pval(x: float) -> str:
+def pval(x: float | None) -> str:
+    if x is None:
+        return "—"
     return "<0.001" if x < 0.001 else f"{x:.3f}"

@@ -97,7 +97,7 @@ def _increment_row(label: str, record: RunRecord, link: str) -> dict[str, Any]:
     for kind, metric in KEY_METRICS:
         e = next((e for e in record.effects if e.metric == metric and e.scope in ("suite", "groups")
                   and kinds.get(e.suite) == kind), None)
-        cells.append({"text": "" if e is None else f"{e.mean_diff:+.3f} [{e.ci_low:+.3f}, {e.ci_high:+.3f}]"
+        cells.append({"text": "" if e is None else f"{e.mean_diff:+.3f} [{num(e.ci_low)}, {num(e.ci_high)}]"
                       + (" *" if e.significant else ""),
                       "colour": charts.diverging_colour(e.d_z if e else None, 2.0)})
     clusters = sorted((e for e in record.effects if e.scope.startswith("cluster:") and e.significant),

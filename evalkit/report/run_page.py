@@ -18,6 +18,8 @@ from evalkit.report.render import render_page, write_page
 
 
 def _reading(e: Effect) -> str:
+    if e.untestable:
+        return f"untestable: {e.untestable}"
     if e.significant and e.within_seed_noise:
         return f"significant, but within seed noise (spread {num(e.seed_spread)})"
     if e.significant:
@@ -34,7 +36,7 @@ def effect_row(e: Effect) -> dict[str, Any]:
         "mde": num(e.mde), "se_kind": e.se_kind, "test": e.test, "significant": e.significant,
         "direction": "up" if e.significant and e.mean_diff > 0 else "down" if e.significant else "",
         "arrow": "▲" if e.significant and e.mean_diff > 0 else "▼" if e.significant else "",
-        "noise": bool(e.within_seed_noise), "verdict": e.verdict or "", "reading": _reading(e),
+        "noise": bool(e.significant and e.within_seed_noise), "verdict": e.verdict or "", "reading": _reading(e),
     }
 
 
@@ -45,7 +47,8 @@ def _shift(item: ItemRecord, metric: str) -> float | None:
 
 def _item_sentence(item: ItemRecord, shift: float) -> str:
     if item.kind == "continuation":
-        return (f"{item.item_id}: the generation moved {num(shift, 2)} nats/token of KL from the reference's: "
+        return (f"{item.suite}/{item.item_id}: the generation moved {num(shift, 2)} nats/token of KL "
+                f"from the reference's: "
                 f"“{item.reference['generation'].strip()[:70]}” → “{item.subject['generation'].strip()[:70]}”.")
     towards = item.options[0] if shift > 0 else item.options[int(item.reference.get("winner", 1)) or 1]
     flip = ""
@@ -53,7 +56,8 @@ def _item_sentence(item: ItemRecord, shift: float) -> str:
         flip = (f"; the choice flipped from “{item.options[int(item.reference['winner'])]}” to "
                 f"“{item.options[int(item.subject['winner'])]}”")
     where = f" ({item.cluster})" if item.cluster else ""
-    return f"{item.item_id}{where}: “{item.prompt}” moved {num(abs(shift), 2)} nats towards “{towards}”{flip}."
+    return (f"{item.suite}/{item.item_id}{where}: “{item.prompt}” moved {num(abs(shift), 2)} nats "
+            f"towards “{towards}”{flip}.")
 
 
 def changed_items(record: RunRecord, limit: int = 8) -> list[str]:
@@ -107,10 +111,10 @@ def tension_rows(record: RunRecord) -> list[dict[str, Any]]:
 def axis_forest(record: RunRecord) -> dict | None:
     rows = []
     for e in record.effects:
-        if e.verdict is None:
+        if e.verdict is None or e.ci_low is None or e.ci_high is None:
             continue
-        colour = {"new": "#b3261e", "amplified": "#c77700", "reversed": "#6a1b9a", "attenuated": "#1565c0"}.get(
-            e.verdict, "#5a6578")
+        colour = {"new": "#b3261e", "amplified": "#c77700", "reversed": "#6a1b9a", "attenuated": "#1565c0",
+                  "shifted": "#2e7d32"}.get(e.verdict, "#5a6578")
         rows.append({"label": f"{e.suite}: {e.scope.removeprefix('cluster:')}", "shift": e.mean_diff,
                      "lo": e.ci_low, "hi": e.ci_high, "ref_mean": e.reference_mean,
                      "ref_lo": e.reference_ci_low, "ref_hi": e.reference_ci_high, "colour": colour,
@@ -194,6 +198,11 @@ def run_view(record: RunRecord) -> dict[str, Any]:
         "verdicts": [e for e in effects if e["scope"] in ("suite", "groups")],
         "breakdown": [e for e in effects if e["scope"].startswith("cluster:")],
         "n_significant": sum(e.significant for e in record.effects), "n_effects": len(record.effects),
+        "nothing_changed": ("No effect is significant beyond seed noise." if record.seed_siblings
+                            else "No effect is significant."),
+        "tost_label": f"{(1 - 2 * record.stats.alpha) * 100:g}%",
+        "neutral_margin": (f"{record.stats.neutral_margin:g}" if record.stats.neutral_margin is not None
+                           else "? (a version-1 record: its verdicts called any reference whose CI covered 0 neutral)"),
         "siblings": ", ".join(record.seed_siblings),
         "changed_effects": changed_effects(record), "changed_items": changed_items(record),
         "tension": tension_rows(record), "forest": axis_forest(record),
