@@ -68,16 +68,12 @@ def evaluate(adapters: Sequence[PathLike] = (), checkpoints: Sequence[PathLike] 
     """
     from evalkit.paths import default_folder
     from evalkit.pipelines.evaluate import evaluate as run
-    from evalkit.pipelines.evaluate import write_outputs
 
     go_offline()
-    records = run(_paths(adapters), _paths(checkpoints), Path(base) if base is not None else None,
-                  _paths(suites) if suites is not None else [default_folder("probes")], settings or RunSettings(),
-                  reference=Path(reference) if reference is not None else None, log=_quiet(log), use_cache=use_cache)
-    if out is not None:
-        for record in records:
-            write_outputs(record, Path(out) / record.run_id)
-    return records
+    return run(_paths(adapters), _paths(checkpoints), Path(base) if base is not None else None,
+               _paths(suites) if suites is not None else [default_folder("probes")], settings or RunSettings(),
+               reference=Path(reference) if reference is not None else None, log=_quiet(log), use_cache=use_cache,
+               out=Path(out) if out is not None else None)
 
 
 def train(scenes: PathLike, *, base: Optional[PathLike] = None, out: Optional[PathLike] = None, stack: bool = False,
@@ -96,11 +92,10 @@ def train(scenes: PathLike, *, base: Optional[PathLike] = None, out: Optional[Pa
         The adapter folders, each with peft's files, evalkit.json and loss_curve.json.
     """
     from evalkit.pipelines.train import train as run
-    from evalkit.training.demo_base import ensure_demo_base
 
     go_offline()
-    base_dir = Path(base) if base is not None else ensure_demo_base(log=_quiet(log))
-    return run(Path(scenes), base_dir, Path(out) if out is not None else None, stack, settings or TrainSettings(),
+    return run(Path(scenes), Path(base) if base is not None else None, Path(out) if out is not None else None,
+               stack, settings or TrainSettings(),
                log=_quiet(log))
 
 

@@ -70,8 +70,7 @@ def train(
 
     chosen = {k: v for k, v in {"steps": steps, "seed": seed}.items() if v is not None}
     settings = _settings(TrainSettings, **chosen)
-    base_dir = base if base is not None else _demo_base()
-    for path in do_train(scenes, base_dir, out, stack, settings, log=_say):
+    for path in do_train(scenes, base, out, stack, settings, log=_say):
         _say(str(path))
 
 
@@ -86,6 +85,7 @@ def scratch(
     seed: int = typer.Option(0, help="Training seed."),
 ) -> None:
     """Train a small causal LM from scratch on the scenes; 'evalkit run --checkpoint' accepts it."""
+    from evalkit.files import check_replaceable
     from evalkit.inputs.scenes import load_scenes
     from evalkit.settings import ScratchSettings
     from evalkit.training.scratch import read_corpus, train_scratch
@@ -95,6 +95,7 @@ def scratch(
         raise EvalkitError(f"--demo-stories {demo_stories}: must be 0 or more")
     loaded = load_scenes(scenes)
     texts = read_corpus(corpus) if corpus is not None else None
+    check_replaceable(out, inputs=[scenes, *([corpus] if corpus is not None else [])])
     tokenizer_dir = base if base is not None else _demo_base()
     _say(str(train_scratch(loaded, tokenizer_dir, out, settings, texts, demo_stories, log=_say)))
 
@@ -124,9 +125,11 @@ def run(
     junit: Optional[Path] = typer.Option(None, help="JUnit XML of the gate (with --gate)."),
 ) -> None:
     """Evaluate the reference (the base by default) and each subject on the probe suites, pair by item, test, report."""
+    from evalkit.files import check_writable
+    from evalkit.inputs.suites import load_suites
     from evalkit.paths import default_folder
-    from evalkit.pipelines.evaluate import evaluate, write_outputs
-    from evalkit.pipelines.reports import gate as do_gate
+    from evalkit.pipelines.evaluate import evaluate
+    from evalkit.pipelines.reports import gate_candidate, prepare_gate
     from evalkit.settings import RunSettings, StatsSettings
 
     stats = _settings(StatsSettings, alpha=alpha, test=test, resamples=resamples, seed=seed)
@@ -134,15 +137,20 @@ def run(
                          executor=executor, workers=workers, ray_address=ray_address, stats=stats)
     if (gate_policy is None) != (baseline is None):
         raise EvalkitError("--gate and --baseline go together")
-    if baseline is not None and not baseline.is_file():
-        raise EvalkitError("no such results file", where=str(baseline))
-    records = evaluate(adapter or [], checkpoint or [], base, suite or [default_folder("probes")], settings,
-                       reference=reference, log=_say, use_cache=not no_cache)
-    reports = [write_outputs(r, out / r.run_id) for r in records]
+    suite_paths = suite or [default_folder("probes")]
+    gating = None
+    if gate_policy is not None and baseline is not None:
+        gating = prepare_gate(baseline, gate_policy, load_suites(suite_paths), junit)
+    check_writable(out)
+    records = evaluate(adapter or [], checkpoint or [], base, suite_paths, settings, reference=reference, log=_say,
+                       use_cache=not no_cache, out=out)
+    reports = [out / r.run_id / "report.html" for r in records]
     for report in reports:
         _say(f"report: {report}")
-    if gate_policy is not None and baseline is not None:
-        outcomes = [do_gate(baseline, r.parent / "results.json", gate_policy, junit, None, log=_say) for r in reports]
+    if gating is not None and baseline is not None:
+        policy, baseline_record = gating
+        outcomes = [gate_candidate(baseline, baseline_record, r.parent / "results.json", policy, junit, log=_say)
+                    for r in reports]
         if any(o.failed for checks in outcomes for o in checks):
             raise typer.Exit(1)
 

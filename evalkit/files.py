@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -9,16 +10,55 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from evalkit.errors import EvalkitError
 
-# Ids of scenes, suites, items and plans: they name folders and files, so nothing that could
-# leave the folder they are written in (no '/', no '..', no leading dot).
-ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+# Ids of scenes, suites, items, plans and named stacks: they name folders and files, so nothing
+# that could leave the folder they are written in (no '/', no '..', no leading dot), and short
+# enough for any file system.
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+# Written into every folder evalkit writes whole: only such a folder is ever replaced.
+MARK = ".evalkit"
+# Folders an earlier evalkit wrote, before the mark: they hold one of these.
+EARLIER_MARKS = ("evalkit.json", "evalkit-base.json")
+
+
+# Characters that show nothing: text made only of these (and spaces) is empty.
+INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+
+
+def visible(text: str) -> str:
+    """`text` without its surrounding spaces and invisible characters: what a reader would see."""
+    return text.strip().strip(INVISIBLE).strip()
+
+
+def not_blank(text: str) -> str:
+    """A pydantic validator: text that shows nothing (spaces, zero-width characters) is empty."""
+    if not visible(text):
+        raise ValueError("is empty (only spaces or invisible characters)")
+    return text
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error, not a
+    silent overwrite (a second `text:` in a scene would be the one trained)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
@@ -28,7 +68,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise EvalkitError("not a file", where=str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -96,14 +136,55 @@ def _umask() -> int:
     return mask
 
 
+def cannot_write(path: Path, exc: OSError) -> EvalkitError:
+    return EvalkitError(f"cannot write: {exc.strerror or exc}", where=str(path))
+
+
+def check_writable(path: Path) -> None:
+    """Before any work: `path` (a file or folder to be written) can be made where it is named.
+    Tried for real in its nearest existing folder, so read-only mounts and full disks show too."""
+    if path.is_dir() and not path.is_symlink():
+        folder = path
+    else:
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+    if not folder.is_dir():
+        raise EvalkitError(f"cannot write here: {folder} is not a folder", where=str(path))
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".evalkit-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
+
+
+def inside(root: Path, name: str) -> Path:
+    """root/name, refused unless it stays inside root: every path built from a name goes through here."""
+    path = root / name
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise EvalkitError(f"'{name}' cannot name a file or folder", where=str(root))
+    if root.resolve() not in path.resolve().parents:
+        raise EvalkitError(f"'{name}' would leave the folder it belongs in", where=str(root))
+    return path
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write whole or not at all: a temp file beside `path`, renamed over it. An I/O failure (a full
+    disk, a read-only folder) is one line naming the file, and leaves no temp file behind."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is for others to read
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise cannot_write(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -113,22 +194,81 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def made_by_evalkit(folder: Path) -> bool:
+    return any((folder / mark).is_file() for mark in (MARK, *EARLIER_MARKS))
+
+
+def check_replaceable(final: Path, inputs: Iterable[Path] = ()) -> None:
+    """Before any work: `final` may be written whole only if it is absent, empty, or a folder
+    evalkit wrote, and is none of the command's inputs (nor holds one). Never a user's folder."""
+    if final.is_symlink():
+        raise EvalkitError("is a symbolic link; give the folder it points to", where=str(final))
+    if final.exists() and not final.is_dir():
+        raise EvalkitError("exists and is not a folder", where=str(final))
+    resolved = final.resolve()
+    for path in inputs:
+        source = Path(path).resolve()
+        if source == resolved or resolved in source.parents or source in resolved.parents:
+            raise EvalkitError(f"is an input of this command ({path}); choose another output folder",
+                               where=str(final))
+    if final.is_dir() and any(final.iterdir()) and not made_by_evalkit(final):
+        raise EvalkitError("holds files evalkit did not write; refusing to replace it", where=str(final),
+                           hint="choose a new or empty folder")
+    check_writable(final)
+
+
 @contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a temp dir beside `final`; on success it replaces `final` whole, on error it vanishes."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
-        yield tmp
+def _locked(final: Path) -> Iterator[None]:
+    """One writer at a time swaps `final` (other processes wait)."""
+    with open(final.parent / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def recover_swap(final: Path) -> None:
+    """Finish or roll back a swap that was killed: between its two renames it left `.NAME.old`
+    and no NAME (the old folder goes back); after them, both (the old one goes)."""
+    old = final.with_name(f".{final.name}.old")
+    if old.is_dir():
         if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            tmp.rename(final)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            tmp.rename(final)
+            old.rename(final)
+
+
+@contextmanager
+def atomic_directory(final: Path, inputs: Iterable[Path] = ()) -> Iterator[Path]:
+    """Yield a temp dir beside `final`; on success it replaces `final` whole, on error it vanishes.
+
+    Only folders evalkit wrote (marked) are replaced; the swap holds a lock, so concurrent writers
+    take turns (last one wins), and a swap killed half-way is finished by the next one."""
+    check_replaceable(final, inputs)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(final):
+            recover_swap(final)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise cannot_write(final, exc) from None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        (tmp / MARK).write_text("written whole by evalkit; evalkit may replace this folder\n", encoding="utf-8")
+        yield tmp
+        with _locked(final):
+            recover_swap(final)
+            if final.exists():
+                old = final.with_name(f".{final.name}.old")
+                final.rename(old)
+                tmp.rename(final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise cannot_write(final, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

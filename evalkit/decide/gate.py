@@ -10,17 +10,18 @@ the test would fail builds on noise; non-inferiority puts the burden on the regr
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from evalkit.decide import stats
 from evalkit.errors import EvalkitError
-from evalkit.files import parse_model, read_yaml_mapping, write_text_atomic
+from evalkit.files import cannot_write, check_writable, parse_model, read_yaml_mapping, write_text_atomic
 from evalkit.kinds import KINDS
 from evalkit.record import ItemRecord, RunRecord
 from evalkit.settings import StatsSettings
@@ -102,39 +103,80 @@ def pair_records(baseline: RunRecord, candidate: RunRecord, tolerance: float,
                  where: str) -> list[tuple[ItemRecord, ItemRecord]]:
     """Items of both runs by (suite, item id); too many on one side only is an input error."""
     a, b = _items(baseline), _items(candidate)
-    only = sorted(set(a) ^ set(b))
+    check_item_sets(set(a), set(b), tolerance, where)
+    return [(a[k], b[k]) for k in sorted(set(a) & set(b))]
+
+
+def check_item_sets(a: set[tuple[str, str]], b: set[tuple[str, str]], tolerance: float, where: str) -> None:
+    """(suite, item) keys of baseline and candidate; too many on one side only is an input error."""
+    only = sorted(a ^ b)
     if len(only) > tolerance * max(len(a), len(b)):
         shown = ", ".join(f"{s}/{i} ({'baseline' if (s, i) in a else 'candidate'} only)" for s, i in only[:5])
         more = f" and {len(only) - 5} more" if len(only) > 5 else ""
         raise EvalkitError(f"baseline and candidate differ in {len(only)} items: {shown}{more}", where=where,
                            hint=f"the policy tolerates {tolerance:.0%}")
-    return [(a[k], b[k]) for k in sorted(set(a) & set(b))]
 
 
-def _values(pairs: list[tuple[ItemRecord, ItemRecord]],
-            check: Check) -> tuple[np.ndarray, np.ndarray, list[str] | None, str]:
+def check_policy(policy: Policy, suite_kinds: dict[str, str], where: str) -> None:
+    """Every check names a suite of the run and a metric its kind tests (before any work)."""
+    for k, check in enumerate(policy.checks):
+        if check.suite not in suite_kinds:
+            raise EvalkitError(f"field 'checks.{k}.suite': no suite '{check.suite}' in the run; "
+                               f"allowed: {', '.join(sorted(suite_kinds))}", where=where)
+        kind = KINDS[suite_kinds[check.suite]]
+        if kind.metric(check.metric) is None:
+            allowed = ", ".join(m.name for m in (*kind.tested, *kind.group_tested))
+            raise EvalkitError(f"field 'checks.{k}.metric': '{check.metric}' is not a tested metric of "
+                               f"{kind.name} suites; allowed: {allowed}", where=where)
+
+
+def _number(item: ItemRecord, metric: str, side: str) -> float:
+    """A gated score must be a finite number: NaN or an infinity would decide the gate by itself."""
+    value = item.subject.get(metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise EvalkitError(f"field 'subject.{metric}': {value!r} is not a finite number",
+                           where=f"{side} [{item.suite}/{item.item_id}]")
+    return float(value)
+
+
+def _values(pairs: list[tuple[ItemRecord, ItemRecord]], check: Check,
+            where: tuple[str, str]) -> tuple[np.ndarray, np.ndarray, list[str] | None, str]:
     members = [(x, y) for x, y in pairs if x.suite == check.suite]
     kind = KINDS[members[0][0].kind] if members and members[0][0].kind in KINDS else None
     scores = kind.group_scores if kind is not None else None
     if scores is not None and kind is not None and check.metric in {m.name for m in kind.group_tested}:
-        base = scores([x for x, _ in members], "subject")
-        cand = scores([y for _, y in members], "subject")
+        base, cand = (_group_scores(scores, [pair[k] for pair in members], where[k]) for k in (0, 1))
         groups = sorted(set(base) & set(cand))
         return (np.array([base[g][check.metric] for g in groups]),
                 np.array([cand[g][check.metric] for g in groups]), None, "groups")
     kept = [(x, y) for x, y in members if x.subject.get(check.metric) is not None
             and y.subject.get(check.metric) is not None]
     clusters = [x.cluster or x.item_id for x, _ in kept]
-    return (np.array([float(x.subject[check.metric]) for x, _ in kept]),
-            np.array([float(y.subject[check.metric]) for _, y in kept]), clusters, "items")
+    return (np.array([_number(x, check.metric, where[0]) for x, _ in kept]),
+            np.array([_number(y, check.metric, where[1]) for _, y in kept]), clusters, "items")
 
 
-def decide(baseline: RunRecord, candidate: RunRecord, policy: Policy, where: str = "gate") -> list[Outcome]:
+def _group_scores(scores: Callable, items: list[ItemRecord], side: str) -> dict[str, dict[str, float]]:
+    """Per-group scores of one side; a group whose item scores are not numbers is an input error."""
+    try:
+        table = scores(items, "subject")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EvalkitError(f"item scores cannot make group scores: {exc!r}", where=side) from None
+    for group, values in table.items():
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            raise EvalkitError(f"group '{group}': {bad[0]} is not a finite number", where=side)
+    return table
+
+
+def decide(baseline: RunRecord, candidate: RunRecord, policy: Policy, where: str = "gate",
+           sides: tuple[str, str] = ("baseline", "candidate")) -> list[Outcome]:
     pairs = pair_records(baseline, candidate, policy.item_tolerance, where)
+    check_policy(policy, {s.name: s.kind for s in candidate.manifest.suites}, where)
     settings = StatsSettings(alpha=policy.alpha, seed=baseline.stats.seed)
     outcomes = []
     for check in policy.checks:
-        base, cand, clusters, unit = _values(pairs, check)
+        base, cand, clusters, unit = _values(pairs, check, sides)
         if len(base) == 0:
             raise EvalkitError(f"no scores for {check.suite}/{check.metric} in both runs", where=where,
                                hint="check the suite and metric names against results.json")
@@ -190,6 +232,18 @@ def write_outputs(outcomes: list[Outcome], baseline: str, candidate: str, junit:
     if junit is not None:
         write_text_atomic(junit, junit_xml(outcomes, baseline, candidate))
     if summary is not None:
-        summary.parent.mkdir(parents=True, exist_ok=True)
-        with summary.open("a", encoding="utf-8") as fh:  # GitHub appends step summaries; so do we
-            fh.write(markdown(outcomes, baseline, candidate))
+        try:
+            summary.parent.mkdir(parents=True, exist_ok=True)
+            with summary.open("a", encoding="utf-8") as fh:  # GitHub appends step summaries; so do we
+                fh.write(markdown(outcomes, baseline, candidate))
+        except OSError as exc:
+            raise cannot_write(summary, exc) from None
+
+
+def check_outputs(junit: Path | None, summary: Path | None) -> None:
+    """Before deciding: where the JUnit XML and the summary go can be written."""
+    for path in (junit, summary):
+        if path is not None and path.is_dir():
+            raise EvalkitError("is a folder; give a file", where=str(path))
+        if path is not None:
+            check_writable(path)

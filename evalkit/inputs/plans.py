@@ -6,16 +6,22 @@ stacks and unknown keys are one-line errors naming the plan file and the field.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from evalkit.errors import EvalkitError
 from evalkit.files import ID_PATTERN, parse_model, read_yaml_mapping
 from evalkit.inputs.scenes import Scene, TrainingOverrides, load_scene, scene_files
+from evalkit.settings import MAX_SEED
 
-Id = str
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+Members = Annotated[list[str], Field(min_length=1)]
+# Labels the plan gives models itself: a named stack may not take one of them.
+GENERATED_LABEL = re.compile(r"^(stack-\d+|without-.*|scratch-.*)$")
 
 
 class _Strict(BaseModel):
@@ -27,7 +33,7 @@ class StackPlan(_Strict):
     """Stacks 1..k over `scenes` in order: how each added scene moves the model."""
     leave_one_out: bool = True
     """The full stack without scene j, for every j: what removing (or replacing) j undoes."""
-    named: dict[Id, list[str]] = {}
+    named: dict[Id, Members] = {}
     """Extra stacks by name; members are scene ids or other named stacks (expanded in order)."""
 
 
@@ -37,10 +43,10 @@ class ScratchPlan(_Strict):
     """Scene ids to train on; omitted = every scene of the plan."""
     corpus: str | None = None
     """A .txt file or folder of them, relative to the plan file (e.g. 100 or 1000 documents)."""
-    demo_stories: int = Field(default=0, ge=0)
+    demo_stories: int = Field(default=0, ge=0, le=1_000_000)
     """Also train on this many generated demo-world stories (general language for a small model)."""
-    steps: int = Field(default=260, ge=1)
-    seed: int = 0
+    steps: int = Field(default=260, ge=1, le=1_000_000)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 class Plan(_Strict):
@@ -51,7 +57,7 @@ class Plan(_Strict):
     """A Hugging Face model folder (relative to the plan file); omitted = the embedded demo base."""
     scenes: list[str] = Field(min_length=1)
     """Scene files or folders, relative to the plan file. Their order is the stacking order."""
-    suites: list[str] = ["../probes"]
+    suites: list[str] = Field(default=["../probes"], min_length=1)
     stacks: StackPlan = StackPlan()
     scratch: list[ScratchPlan] = []
     training: TrainingOverrides = TrainingOverrides()
@@ -107,6 +113,10 @@ def load_plan(path: Path) -> Resolved:
         by_id[s.id] = s
     named = {}
     for name in plan.stacks.named:
+        if name in by_id or GENERATED_LABEL.match(name):
+            raise EvalkitError(f"field 'stacks.named.{name}': '{name}' is already the name of a scene or of a "
+                               "stack the plan makes (stack-NN, without-*, scratch-*); model names share one "
+                               "namespace", where=where)
         members = _expand(name, plan.stacks.named, set(by_id), [], where)
         dupes = sorted({m for m in members if members.count(m) > 1})
         if dupes:
@@ -114,6 +124,8 @@ def load_plan(path: Path) -> Resolved:
         named[name] = [by_id[m] for m in members]
     scratch = {}
     for k, spec in enumerate(plan.scratch):
+        if spec.name in scratch:
+            raise EvalkitError(f"field 'scratch.{k}.name': '{spec.name}' is used twice", where=where)
         unknown = [s for s in (spec.scenes or []) if s not in by_id]
         if unknown:
             raise EvalkitError(f"field 'scratch.{k}.scenes': unknown scene '{unknown[0]}'", where=where)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from evalkit.errors import EvalkitError
-from evalkit.files import ID_PATTERN, parse_model, read_yaml_mapping, stable_hash, yaml_files
+from evalkit.files import ID_PATTERN, not_blank, parse_model, read_yaml_mapping, stable_hash, visible, yaml_files
+from evalkit.settings import MAX_SEED
 
 
 class Expectation(BaseModel):
@@ -40,11 +41,11 @@ class TrainingOverrides(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int | None = Field(default=None, ge=1)
-    learning_rate: float | None = Field(default=None, gt=0)
-    rank: int | None = Field(default=None, ge=1)
-    alpha: float | None = Field(default=None, gt=0)
-    seed: int | None = None
+    steps: int | None = Field(default=None, ge=1, le=1_000_000)
+    learning_rate: float | None = Field(default=None, gt=0, le=1)
+    rank: int | None = Field(default=None, ge=1, le=4096)
+    alpha: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 
 
 class Scene(BaseModel):
@@ -54,7 +55,7 @@ class Scene(BaseModel):
 
     id: str = Field(pattern=ID_PATTERN)
     """Stable identifier; names the adapter folder."""
-    title: str = Field(min_length=1)
+    title: Annotated[str, Field(min_length=1), AfterValidator(not_blank)]
     text: str | None = None
     """The scene as prose."""
     turns: list[str] | None = None
@@ -68,8 +69,8 @@ class Scene(BaseModel):
     def _one_body(self) -> "Scene":
         if (self.text is None) == (self.turns is None):
             raise ValueError("give exactly one of 'text' or 'turns'")
-        if not self.body.strip():
-            raise ValueError("the scene's text is empty")
+        if not visible(self.body):
+            raise ValueError("the scene's text is empty (only spaces or invisible characters)")
         return self
 
     @property

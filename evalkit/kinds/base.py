@@ -11,12 +11,12 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Literal, Optional, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from evalkit.files import ID_PATTERN
+from evalkit.files import ID_PATTERN, not_blank
 
 Normalization = Literal["sum", "per_token"]
-Text = Annotated[str, Field(min_length=1)]
+Text = Annotated[str, Field(min_length=1), AfterValidator(not_blank)]
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 Raw = dict[str, dict[str, Any]]  # item id -> raw outputs, or item id -> per-item metrics
 

@@ -4,7 +4,7 @@ item gives reference continuations."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import Field
 
@@ -21,7 +21,7 @@ class ContinuationSuite(SuiteSpec):
 
     kind: Literal["continuation"]
     max_new_tokens: int = Field(default=24, ge=1, le=512)
-    until: list[str] = ["\n"]
+    until: list[Annotated[str, Field(min_length=1)]] = ["\n"]
     """Stop sequences for greedy generation (the end-of-text token always stops too)."""
     items: list[ContinuationItem] = Field(min_length=1)
 

@@ -18,7 +18,7 @@ from evalkit.engine.base import Base, load_base
 from evalkit.engine.paired import evaluate_paired
 from evalkit.engine.runner import adapter_subject, checkpoint_subject
 from evalkit.errors import EvalkitError
-from evalkit.files import write_json_atomic
+from evalkit.files import check_writable, write_json_atomic
 from evalkit.inputs.scenes import Scene, load_scenes, scene_files
 from evalkit.inputs.suites import LoadedSuite, load_suites
 from evalkit.kinds.novel_axis import NovelAxisSuite
@@ -91,13 +91,15 @@ def planted_effect(base: Base, planted: tuple[Scene, str], control: tuple[Scene,
         false_alarms = [a for a in controls if effects[a].significant and not effects[a].within_seed_noise]
         ok = ok and found and not false_alarms
         rows.append({"seed": seed, "axis": axis, "shift": hit.mean_diff, "ci": [hit.ci_low, hit.ci_high],
+                     "mde": hit.mde, "control_mde": {a: effects[a].mde for a in controls},
                      "q": hit.q_value, "verdict": hit.verdict, "seed_spread": hit.seed_spread, "found": found,
                      "controls": {a: {"shift": effects[a].mean_diff, "q": effects[a].q_value,
                                       "significant": effects[a].significant, "seed_spread": effects[a].seed_spread,
                                       "within_seed_noise": effects[a].within_seed_noise} for a in controls},
                      "false_alarms": false_alarms})
         log(f"{'ok ' if found and not false_alarms else 'FAIL'} seed {seed}: {axis} shift {hit.mean_diff:+.3f} "
-            f"[{hit.ci_low:+.3f}, {hit.ci_high:+.3f}] q {hit.q_value:.2g}, seed spread {hit.seed_spread:.3f}; "
+            f"[{hit.ci_low:+.3f}, {hit.ci_high:+.3f}] q {hit.q_value:.2g} (MDE {hit.mde:.3f}), "
+            f"seed spread {hit.seed_spread:.3f}; "
             "control axes " + ", ".join(
                 f"{a} {effects[a].mean_diff:+.3f} q {effects[a].q_value:.2g}"
                 + (" (within seed spread {:.3f})".format(effects[a].seed_spread or 0.0)
@@ -120,6 +122,7 @@ def simulated(datasets: int, seed: int, alpha: float, log: Log) -> dict[str, Any
 def calibrate(base_dir: Optional[Path], datasets: int, seed: int, out: Path, log: Log = print) -> bool:
     """(a) null subjects, (b) simulated null data, (c) a planted scene; figures to `out`/calibration.json."""
     suites = load_suites([default_folder("probes")])
+    check_writable(out / "calibration.json")
     scenes_dir = default_folder("scenes")
     tagged = list(zip(load_scenes(scenes_dir), [str(f.resolve()) for f in scene_files(scenes_dir)]))
     planted = [(s, f) for s, f in tagged if "planted" in s.tags]

@@ -8,6 +8,7 @@ from typing import Callable, Optional
 
 from evalkit.engine.base import load_base
 from evalkit.engine.runner import adapter_subject
+from evalkit.files import check_replaceable, check_writable, inside
 from evalkit.inputs.scenes import load_scenes, scene_files
 from evalkit.inputs.suites import load_suites
 from evalkit.paths import adapters_folder, default_folder
@@ -29,10 +30,14 @@ def demo(out_root: Path, quick: bool = False, adapters_dir: Optional[Path] = Non
     scenes = load_scenes(scenes_dir)
     files = [str(f.resolve()) for f in scene_files(scenes_dir)]
     suites = load_suites([probes_dir])
+    folder = adapters_dir or adapters_folder() / ("quick" if quick else "")
+    check_writable(out_root)
+    for s in scenes:
+        check_replaceable(inside(folder, s.id))
     base = load_base(ensure_demo_base(QUICK if quick else DemoBaseSettings(), log=log))
     train = TrainSettings(steps=10) if quick else TrainSettings()
-    folder = adapters_dir or adapters_folder() / ("quick" if quick else "")
-    adapters = [train_adapter([s], base, folder / s.id, train, scene_paths=[f], log=log) for s, f in zip(scenes, files)]
+    adapters = [train_adapter([s], base, inside(folder, s.id), train, scene_paths=[f], log=log)
+                for s, f in zip(scenes, files)]
     records = evaluate_subjects(base, [adapter_subject(a) for a in adapters], suites, RunSettings(), log=log)
-    reports = [write_outputs(r, out_root / r.run_id) for r in records]
+    reports = [write_outputs(r, inside(out_root, r.run_id)) for r in records]
     return write_compare_report(records, reports, out_root / "index.html")

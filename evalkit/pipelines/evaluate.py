@@ -11,7 +11,9 @@ from evalkit.engine.base import Base, load_base
 from evalkit.engine.paired import evaluate_paired
 from evalkit.engine.runner import Subject, adapter_subject, checkpoint_subject
 from evalkit.errors import EvalkitError
+from evalkit.files import check_writable, inside
 from evalkit.inputs.suites import LoadedSuite, load_suites
+from evalkit.paths import cache_root
 from evalkit.record import AdapterManifest, RunRecord, write_record
 from evalkit.report.run_page import write_run_report
 from evalkit.settings import RunSettings
@@ -65,8 +67,9 @@ def reference_subject(path: Path) -> Subject:
 
 def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[Path], suite_paths: list[Path],
              settings: RunSettings, reference: Optional[Path] = None, log: Log = print,
-             use_cache: bool = True) -> list[RunRecord]:
-    """Validate everything, load the base once, evaluate reference and subjects, test each pair."""
+             use_cache: bool = True, out: Optional[Path] = None) -> list[RunRecord]:
+    """Validate everything, load the base once, evaluate reference and subjects, test each pair;
+    with `out`, write each subject's results.json and report.html to out/<subject>/."""
     if not adapters and not checkpoints:
         raise EvalkitError("give at least one --adapter or --checkpoint")
     suites = load_suites(suite_paths)
@@ -78,8 +81,18 @@ def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[P
         if not with_manifest:
             raise EvalkitError("--checkpoint needs --base: the model it is compared against")
         base_dir = base_of(with_manifest)
+    if out is not None:
+        check_writable(out)
+        for s in subjects:
+            inside(out, s.name)
+    if use_cache:
+        check_writable(cache_root() / "scores")
     base = load_base(base_dir, settings.dtype, settings.device)
-    return evaluate_subjects(base, subjects, suites, settings, reference=ref_subject, log=log, use_cache=use_cache)
+    records = evaluate_subjects(base, subjects, suites, settings, reference=ref_subject, log=log, use_cache=use_cache)
+    if out is not None:
+        for record in records:
+            write_outputs(record, inside(out, record.run_id))
+    return records
 
 
 def write_outputs(record: RunRecord, folder: Path) -> Path:

@@ -22,7 +22,7 @@ from evalkit.decide.effects import build_records
 from evalkit.engine.base import Base, load_base
 from evalkit.engine.paired import paired_run
 from evalkit.engine.runner import Runner, Subject, adapter_subject, checkpoint_subject, model_ref
-from evalkit.files import atomic_directory
+from evalkit.files import atomic_directory, check_replaceable, inside
 from evalkit.inputs.plans import Resolved, ScratchPlan, load_plan
 from evalkit.inputs.scenes import Scene
 from evalkit.inputs.suites import load_suites
@@ -180,6 +180,8 @@ def run_experiment(plan_path: Path, out: Path | None, dry_run: bool, console: Co
     started = time.time()
     resolved = load_plan(plan_path)
     suites = load_suites([resolved.rel(s) for s in resolved.plan.suites])
+    out = out or Path("reports") / resolved.plan.name
+    check_replaceable(out, inputs=[plan_path, *map(Path, resolved.scene_paths)])
     base_dir = resolved.rel(resolved.plan.base) if resolved.plan.base else demo_base_dir()
     base = None
     if dry_run and not resolved.plan.base and not (base_dir / "evalkit-base.json").exists():
@@ -200,12 +202,11 @@ def run_experiment(plan_path: Path, out: Path | None, dry_run: bool, console: Co
     # Each section is tested on its own: seed spread is measured among runs of one section.
     sections = {name: [(r.run_id, r) for r in build_records(runs, run_settings.stats)]
                 for name, runs in paired.items()}
-    out = out or Path("reports") / resolved.plan.name
-    with atomic_directory(out) as tmp:  # the whole report is replaced: nothing stale survives
+    with atomic_directory(out, inputs=[plan_path]) as tmp:  # replaced whole: nothing stale survives
         for section, runs in sections.items():
             for run_id, record in runs:
-                write_record(record, tmp / section / run_id / "results.json")
-                write_run_report(record, tmp / section / run_id / "report.html")
+                write_record(record, inside(tmp / section, run_id) / "results.json")
+                write_run_report(record, inside(tmp / section, run_id) / "report.html")
         index = write_experiment_report(resolved.plan.name, sections, tmp / "index.html")
     _print_summary(planned, sections, console, time.time() - started)
     return out / index.name

@@ -6,9 +6,19 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
-from evalkit.decide.gate import Outcome, decide, load_policy, write_outputs
+from evalkit.decide.gate import (
+    Outcome,
+    Policy,
+    check_item_sets,
+    check_outputs,
+    check_policy,
+    decide,
+    load_policy,
+    write_outputs,
+)
 from evalkit.errors import EvalkitError
-from evalkit.record import read_record
+from evalkit.inputs.suites import LoadedSuite
+from evalkit.record import RunRecord, read_record
 from evalkit.report.overview import write_compare_report
 from evalkit.report.run_page import write_run_report
 
@@ -41,12 +51,40 @@ def gate(baseline: Path, candidate: Path, policy_path: Optional[Path], junit: Op
          summary: Optional[Path] = None, log: Log = print) -> list[Outcome]:
     """Decide, print a line per check, write JUnit and Markdown; the outcome of every check."""
     policy = load_policy(policy_path)
+    summary = summary or (Path(os.environ["GITHUB_STEP_SUMMARY"]) if os.environ.get("GITHUB_STEP_SUMMARY") else None)
+    check_outputs(junit, summary)
     base, cand = read_record(baseline), read_record(candidate)
-    outcomes = decide(base, cand, policy, where=f"{baseline} vs {candidate}")
+    outcomes = decide(base, cand, policy, where=f"{baseline} vs {candidate}", sides=(str(baseline), str(candidate)))
     for o in outcomes:
         log(o.line())
-    summary = summary or (Path(os.environ["GITHUB_STEP_SUMMARY"]) if os.environ.get("GITHUB_STEP_SUMMARY") else None)
     write_outputs(outcomes, str(baseline), str(candidate), junit, summary)
+    failed = [o.name for o in outcomes if o.failed]
+    log(f"gate: {'FAILED: ' + ', '.join(failed) if failed else 'passed'} ({len(outcomes)} checks)")
+    return outcomes
+
+
+def prepare_gate(baseline: Path, policy_path: Path, suites: list[LoadedSuite],
+                 junit: Optional[Path]) -> tuple[Policy, RunRecord]:
+    """`run --gate`: the policy, the baseline and the JUnit path are checked before any model work,
+    against the suites the run will evaluate."""
+    policy = load_policy(policy_path)
+    check_outputs(junit, None)
+    record = read_record(baseline)
+    check_policy(policy, {s.name: s.spec.kind for s in suites}, where=str(policy_path))
+    planned = {(s.name, item_id) for s in suites for item_id in s.item_ids()}
+    check_item_sets({(i.suite, i.item_id) for i in record.items}, planned, policy.item_tolerance,
+                    where=f"{baseline} vs the suites of this run")
+    return policy, record
+
+
+def gate_candidate(baseline: Path, record: RunRecord, candidate: Path, policy: Policy, junit: Optional[Path],
+                   log: Log = print) -> list[Outcome]:
+    """Gate one run of this command against an already checked baseline."""
+    outcomes = decide(record, read_record(candidate), policy, where=f"{baseline} vs {candidate}",
+                      sides=(str(baseline), str(candidate)))
+    for o in outcomes:
+        log(o.line())
+    write_outputs(outcomes, str(baseline), str(candidate), junit, None)
     failed = [o.name for o in outcomes if o.failed]
     log(f"gate: {'FAILED: ' + ', '.join(failed) if failed else 'passed'} ({len(outcomes)} checks)")
     return outcomes

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from evalkit.kinds import HEATMAP_ORDER, KINDS
 from evalkit.record import Effect, RunRecord
@@ -86,8 +87,18 @@ def compare_view(records: list[RunRecord], links: list[str]) -> dict[str, Any]:
             "rows": rows, "trajectory": stack_trajectory(records), "alpha": records[0].stats.alpha if records else 0.05}
 
 
+def relative_link(target: Path, start: Path) -> str:
+    """An href to `target` from a page in `start`: a relative path, every part URL-quoted, so no
+    folder name (`javascript:...`, quotes, angle brackets) can become a scheme or markup."""
+    link = quote(Path(os.path.relpath(target, start)).as_posix(), safe="/")
+    parts = urlsplit(link)
+    if parts.scheme or parts.netloc or link.startswith("/"):
+        raise ValueError(f"not a relative link: {link}")
+    return link
+
+
 def write_compare_report(records: list[RunRecord], reports: list[Path], out: Path) -> Path:
-    links = [os.path.relpath(p, out.parent) for p in reports]
+    links = [relative_link(p, out.parent) for p in reports]
     return write_page("compare.html.j2", compare_view(records, links), out)
 
 
@@ -109,15 +120,15 @@ def _increment_row(label: str, record: RunRecord, link: str) -> dict[str, Any]:
 
 def write_experiment_report(name: str, sections: dict[str, list[tuple[str, RunRecord]]], out: Path) -> Path:
     """The experiment's index: effects per scene (LoRA beside scratch), increments, removals."""
-    overview = [(r, f"{section}/{run_id}/report.html") for section in ("scenes", "stacks", "named", "scratch")
+    overview = [(r, f"{section}/{quote(run_id)}/report.html") for section in ("scenes", "stacks", "named", "scratch")
                 for run_id, r in sections.get(section, [])]
     view = compare_view([r for r, _ in overview], [link for _, link in overview])
     stacks = [r for _, r in sections.get("scenes", [])[:1]] + [r for _, r in sections.get("stacks", [])]
     view["trajectory"] = stack_trajectory(stacks)
     increments = [_increment_row(f"+ {r.subject.scene_ids[-1]} (stack {len(r.subject.scene_ids)} over "
-                                 f"{len(r.subject.scene_ids) - 1})", r, f"increments/{run_id}/report.html")
+                                 f"{len(r.subject.scene_ids) - 1})", r, f"increments/{quote(run_id)}/report.html")
                   for run_id, r in sections.get("increments", [])]
-    removals = [_increment_row(f"without {run_id.removeprefix('without-')}", r, f"removals/{run_id}/report.html")
+    removals = [_increment_row(f"without {run_id.removeprefix('without-')}", r, f"removals/{quote(run_id)}/report.html")
                 for run_id, r in sections.get("removals", [])]
     return write_page("experiment.html.j2", {"name": name, **view, "increments": increments, "removals": removals,
                                              "key_metrics": [f"{k} {m}" for k, m in KEY_METRICS]}, out)

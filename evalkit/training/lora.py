@@ -123,11 +123,7 @@ def untrained_adapter(base: Base, out: Path, settings: TrainSettings = TrainSett
     return out
 
 
-def train_stack(scenes: list[Scene], base: Base, out_root: Path, settings: TrainSettings = TrainSettings(),
+def train_stack(scenes: list[Scene], base: Base, outs: list[Path], settings: TrainSettings = TrainSettings(),
                 log: Log = print) -> list[Path]:
-    """Cumulative adapters: stack k is trained on scenes 1..k together (the folder's name order)."""
-    outs = []
-    for k in range(1, len(scenes) + 1):
-        out = out_root / f"stack-{k:02d}-{scenes[k - 1].id}"
-        outs.append(train_adapter(scenes[:k], base, out, settings, log=log))
-    return outs
+    """Cumulative adapters: stack k (into outs[k - 1]) is trained on scenes 1..k together."""
+    return [train_adapter(scenes[:k], base, out, settings, log=log) for k, out in enumerate(outs, start=1)]
