@@ -163,7 +163,7 @@ def load_scenes(path: PathLike) -> list:
 
 def read_record(path: PathLike) -> RunRecord:
     """A results.json -> its `RunRecord` (schema and version checked)."""
-    from evalkit.record import read_record as read
+    from evalkit.pipelines.reports import read_record as read
 
     return read(Path(path))
 

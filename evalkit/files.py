@@ -87,13 +87,14 @@ def validation_error(path: Path, exc: ValidationError, item: str | None = None, 
     that `item` already names).
     """
     err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"][skip:]) or "(top level)"
+    field = ".".join(str(p) for p in err["loc"][skip:])
+    text = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         message = f"unknown field '{field}'"
     elif err["type"] == "missing":
         message = f"field '{field}' is required"
     else:
-        message = f"field '{field}': {err['msg']}"
+        message = f"field '{field}': {text}" if field else text
     where = f"{path} [{item}]" if item else str(path)
     more = len(exc.errors()) - 1
     return EvalkitError(message + (f" (and {more} more)" if more else ""), where=where)

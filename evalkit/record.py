@@ -197,9 +197,15 @@ def read_record(path: Path) -> RunRecord:
         raise EvalkitError(f"record version {data.get('version')!r} is not one of "
                            f"{', '.join(map(str, READABLE_VERSIONS))}", where=str(path))
     try:
-        return RunRecord.model_validate(data)
+        record = RunRecord.model_validate(data)
     except ValidationError as exc:
         raise validation_error(path, exc) from None
+    seen: set[tuple[str, str]] = set()
+    for item in record.items:
+        if (item.suite, item.item_id) in seen:
+            raise EvalkitError("field 'items': item given twice", where=f"{path} [{item.suite}/{item.item_id}]")
+        seen.add((item.suite, item.item_id))
+    return record
 
 
 # --- manifests of trained models --------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Bad input through the real command line, in-process (typer's CliRunner): one line on stderr
-naming the file (item, field), exit code 2, no traceback, nothing written. One row per case."""
+naming the file (item, field), exit code 2, no traceback, nothing written, no user file touched,
+nothing outside the named output. One row per case: adding a case is one line."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 
@@ -25,6 +27,27 @@ FILES = {
     "dupes.yaml": "suite: d\nkind: tension\nitems: [{id: a, prompt: P, options: [x, y]}, "
                   "{id: a, prompt: Q, options: [x, y]}]\n",
     "riddles.yaml": "suite: r\nkind: riddles\nitems: []\n",
+    "twice-text.yaml": "id: x\ntitle: T\ntext: one\ntext: two\n",
+    "twice-items.yaml": "suite: s\nkind: tension\nitems: [{id: a, prompt: P, options: [x, y]}]\nitems: []\n",
+    "zero-width.yaml": "id: x\ntitle: T\ntext: \"\\u200b\\u200b \\ufeff\"\n",
+    "lr-inf.yaml": "id: x\ntitle: T\ntext: hi\ntraining: {learning_rate: .inf}\n",
+    "seed-huge.yaml": "id: x\ntitle: T\ntext: hi\ntraining: {seed: 100000000000000000000000000}\n",
+    "blank-prompt.yaml": "suite: s\nkind: tension\nitems: [{id: a, prompt: ' ', options: [x, y]}]\n",
+    "empty-stop.yaml": "suite: s\nkind: continuation\nuntil: ['']\nitems: [{id: a, prompt: P}]\n",
+    "long-id.yaml": "id: " + "x" * 300 + "\ntitle: T\ntext: hi\n",
+    "policy-text-metric.yaml": "checks: [{suite: tension, metric: winner_name, worse: higher, margin: 0}]\n",
+    "policy-twice.yaml": "alpha: 0.05\nalpha: 0.5\nchecks: [{suite: tension, metric: entropy, worse: higher, margin: 0}]\n",
+    "policy-ok.yaml": "checks: [{suite: tension, metric: entropy, worse: higher, margin: 0.1}]\n",
+    "policy-other-suite.yaml": "checks: [{suite: consistency, metric: agreement, worse: lower, margin: 0}]\n",
+}
+
+PLAN = "name: p\nscenes: [{scenes}]\nsuites: [{tension}]\nstacks: {{cumulative: false, leave_one_out: false{named}}}\n"
+PLANS = {
+    "plan-traversal.yaml": ", named: {'../../../../x/baselines/scene3': [honesty]}",
+    "plan-absolute.yaml": ", named: {'/tmp/evil': [honesty]}",
+    "plan-reuses-scene-id.yaml": ", named: {honesty: [courage]}",
+    "plan-stack-label.yaml": ", named: {stack-02: [honesty]}",
+    "plan-empty-stack.yaml": ", named: {nothing: []}",
 }
 
 # (arguments, a fragment of the one error line). Placeholders: {tmp} the case's folder, {out} an
@@ -61,36 +84,171 @@ CASES = [
     ("run --adapter {adapter} --base {other} --suite {tension} --out {out}",
      "evalkit.json: field 'base.fingerprint': adapter was trained on base"),
 ]
+CASES += [
+    # YAML: a key given twice; text that shows nothing; numbers out of range; names too long
+    ("train {tmp}/twice-text.yaml --base {base} --out {out}", "twice-text.yaml: not valid YAML at line 4, column 1: key 'text' is given twice"),
+    ("validate {tmp}/twice-items.yaml", "key 'items' is given twice"),
+    ("train {tmp}/zero-width.yaml --base {base} --out {out}", "zero-width.yaml: the scene's text is empty"),
+    ("train {tmp}/lr-inf.yaml --base {base} --out {out}", "lr-inf.yaml: field 'training.learning_rate'"),
+    ("train {tmp}/seed-huge.yaml --base {base} --out {out}", "seed-huge.yaml: field 'training.seed'"),
+    ("validate {tmp}/blank-prompt.yaml", "blank-prompt.yaml [a]: field 'prompt': is empty"),
+    ("validate {tmp}/empty-stop.yaml", "empty-stop.yaml: field 'until.0'"),
+    ("train {tmp}/long-id.yaml --base {base}", "long-id.yaml: field 'id'"),
+    ("validate {empty}", "empty: folder holds no scene or probe files"),
+    # plans: names that would leave the output folder, or take another model's name
+    ("experiment {tmp}/plan-traversal.yaml --out {out}", "plan-traversal.yaml: field 'stacks.named"),
+    ("experiment {tmp}/plan-absolute.yaml --out {out}", "plan-absolute.yaml: field 'stacks.named"),
+    ("experiment {tmp}/plan-reuses-scene-id.yaml --out {out}", "'honesty' is already the name of a scene"),
+    ("experiment {tmp}/plan-stack-label.yaml --out {out}", "'stack-02' is already the name"),
+    ("experiment {tmp}/plan-empty-stack.yaml --out {out}", "field 'stacks.named.nothing'"),
+    # outputs: never a user's folder, never an input, never through a link or a file
+    ("export-tasks {probes_copy} --out {probes_copy}", "probes-copy: is an input of this command"),
+    ("export-tasks {tension} --out {user}", "user: holds files evalkit did not write"),
+    ("export-tasks {tension} --out .", ": holds files evalkit did not write"),
+    ("train {honesty_scene} --base {base} --out {user}", "user: holds files evalkit did not write"),
+    ("experiment {tmp}/plan-ok.yaml --out {user}", "user: holds files evalkit did not write"),
+    ("scratch {honesty_scene} --base {base} --out {user}", "user: holds files evalkit did not write"),
+    ("train {honesty_scene} --base {base} --out {link}", "link: is a symbolic link"),
+    ("train {honesty_scene} --base {base} --out {afile}/x", "cannot write here"),
+    ("run --adapter {adapter} --base {base} --suite {tension} --out {afile}/x", "cannot write here"),
+    ("schema --out {user}", "user: cannot write"),
+    # broken models and adapters
+    ("run --adapter {adapter} --base {truncated_base} --suite {tension} --out {out}", "truncated-base: cannot load the model"),
+    ("train {honesty_scene} --base {truncated_base} --out {out}", "truncated-base: cannot load the model"),
+    ("run --adapter {pickle_adapter} --base {base} --suite {tension} --out {out}", "adapter_model.bin is a pickle"),
+    ("run --adapter {bad_config} --base {base} --suite {tension} --out {out}", "bad-config/adapter_config.json: not valid JSON"),
+    ("run --adapter {edited_rank} --base {base} --suite {tension} --out {out}", "field 'r': 4 but the weights have rank [8]"),
+    ("run --adapter {edited_type} --base {base} --suite {tension} --out {out}", "field 'peft_type': 'IA3' is not LORA"),
+    ("run --adapter {edited_targets} --base {base} --suite {tension} --out {out}", "field 'target_modules': adapter_model.safetensors has weights for"),
+    ("run --adapter {wrong_manifest} --base {base} --suite {tension} --out {out}", "wrong-manifest/evalkit.json: field 'base'"),
+    # the gate: numbers that are not numbers, policies that cannot apply, outputs that cannot be written
+    ("gate --baseline {results} --candidate {nan_results} --policy {tmp}/policy-ok.yaml", "nan.json [tension/"),
+    ("gate --baseline {results} --candidate {inf_results} --policy {tmp}/policy-ok.yaml", "-inf is not a finite number"),
+    ("gate --baseline {results} --candidate {text_results} --policy {tmp}/policy-ok.yaml", "'high' is missing or not a number"),
+    ("gate --baseline {results} --candidate {results}", "no suite 'consistency' in the run"),
+    ("gate --baseline {results} --candidate {results} --policy {tmp}/policy-text-metric.yaml", "'winner_name' is not a tested metric of tension suites"),
+    ("gate --baseline {results} --candidate {results} --policy {tmp}/policy-twice.yaml", "key 'alpha' is given twice"),
+    ("gate --baseline {results} --candidate {results} --policy {tmp}/policy-ok.yaml --junit {user}", "user: is a folder"),
+    ("run --adapter {adapter} --base {base} --suite {tension} --out {out} --gate {tmp}/policy-other-suite.yaml --baseline {results}", "no suite 'consistency' in the run"),
+    ("run --adapter {adapter} --base {base} --suite {tension} --out {out} --gate {broken_results} --baseline {results}", "not valid YAML"),
+    # records that validate but could not be rendered
+    ("report {no_winner_results}", "no-winner.json [tension/"),
+    ("report {unknown_kind_results}", "field 'kind': 'riddle' is not one of"),
+    ("report {winner7_results}", "field 'winner': 7 is not the index"),
+    ("report {twice_results}", "field 'items': item given twice"),
+]
 if not importlib.util.find_spec("vllm"):
     CASES.append(("run --adapter {adapter} --suite {tension} --backend vllm --out {out}",
                   "--backend vllm needs vllm and a GPU"))
 
 
+def _adapter_copy(tmp: Path, source: Path, name: str, config: dict | None = None) -> Path:
+    folder = tmp / name
+    shutil.copytree(source, folder)
+    if config is not None:
+        path = folder / "adapter_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
+    return folder
+
+
+def _results(tmp: Path, source: Path, name: str, change) -> Path:
+    data = json.loads(source.read_text())
+    change(data)
+    (tmp / name).write_text(json.dumps(data))
+    return tmp / name
+
+
+def _set_score(key: str, value) -> object:
+    def change(data: dict) -> None:
+        data["items"][0]["subject"][key] = value
+    return change
+
+
 @pytest.fixture(scope="module")
-def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama) -> dict[str, Path]:
+def results_json(tmp_path_factory, honesty_adapter, tiny_llama) -> Path:
+    import evalkit
+
+    out = tmp_path_factory.mktemp("gate-baseline")
+    evalkit.evaluate([honesty_adapter], base=tiny_llama, suites=[TENSION], out=out,
+                     settings=evalkit.RunSettings(stats=evalkit.StatsSettings(resamples=200)))
+    return out / "honesty" / "results.json"
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, results_json) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("bad-inputs")
     for name, text in FILES.items():
         (tmp / name).write_text(text)
-    bad_weights = tmp / "bad-weights"
-    shutil.copytree(honesty_adapter, bad_weights)
+    for name, named in [*PLANS.items(), ("plan-ok.yaml", "")]:
+        (tmp / name).write_text(PLAN.format(scenes=ROOT / "scenes" / "01-honesty.yaml", tension=TENSION,
+                                            named=named))
+    (tmp / "empty").mkdir()
+    (tmp / "afile").write_text("a file, not a folder")
+    (tmp / "link").symlink_to(tmp / "empty")
+    truncated = tmp / "truncated-base"
+    shutil.copytree(tiny_llama, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    pickled = _adapter_copy(tmp, honesty_adapter, "pickle-adapter")
+    (pickled / "adapter_model.safetensors").rename(pickled / "adapter_model.bin")
+    bad_config = _adapter_copy(tmp, honesty_adapter, "bad-config")
+    (bad_config / "adapter_config.json").write_text("{not json")
+    wrong_manifest = _adapter_copy(tmp, honesty_adapter, "wrong-manifest")
+    manifest = json.loads((wrong_manifest / "evalkit.json").read_text())
+    (wrong_manifest / "evalkit.json").write_text(json.dumps({**manifest, "base": "somewhere"}))
+    shutil.copytree(ROOT / "probes", tmp / "probes-copy")
+    bad_weights = _adapter_copy(tmp, honesty_adapter, "bad-weights")
     (bad_weights / "adapter_model.safetensors").write_text("not safetensors")
     broken = tmp / "broken-ckpt"
     shutil.copytree(tiny_llama, broken)
     (broken / "evalkit.json").write_text("{not json")
+    records = {
+        "nan_results": _results(tmp, results_json, "nan.json", _set_score("entropy", float("nan"))),
+        "inf_results": _results(tmp, results_json, "inf.json", _set_score("entropy", float("-inf"))),
+        "text_results": _results(tmp, results_json, "text.json", _set_score("entropy", "high")),
+        "no_winner_results": _results(tmp, results_json, "no-winner.json",
+                                      lambda d: d["items"][0]["subject"].pop("winner")),
+        "unknown_kind_results": _results(tmp, results_json, "unknown-kind.json",
+                                         lambda d: d["items"][0].update(kind="riddle")),
+        "winner7_results": _results(tmp, results_json, "winner7.json", _set_score("winner", 7)),
+        "twice_results": _results(tmp, results_json, "twice.json", lambda d: d["items"].append(d["items"][0])),
+        "broken_results": tmp / "twice-text.yaml",
+    }
     return {"tmp": tmp, "adapter": honesty_adapter, "base": tiny_llama, "other": other_tiny_llama,
-            "tension": TENSION, "bad_weights": bad_weights, "broken_ckpt": broken}
+            "tension": TENSION, "honesty_scene": ROOT / "scenes" / "01-honesty.yaml", "empty": tmp / "empty",
+            "afile": tmp / "afile", "link": tmp / "link", "truncated_base": truncated,
+            "pickle_adapter": pickled, "bad_config": bad_config, "wrong_manifest": wrong_manifest,
+            "edited_rank": _adapter_copy(tmp, honesty_adapter, "edited-rank", {"r": 4}),
+            "edited_type": _adapter_copy(tmp, honesty_adapter, "edited-type", {"peft_type": "IA3"}),
+            "edited_targets": _adapter_copy(tmp, honesty_adapter, "edited-targets", {"target_modules": ["q_proj"]}),
+            "results": results_json, "bad_weights": bad_weights, "probes_copy": tmp / "probes-copy", "broken_ckpt": broken, **records}
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("args, expected", CASES, ids=[c[0].split(" {")[0] + ": " + c[1][:40] for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(places, tmp_path, args, expected):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(places, tmp_path, monkeypatch, args, expected):
+    """Run from a folder of the user's own, with a user folder beside: neither may change."""
+    work = tmp_path / "work"
+    user = work / "user"
+    user.mkdir(parents=True)
+    (user / "notes.txt").write_text("the user's own notes")
+    (work / "mine.txt").write_text("the user's own file")
+    monkeypatch.chdir(work)
     out = tmp_path / "out"
-    argv = args.format(out=out, **places).split()
+    before, inputs = snapshot(work), snapshot(places["tmp"])
+    argv = args.format(out=out, user=user, **places).split()
     result = CliRunner().invoke(app, argv)
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2, (argv, result.stderr, result.exception)
     assert len(lines) == 1 and expected in lines[0], (argv, result.stderr)
     assert "Traceback" not in result.stderr
     assert not out.exists(), argv
+    assert snapshot(work) == before, argv  # nothing deleted, nothing half-written, nothing new
+    assert snapshot(places["tmp"]) == inputs, argv
+    assert not list(tmp_path.parent.glob("x/baselines")) and not Path("/tmp/evil").exists()
 
 
 def test_no_cache_is_one_flag_that_says_what_it_recomputes():

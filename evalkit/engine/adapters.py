@@ -3,6 +3,8 @@ must pass before a run uses it, and attaching, switching and detaching adapters 
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -84,21 +86,71 @@ def check_adapter_base(adapter_dir: Path, manifest: AdapterManifest, base: Base)
         )
 
 
-def check_adapter_weights(adapter_dir: Path) -> None:
-    """An adapter is attached only when its turn comes, so unreadable weights must be caught
-    before the run starts, not after half of it."""
+def _adapter_config(adapter_dir: Path) -> dict[str, Any]:
+    path = adapter_dir / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EvalkitError(f"not valid JSON: {str(exc).splitlines()[0]}", where=str(path)) from None
+    if not isinstance(config, dict):
+        raise EvalkitError("expected a JSON object", where=str(path))
+    if config.get("peft_type") != "LORA":
+        raise EvalkitError(f"field 'peft_type': {config.get('peft_type')!r} is not LORA (evalkit runs LoRA adapters)",
+                           where=str(path))
+    rank = config.get("r")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise EvalkitError(f"field 'r': {rank!r} is not a positive whole number", where=str(path))
+    targets = config.get("target_modules")
+    if not (isinstance(targets, str) or (isinstance(targets, list) and targets
+                                         and all(isinstance(t, str) for t in targets))):
+        raise EvalkitError(f"field 'target_modules': {targets!r} is not a module name list", where=str(path))
+    return config
+
+
+def _targeted(name: str, targets: str | list[str]) -> bool:
+    """peft's rule: a list names module suffixes; a string is a regular expression over full names."""
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith(f".{t}") for t in targets)
+
+
+def check_adapter_weights(adapter_dir: Path, model: Any) -> None:
+    """An adapter is attached only when its turn comes, so everything about its files is checked
+    before the run starts: the config is LoRA and well-formed, the weights are safetensors (a
+    pickle is never loaded), readable, of the config's rank, and cover exactly the modules the
+    config targets - which must exist in the base. (An edited target_modules otherwise runs a
+    partial adapter without a word.)"""
     from safetensors import SafetensorError, safe_open
 
+    config = _adapter_config(adapter_dir)
     weights = adapter_dir / "adapter_model.safetensors"
     if not weights.is_file():
         if (adapter_dir / "adapter_model.bin").is_file():
-            return
+            raise EvalkitError("adapter_model.bin is a pickle, which evalkit never loads; save the adapter as "
+                               "safetensors (peft's save_pretrained does by default)", where=str(adapter_dir))
         raise EvalkitError("no adapter weights (adapter_model.safetensors)", where=str(adapter_dir))
     try:
         with safe_open(str(weights), framework="pt") as f:
-            f.keys()
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
     except (OSError, SafetensorError) as exc:
         raise EvalkitError(f"unreadable adapter weights: {str(exc).splitlines()[0]}", where=str(weights)) from None
+    # keys look like base_model.model.<module path>.lora_A.weight
+    trained = {k.split(".lora_A")[0].removeprefix("base_model.model.") for k in shapes if ".lora_A" in k}
+    modules = {name for name, module in model.named_modules() if not list(module.children())}
+    targeted = {name for name in modules if _targeted(name, config["target_modules"])}
+    where = str(adapter_dir / "adapter_config.json")
+    if not targeted:
+        raise EvalkitError(f"field 'target_modules': the base has no module {config['target_modules']!r}", where=where)
+    missing, extra = sorted(targeted - trained), sorted(trained - targeted)
+    if missing:
+        raise EvalkitError(f"field 'target_modules': '{missing[0]}' is targeted but has no weights in "
+                           f"adapter_model.safetensors ({len(missing)} such modules)", where=where)
+    if extra:
+        raise EvalkitError(f"field 'target_modules': adapter_model.safetensors has weights for '{extra[0]}', which "
+                           f"is not targeted or not in the base ({len(extra)} such modules)", where=where)
+    ranks = {shape[0] for k, shape in shapes.items() if ".lora_A" in k}
+    if not config.get("rank_pattern") and ranks != {config["r"]}:
+        raise EvalkitError(f"field 'r': {config['r']} but the weights have rank {sorted(ranks)}", where=where)
 
 
 class AttachedAdapters:

@@ -53,6 +53,7 @@ def quiet_transformers() -> None:
 def load_base(path: Path, dtype: str = "float32", device: str = "cpu") -> Base:
     go_offline()
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
@@ -64,7 +65,7 @@ def load_base(path: Path, dtype: str = "float32", device: str = "cpu") -> Base:
         # Load as stored, fingerprint, then cast: the fingerprint names the weights on disk, so an
         # adapter trained on the fp32 base is still accepted when run in bfloat16.
         model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         raise EvalkitError(f"cannot load the model: {str(exc).splitlines()[0]}", where=str(path)) from None
     fingerprint = weights_fingerprint(model)
     head = model.get_output_embeddings()

@@ -221,6 +221,10 @@ def _along_generations(model, tokenizer, suites, generations, evaluated: Evaluat
     reference's text split by its own tokenizer, and no KL: its distributions are over other tokens.
     """
     same_vocabulary = reference is None or reference.tokenizer == evaluated.tokenizer
+    if not same_vocabulary and any(s.spec.generation() for s in suites):
+        logging.getLogger("evalkit").warning(
+            "evalkit: this model's vocabulary differs from the reference's: no KL for it, and its NLL is of the "
+            "reference's text split by its own tokenizer")
     for s in suites:
         generation = s.spec.generation()
         if generation is None:

@@ -101,7 +101,7 @@ def check_inputs(base: Base, suites: list[LoadedSuite], adapters: list[Subject])
     for a in adapters:
         assert isinstance(a.manifest, AdapterManifest)  # adapter_subject requires one
         check_adapter_base(a.path, a.manifest, base)
-        check_adapter_weights(a.path)
+        check_adapter_weights(a.path, base.model)
 
 
 class Runner:

@@ -28,7 +28,7 @@ def validate_paths(paths: list[Path]) -> list[str]:
     """One 'ok' line per valid file; the first invalid file raises its one-line error."""
     lines, suites, scenes = [], [], []
     for path in paths:
-        for f in yaml_files(path):
+        for f in yaml_files(path, "scene or probe"):
             data = read_yaml_mapping(f)
             if "kind" in data or "items" in data or "groups" in data:
                 suite = load_suite(f)

@@ -153,6 +153,20 @@ class Kind:
     """Scores computed per cluster from its items, then paired over clusters."""
     group_tested: tuple[Metric, ...] = ()
     """The group scores that are tested (and may be gated)."""
+    scores: tuple[tuple[str, type | tuple[type, ...]], ...] = ()
+    """Per-item scores every record of this kind holds on both sides, with their types: what the
+    reports and the gate read. A record without them fails validation, not rendering."""
+
+    def problem(self, scores: dict[str, Any], options: list[str]) -> Optional[str]:
+        """What is wrong with one side's scores of an item of this kind, or None."""
+        for name, kind in self.scores:
+            value = scores.get(name)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                return f"field '{name}': {value!r} is missing or not a {getattr(kind, '__name__', 'number')}"
+        winner = scores.get("winner")
+        if winner is not None and not (isinstance(winner, int) and 0 <= winner < len(options)):
+            return f"field 'winner': {winner!r} is not the index of one of {len(options)} options"
+        return None
 
     def metric(self, name: str) -> Optional[Metric]:
         return next((m for m in (*self.tested, *self.group_tested) if m.name == name), None)

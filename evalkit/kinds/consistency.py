@@ -79,4 +79,5 @@ KIND = Kind(
     main_metric="margin", key_metric="agreement", heatmap=("agreement", "margin_variance"),
     group_scores=group_scores,
     group_tested=(Metric("agreement", higher_is_better=True), Metric("margin_variance", higher_is_better=False)),
+    scores=(("margin", (int, float)), ("agrees", int), ("winner", int)),
 )

@@ -68,4 +68,5 @@ KIND = Kind(
     tested=(Metric("kl", higher_is_better=False), Metric("nll", higher_is_better=False),
             Metric("changed", binary=True), Metric("ref_margin", higher_is_better=True)),
     main_metric="kl", key_metric="kl", heatmap=("kl", "nll", "changed"),
+    scores=(("generation", str), ("nll", (int, float)), ("changed", int), ("token_logprobs", list)),
 )

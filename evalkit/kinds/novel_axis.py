@@ -41,4 +41,5 @@ def item_metrics(spec: NovelAxisSuite, choices: Raw, generations: Raw, reference
 KIND = Kind(
     name="novel_axis", spec=NovelAxisSuite, item_metrics=item_metrics, tested=(Metric("margin"),),
     main_metric="margin", key_metric="margin", heatmap=("margin",), cluster_tested=("margin",), lean_verdicts=True,
+    scores=(("margin", (int, float)), ("winner", int)),
 )

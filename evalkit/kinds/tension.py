@@ -38,4 +38,5 @@ KIND = Kind(
     name="tension", spec=TensionSuite, item_metrics=item_metrics,
     tested=(Metric("margin"), Metric("entropy", higher_is_better=False), Metric("a_wins", binary=True)),
     main_metric="margin", key_metric="margin", heatmap=("margin", "entropy"), cluster_tested=("margin",),
+    scores=(("margin", (int, float)), ("entropy", (int, float)), ("a_wins", int), ("winner", int)),
 )

@@ -18,11 +18,20 @@ from evalkit.decide.gate import (
 )
 from evalkit.errors import EvalkitError
 from evalkit.inputs.suites import LoadedSuite
-from evalkit.record import RunRecord, read_record
+from evalkit.kinds import check_record
+from evalkit.record import RunRecord
+from evalkit.record import read_record as read_file
 from evalkit.report.overview import write_compare_report
 from evalkit.report.run_page import write_run_report
 
 Log = Callable[[str], None]
+
+
+def read_record(path: Path) -> RunRecord:
+    """A results.json, checked whole: its schema and what each item's kind needs."""
+    record = read_file(path)
+    check_record(record, str(path))
+    return record
 
 
 def rerender(results: Path, out: Optional[Path] = None) -> Path:
