@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -202,9 +203,13 @@ def made_by_evalkit(folder: Path) -> bool:
 def check_replaceable(final: Path, inputs: Iterable[Path] = ()) -> None:
     """Before any work: `final` may be written whole only if it is absent, empty, or a folder
     evalkit wrote, and is none of the command's inputs (nor holds one). Never a user's folder."""
-    if final.is_symlink():
+    try:
+        mode: int | None = final.lstat().st_mode  # one look: another writer may be swapping it
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    if mode is not None and stat.S_ISLNK(mode):
         raise EvalkitError("is a symbolic link; give the folder it points to", where=str(final))
-    if final.exists() and not final.is_dir():
+    if mode is not None and not stat.S_ISDIR(mode):
         raise EvalkitError("exists and is not a folder", where=str(final))
     resolved = final.resolve()
     for path in inputs:
@@ -212,16 +217,32 @@ def check_replaceable(final: Path, inputs: Iterable[Path] = ()) -> None:
         if source == resolved or resolved in source.parents or source in resolved.parents:
             raise EvalkitError(f"is an input of this command ({path}); choose another output folder",
                                where=str(final))
-    if final.is_dir() and any(final.iterdir()) and not made_by_evalkit(final):
+    foreign = _foreign(final)
+    if foreign and _lock_path(final).exists():  # evalkit writes here: look again between two swaps
+        with _locked(final):
+            recover_swap(final)
+            foreign = _foreign(final)
+    if foreign:
         raise EvalkitError("holds files evalkit did not write; refusing to replace it", where=str(final),
                            hint="choose a new or empty folder")
-    check_writable(final)
+    check_writable(final.parent / f".{final.name}.new")  # the new folder is made beside it
+
+
+def _foreign(final: Path) -> bool:
+    try:
+        return final.is_dir() and any(final.iterdir()) and not made_by_evalkit(final)
+    except FileNotFoundError:  # swapped away under us
+        return False
+
+
+def _lock_path(final: Path) -> Path:
+    return final.parent / f".{final.name}.lock"
 
 
 @contextmanager
 def _locked(final: Path) -> Iterator[None]:
     """One writer at a time swaps `final` (other processes wait)."""
-    with open(final.parent / f".{final.name}.lock", "w") as lock:
+    with open(_lock_path(final), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

@@ -76,7 +76,7 @@ def test_a_real_drop_in_consistency_fails_and_names_the_check(runs, tmp_path):
     failing = [c for c in cases if c.find("failure") is not None]
     assert [(c.get("classname"), c.get("name")) for c in failing] == [("evalkit.gate.consistency", "agreement")]
     message = failing[0].find("failure").get("message")
-    assert "worse by" in message and "margin 0.05" in message and "[" in message
+    assert "worse by" in message and "margin 0.05" in message and "at least" in message
     text = summary.read_text()
     assert "**FAIL**" in text and "consistency/agreement" in text
 

@@ -192,3 +192,33 @@ def test_demo_reports_load_offline_and_show_the_verdicts(browser, demo_reports):
 def test_demo_reports_are_small(demo_reports):
     total = sum(p.stat().st_size for p in demo_reports.rglob("*.html"))
     assert total < 5 * 1024 * 1024
+
+
+@pytest.mark.slow
+def test_compare_links_named_by_hostile_folders_run_no_script(browser, tmp_path):
+    """Run folders named `javascript:...` and `"><img onerror>` become quoted relative links: clicking
+    them runs no script, opens no dialog, and leaves the file:// page for no other scheme."""
+    names = ["javascript:alert(document.domain)", '"><img src=x onerror=alert(1)>']
+    records, reports = [], []
+    for name in names:
+        folder = tmp_path / "runs" / name
+        record = hostile_record(name)
+        write_run_report(record, folder / "report.html")
+        records.append(record)
+        reports.append(folder / "report.html")
+    index = write_compare_report(records, reports, tmp_path / "compare.html")
+    html = index.read_text()
+    assert 'href="javascript' not in html and "<img src=x" not in html
+    page = browser.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(index.as_uri(), wait_until="load")
+    links = page.locator("#heatmap a")
+    assert links.count() == 2
+    for k in range(2):
+        page.goto(index.as_uri(), wait_until="load")
+        page.locator("#heatmap a").nth(k).click()
+        page.wait_for_load_state("load")
+        assert page.url.startswith("file://") and page.url.endswith("/report.html"), page.url
+    assert dialogs == []
+    page.close()

@@ -2,10 +2,14 @@
 
 Both sides are run records (results.json). Each check pairs the two subjects' scores item by
 item (or paraphrase group by group), orients the differences so that negative is worse, and
-tests H1: mean difference < -margin against H0: mean difference >= -margin, one-sided, with
-Holm across the checks. A build fails only on a significant regression beyond the margin: an
-insignificant wiggle never fails it, a real drop does. (Stated as H0: mean difference <= -margin,
-the test would fail builds on noise; non-inferiority puts the burden on the regression.)
+tests H1: mean difference < -margin against H0: mean difference >= -margin with a one-sided t
+test on the interval's own SE (cluster-robust CR1 when items share clusters) and degrees of
+freedom, Holm across the checks. The bound printed beside each check is the one-sided lower
+confidence bound of the worsening at the level Holm leaves that check (alpha * p / p_Holm), so
+a check fails exactly when its printed bound lies above its margin. A build fails only on a
+significant regression beyond the margin: an insignificant wiggle never fails it, a real drop
+does. (Stated as H0: mean difference <= -margin, the test would fail builds on noise;
+non-inferiority puts the burden on the regression.)
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ from typing import Callable, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats as sps
 
 from evalkit.decide import stats
 from evalkit.errors import EvalkitError
 from evalkit.files import cannot_write, check_writable, parse_model, read_yaml_mapping, write_text_atomic
 from evalkit.kinds import KINDS
 from evalkit.record import ItemRecord, RunRecord
-from evalkit.settings import StatsSettings
 
 DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.yaml"
 
@@ -76,8 +80,11 @@ class Outcome:
     candidate_mean: float
     worsening: float
     """Mean of (candidate - baseline) oriented so that positive = worse."""
-    ci_low: float
-    ci_high: float
+    bound: float
+    """One-sided lower confidence bound of the worsening at `level`: the check fails exactly when
+    it lies above the margin."""
+    level: float
+    """The level Holm leaves this check: alpha * p / p_holm (alpha itself for a single check)."""
     p_value: float
     p_holm: float
     test: str
@@ -90,9 +97,10 @@ class Outcome:
 
     def line(self) -> str:
         verdict = "FAIL" if self.failed else "pass"
-        return (f"{verdict}  {self.name}: worse by {self.worsening:+.4f} [{self.ci_low:+.4f}, {self.ci_high:+.4f}] "
-                f"({self.unit}, n={self.n}); margin {self.check.margin:g}, {self.check.worse} is worse; "
-                f"p {self.p_value:.4g}, Holm {self.p_holm:.4g} (alpha {self.alpha:g}; {self.test})")
+        return (f"{verdict}  {self.name}: worse by {self.worsening:+.4f}, at least {self.bound:+.4f} "
+                f"({1 - self.level:.4g} one-sided bound; {self.unit}, n={self.n}); margin {self.check.margin:g}, "
+                f"{self.check.worse} is worse; p {self.p_value:.4g}, Holm {self.p_holm:.4g} (alpha {self.alpha:g}; "
+                f"{self.test})")
 
 
 def _items(record: RunRecord) -> dict[tuple[str, str], ItemRecord]:
@@ -173,25 +181,43 @@ def decide(baseline: RunRecord, candidate: RunRecord, policy: Policy, where: str
            sides: tuple[str, str] = ("baseline", "candidate")) -> list[Outcome]:
     pairs = pair_records(baseline, candidate, policy.item_tolerance, where)
     check_policy(policy, {s.name: s.kind for s in candidate.manifest.suites}, where)
-    settings = StatsSettings(alpha=policy.alpha, seed=baseline.stats.seed)
-    outcomes = []
+    measured = []
     for check in policy.checks:
         base, cand, clusters, unit = _values(pairs, check, sides)
         if len(base) == 0:
             raise EvalkitError(f"no scores for {check.suite}/{check.metric} in both runs", where=where,
                                hint="check the suite and metric names against results.json")
         worse = (cand - base) if check.worse == "higher" else (base - cand)  # positive = worse
-        # H1: mean worsening > margin  <=>  mean of (margin - worsening) < 0
-        p, test = stats.one_sided_less(check.margin - worse, clusters, settings)
-        lo, hi, _ = stats.mean_ci(worse, clusters, settings)
-        outcomes.append(Outcome(check=check, n=len(worse), unit=unit, baseline_mean=float(base.mean()),
-                                candidate_mean=float(cand.mean()), worsening=float(worse.mean()), ci_low=lo,
-                                ci_high=hi, p_value=p, p_holm=p, test=test,
-                                alpha=check.alpha if check.alpha is not None else policy.alpha, failed=False))
-    for outcome, adjusted in zip(outcomes, stats.holm([o.p_value for o in outcomes])):
-        outcome.p_holm = adjusted
-        outcome.failed = adjusted < outcome.alpha
+        spread = stats.interval_spread(worse, clusters)
+        measured.append((check, base, cand, worse, unit, spread, _p_worse_than(float(worse.mean()), check.margin,
+                                                                              spread)))
+    outcomes = []
+    for (check, base, cand, worse, unit, spread, p), adjusted in zip(measured, stats.holm([m[-1] for m in measured])):
+        alpha = check.alpha if check.alpha is not None else policy.alpha
+        level = alpha * p / adjusted if adjusted > 0 else alpha
+        outcomes.append(Outcome(
+            check=check, n=len(worse), unit=unit, baseline_mean=float(base.mean()), candidate_mean=float(cand.mean()),
+            worsening=float(worse.mean()), bound=_lower_bound(float(worse.mean()), spread, level), level=level,
+            p_value=p, p_holm=adjusted, test=f"one-sided t, {spread.kind} SE, {spread.units - 1} df", alpha=alpha,
+            failed=adjusted < alpha))
     return outcomes
+
+
+def _p_worse_than(mean: float, margin: float, spread: stats.Spread) -> float:
+    """One-sided t test of H1: mean worsening > margin, on the SE and degrees of freedom of the
+    interval (CR1 over clusters): the same basis as the printed bound, so the two agree."""
+    if not spread.testable or spread.se is None:
+        return 1.0  # one unit shows no spread: a regression cannot be shown
+    if spread.se == 0.0:
+        return 0.0 if mean > margin else 1.0
+    return float(sps.t.sf((mean - margin) / spread.se, spread.units - 1))
+
+
+def _lower_bound(mean: float, spread: stats.Spread, level: float) -> float:
+    """mean - t_{1-level, df} SE: above the margin exactly when p < level."""
+    if not spread.testable or spread.se is None:
+        return -math.inf
+    return mean - float(sps.t.ppf(1 - level, spread.units - 1)) * spread.se
 
 
 def junit_xml(outcomes: list[Outcome], baseline: str, candidate: str) -> str:
@@ -205,7 +231,7 @@ def junit_xml(outcomes: list[Outcome], baseline: str, candidate: str) -> str:
         if o.failed:
             failure = ET.SubElement(case, "failure", type="regression",
                                     message=f"{o.name} worse by {o.worsening:+.4f} "
-                                            f"[{o.ci_low:+.4f}, {o.ci_high:+.4f}], "
+                                            f"(at least {o.bound:+.4f}), "
                                             f"margin {o.check.margin:g}, Holm p {o.p_holm:.4g}")
             failure.text = o.line()
         else:
@@ -217,10 +243,11 @@ def markdown(outcomes: list[Outcome], baseline: str, candidate: str) -> str:
     failed = sum(o.failed for o in outcomes)
     head = f"### evalkit gate: {'❌ ' + str(failed) + ' regression(s)' if failed else '✅ no regression'}\n\n"
     lines = [head, f"Baseline `{baseline}`, candidate `{candidate}`.\n\n",
-             "| check | result | worse by | CI | margin | Holm p | n |\n|---|---|---|---|---|---|---|\n"]
+             "| check | result | worse by | one-sided bound (level) | margin | Holm p | n |\n"
+             "|---|---|---|---|---|---|---|\n"]
     for o in outcomes:
         lines.append(f"| {o.name} ({o.check.worse} is worse) | {'**FAIL**' if o.failed else 'pass'} | "
-                     f"{o.worsening:+.4f} | [{o.ci_low:+.4f}, {o.ci_high:+.4f}] | {o.check.margin:g} | "
+                     f"{o.worsening:+.4f} | ≥ {o.bound:+.4f} ({1 - o.level:.4g}) | {o.check.margin:g} | "
                      f"{o.p_holm:.4g} | {o.n} {o.unit} |\n")
     lines.append("\nA check fails only when the candidate is significantly worse than the baseline by more than "
                  "its margin (one-sided, Holm across checks).\n")

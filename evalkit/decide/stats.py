@@ -214,25 +214,6 @@ def paired_t(d: np.ndarray, alternative: str = "two-sided") -> float:
     return float(2 * sps.t.sf(abs(t), n - 1))
 
 
-def one_sided_less(d: np.ndarray, clusters: Sequence[str] | None, settings: StatsSettings) -> tuple[float, str]:
-    """p for H1: the differences are centred below 0 - the gate's regression test.
-
-    Same choices as the two-sided tests: cluster means when items share clusters; Wilcoxon
-    signed-rank from 6 units (exact up to 50), the t test below that or when asked for.
-    """
-    units = _cluster_means(d, clusters) if _repeats(clusters, len(d)) else d
-    label = f" on {len(units)} cluster means" if units is not d else ""
-    if settings.test == "wilcoxon" and len(units) >= SMALL_N:
-        nonzero = units[units != 0]
-        if len(nonzero) == 0:
-            return 1.0, "wilcoxon (one-sided)" + label
-        if len(nonzero) <= 50:
-            return _signed_rank_exact_p(nonzero, "less"), "wilcoxon (one-sided)" + label
-        return float(sps.wilcoxon(nonzero, alternative="less", method="asymptotic").pvalue), \
-            "wilcoxon (one-sided)" + label
-    return paired_t(units, "less"), "t (one-sided)" + label
-
-
 def sign_flip(d: np.ndarray, resamples: int, seed: int) -> float:
     """Sign-flip permutation test of mean(d) = 0: exact up to n = 16, seeded Monte Carlo above."""
     if np.all(d == 0):
