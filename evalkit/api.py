@@ -85,7 +85,8 @@ def train(scenes: PathLike, *, base: Optional[PathLike] = None, out: Optional[Pa
         base: The base model folder; default: the embedded demo base (built once, cached).
         out: The adapter folder (one scene) or the stacks' parent folder; default: ./adapters/<id>.
         stack: Train stack k on scenes 1..k together, for every k.
-        settings: The LoRA recipe (`TrainSettings`); a scene's own `training:` block overrides it.
+        settings: The LoRA recipe (`TrainSettings`); default: the recipe for the base's size. A
+            scene's own `training:` block overrides it.
         log: Called with each progress line (default: silent).
 
     Returns:
@@ -95,7 +96,7 @@ def train(scenes: PathLike, *, base: Optional[PathLike] = None, out: Optional[Pa
 
     go_offline()
     return run(Path(scenes), Path(base) if base is not None else None, Path(out) if out is not None else None,
-               stack, settings or TrainSettings(),
+               stack, settings,
                log=_quiet(log))
 
 

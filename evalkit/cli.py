@@ -61,16 +61,31 @@ def train(
     base: Optional[Path] = typer.Option(None, help="Base model folder (default: the embedded demo base)."),
     out: Optional[Path] = typer.Option(None, help="Adapter folder (default: adapters/<scene id>)."),
     stack: bool = typer.Option(False, help="Train cumulative adapters for scenes 1..k of a folder."),
-    steps: Optional[int] = typer.Option(None, help="Training steps (default 60, or the scene's own)."),
-    seed: Optional[int] = typer.Option(None, help="Training seed (default 0, or the scene's own)."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (at most; see --stop-loss)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate."),
+    rank: Optional[int] = typer.Option(None, help="LoRA rank r."),
+    alpha: Optional[float] = typer.Option(None, help="LoRA alpha (the update is scaled by alpha / r)."),
+    batch_size: Optional[int] = typer.Option(None, help="Windows of the scene per step."),
+    block: Optional[int] = typer.Option(None, help="Tokens per window."),
+    targets: Optional[str] = typer.Option(None, help="Comma-separated module names LoRA goes on."),
+    dtype: Optional[str] = typer.Option(None, help="float32, or bfloat16 (CPU autocast; weights stay float32)."),
+    stop_loss: Optional[float] = typer.Option(None, help="Stop once the mean loss of the last 5 steps is below this."),
+    seed: Optional[int] = typer.Option(None, help="Training seed."),
 ) -> None:
-    """Train one LoRA adapter per scene (or a stack), seeded, with an evalkit manifest."""
+    """Train one LoRA adapter per scene (or a stack), seeded, with an evalkit manifest.
+
+    Settings: the recipe for the base's size (the demo base's, or the pretrained-model recipe),
+    then a scene's own `training:` block, then these options; each adapter's manifest records
+    where every setting came from."""
     from evalkit.pipelines.train import train as do_train
     from evalkit.settings import TrainSettings
 
-    chosen = {k: v for k, v in {"steps": steps, "seed": seed}.items() if v is not None}
-    settings = _settings(TrainSettings, **chosen)
-    for path in do_train(scenes, base, out, stack, settings, log=_say):
+    chosen = {k: v for k, v in {"steps": steps, "learning_rate": lr, "rank": rank, "alpha": alpha,
+                                "batch_size": batch_size, "block": block, "dtype": dtype, "stop_loss": stop_loss,
+                                "seed": seed, "targets": targets.split(",") if targets else None}.items()
+              if v is not None}
+    _settings(TrainSettings, **chosen)  # each value range-checked here, naming its option
+    for path in do_train(scenes, base, out, stack, command_line=chosen, log=_say):
         _say(str(path))
 
 

@@ -253,6 +253,13 @@ class AdapterManifest(_Record):
     packages: dict[str, str]
     created: str
     seconds: Optional[float] = None
+    settings_from: Optional[dict[str, str]] = None
+    """Where each training setting came from: the recipe for the model's size, the plan, the
+    scene's own `training:` block or the command line (later ones win, in that order)."""
+    damage: Optional[dict[str, float]] = None
+    """NLL (nats/token) of a general English sample under the base and base+adapter, and the increase."""
+    warnings: list[str] = []
+    """What the training saw that a user must know (memorised scene, damaged general text)."""
 
 
 class CheckpointManifest(_Record):

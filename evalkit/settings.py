@@ -113,6 +113,13 @@ class TrainSettings(_Settings):
     """Tokens per training window (capped at the scene's length)."""
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     """Seed of LoRA's initialisation and of the window sampling."""
+    stop_loss: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False)
+    """Stop early once the mean training loss of the last 5 steps is below this (nats/token): the
+    scene is learned, and more steps would only memorise it."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """bfloat16 runs forward and backward under CPU autocast; the base's weights stay float32."""
+    targets: Optional[list[str]] = None
+    """Module names LoRA goes on (default: the architecture's attention and MLP projections)."""
 
 
 class ScratchSettings(_Settings):

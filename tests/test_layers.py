@@ -16,9 +16,10 @@ PACKAGE = ROOT / "evalkit"
 
 # Layer -> the evalkit layers it may import (every import, lazy ones included). Top-level
 # modules are layers of their own; `api`, `cli` and `pipelines` are the only ones that compose.
-SHARED = {"errors", "files", "paths", "versions", "offline", "settings"}
+SHARED = {"errors", "files", "paths", "versions", "offline", "settings", "progress"}
 ALLOWED = {
     "errors": set(), "files": {"errors"}, "paths": set(), "versions": set(), "offline": set(), "settings": set(),
+    "progress": set(),
     "record": {"errors", "files"},
     "kinds": {"record", "errors", "files"},
     "inputs": {"kinds", "record"} | SHARED,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
+from evalkit.engine.models import resolve_model
 from evalkit.errors import EvalkitError
 from evalkit.offline import go_offline
 
@@ -50,14 +51,16 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_base(path: Path, dtype: str = "float32", device: str = "cpu") -> Base:
+def load_base(path: Path, dtype: str = "float32", device: str = "cpu",
+              log: Optional[Callable[[str], None]] = None) -> Base:
+    """A Hugging Face folder, a GGUF file or a packaged model's name (see engine.models)."""
     go_offline()
     import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
-    path = Path(path).resolve()
+    path = resolve_model(Path(path), log).resolve()
     if not (path / "config.json").is_file():
         raise EvalkitError("not a Hugging Face model folder (no config.json)", where=str(path))
     try:

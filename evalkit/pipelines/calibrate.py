@@ -24,7 +24,7 @@ from evalkit.inputs.suites import LoadedSuite, load_suites
 from evalkit.kinds.novel_axis import NovelAxisSuite
 from evalkit.paths import adapters_folder, default_folder
 from evalkit.pipelines.evaluate import evaluate_subjects
-from evalkit.settings import RunSettings, TrainSettings
+from evalkit.settings import RunSettings
 from evalkit.training.demo_base import ensure_demo_base
 from evalkit.training.lora import train_adapter, untrained_adapter
 
@@ -74,10 +74,10 @@ def planted_effect(base: Base, planted: tuple[Scene, str], control: tuple[Scene,
     controls = sorted(a for a, text in suite.spec.axes.items() if "control" in text)
     runs = []
     for seed in seeds:
-        train = TrainSettings(seed=seed)
-        subject = train_adapter([scene], base, work / f"{scene.id}-seed{seed}", train, scene_paths=[scene_path],
-                                log=log)
-        reference = train_adapter([control[0]], base, work / f"{control[0].id}-seed{seed}", train,
+        train = {"seed": seed}
+        subject = train_adapter([scene], base, work / f"{scene.id}-seed{seed}", command_line=train,
+                                scene_paths=[scene_path], log=log)
+        reference = train_adapter([control[0]], base, work / f"{control[0].id}-seed{seed}", command_line=train,
                                   scene_paths=[control[1]], log=log)
         runs += evaluate_paired(base, [adapter_subject(subject)], [suite], settings,
                                 reference=adapter_subject(reference), log=lambda _: None)

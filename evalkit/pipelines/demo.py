@@ -14,7 +14,7 @@ from evalkit.inputs.suites import load_suites
 from evalkit.paths import adapters_folder, default_folder
 from evalkit.pipelines.evaluate import evaluate_subjects, write_outputs
 from evalkit.report.overview import write_compare_report
-from evalkit.settings import RunSettings, TrainSettings
+from evalkit.settings import RunSettings
 from evalkit.training.demo_base import QUICK, DemoBaseSettings, ensure_demo_base
 from evalkit.training.lora import train_adapter
 
@@ -35,8 +35,8 @@ def demo(out_root: Path, quick: bool = False, adapters_dir: Optional[Path] = Non
     for s in scenes:
         check_replaceable(inside(folder, s.id))
     base = load_base(ensure_demo_base(QUICK if quick else DemoBaseSettings(), log=log))
-    train = TrainSettings(steps=10) if quick else TrainSettings()
-    adapters = [train_adapter([s], base, inside(folder, s.id), train, scene_paths=[f], log=log)
+    quick_steps = {"steps": 10} if quick else {}
+    adapters = [train_adapter([s], base, inside(folder, s.id), command_line=quick_steps, scene_paths=[f], log=log)
                 for s, f in zip(scenes, files)]
     records = evaluate_subjects(base, [adapter_subject(a) for a in adapters], suites, RunSettings(), log=log)
     reports = [write_outputs(r, inside(out_root, r.run_id)) for r in records]

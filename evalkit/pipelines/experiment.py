@@ -30,7 +30,7 @@ from evalkit.paths import adapters_folder
 from evalkit.record import PairedRun, manifest_key, write_record
 from evalkit.report.overview import write_experiment_report
 from evalkit.report.run_page import write_run_report
-from evalkit.settings import RunSettings, ScratchSettings, TrainSettings
+from evalkit.settings import RunSettings, ScratchSettings
 from evalkit.training.demo_base import demo_base_dir, ensure_demo_base
 from evalkit.training.lora import adapter_key, settings_for, train_adapter
 from evalkit.training.scratch import read_corpus, scratch_key, train_scratch
@@ -51,14 +51,14 @@ class Planned:
     subject: Subject | None = field(default=None, repr=False)
 
 
-def training_settings(resolved: Resolved) -> TrainSettings:
-    overrides = {k: v for k, v in resolved.plan.training.model_dump().items() if v is not None}
-    return TrainSettings(**overrides)
+def plan_training(resolved: Resolved) -> dict:
+    """The plan's `training:` block: it overrides the recipe, and a scene's own block overrides it."""
+    return {k: v for k, v in resolved.plan.training.model_dump().items() if v is not None}
 
 
 def plan_models(resolved: Resolved, base: Base | None, base_dir: Path, store: Path) -> list[Planned]:
     """Every model of the plan with its content key and whether a trained copy already exists."""
-    settings = training_settings(resolved)
+    plan = plan_training(resolved)
     scenes = resolved.scenes
     wanted: list[tuple[str, str, list[Scene], int | None]] = [(s.id, "scene", [s], None) for s in scenes]
     if resolved.plan.stacks.cumulative:
@@ -71,7 +71,7 @@ def plan_models(resolved: Resolved, base: Base | None, base_dir: Path, store: Pa
         if base is None:
             out.append(Planned(label, role, members, store / "adapters" / "?", "?", False, k))
             continue
-        key = adapter_key(members, base, settings_for(members, settings))
+        key = adapter_key(members, base, settings_for(members, base, plan=plan)[0])
         path = store / "adapters" / key
         out.append(Planned(label, role, members, path, key, manifest_key(path) == key, k))
     for spec in resolved.plan.scratch:
@@ -91,7 +91,7 @@ def _progress(console: Console) -> Progress:
 
 
 def _train(planned: list[Planned], base: Base, base_dir: Path, resolved: Resolved, console: Console) -> None:
-    settings = training_settings(resolved)
+    plan = plan_training(resolved)
     todo, seen = [], set()
     for p in planned:  # models with the same content share one folder: train it once
         if not p.reuse and p.path not in seen:
@@ -105,9 +105,9 @@ def _train(planned: list[Planned], base: Base, base_dir: Path, resolved: Resolve
     paths = dict(zip([s.id for s in resolved.scenes], resolved.scene_paths))
     with _progress(console) as progress:
         overall = progress.add_task("training", total=sum(
-            p.scratch[1].steps if p.scratch else settings_for(p.scenes, settings).steps for p in todo))
+            p.scratch[1].steps if p.scratch else settings_for(p.scenes, base, plan=plan)[0].steps for p in todo))
         for p in todo:
-            def step() -> None:
+            def step(*_: object) -> None:
                 progress.advance(overall)
 
             if p.scratch:
@@ -115,8 +115,9 @@ def _train(planned: list[Planned], base: Base, base_dir: Path, resolved: Resolve
                 train_scratch(p.scenes, base_dir, p.path, s, corpus, spec.demo_stories, log=lambda _: None,
                               on_step=step)
             else:
-                train_adapter(p.scenes, base, p.path, settings, scene_paths=[paths[s.id] for s in p.scenes],
-                              log=lambda _: None, reuse=False, on_step=step)
+                train_adapter(p.scenes, base, p.path, plan=plan, scene_paths=[paths[s.id] for s in p.scenes],
+                              log=lambda line: console.print(line) if line.startswith("warning") else None,
+                              reuse=False, on_step=step)
             for label in labels[p.path]:
                 console.print(f"trained {p.role:8s} {label:24s} ({len(p.scenes)} scene(s)) -> {p.path}", soft_wrap=True)
 

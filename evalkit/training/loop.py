@@ -6,6 +6,9 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Optional
 
+# Early stopping looks at the mean loss of this many last steps (one step's loss is noisy).
+STOP_WINDOW = 5
+
 
 def window_batch(data: Any, block: int, batch_size: int, rng: random.Random) -> Any:
     """A seeded batch of random windows of the token stream: (batch_size, block + 1) token ids."""
@@ -18,11 +21,14 @@ def window_batch(data: Any, block: int, batch_size: int, rng: random.Random) -> 
 def train_loop(model: Any, params: list, data: Any, *, block: int, batch_size: int, steps: int,
                learning_rate: float, rng: random.Random, weight_decay: float = 0.0,
                schedule: Optional[Callable[[int], float]] = None, clip: Optional[float] = None,
-               on_step: Optional[Callable[[int, float], None]] = None) -> list[float]:
+               on_step: Optional[Callable[[int, float], None]] = None, stop_loss: Optional[float] = None,
+               autocast: Optional[Any] = None) -> list[float]:
     """Train `params` of `model` on windows of `data` (a 1-D tensor of token ids); the loss of
     every step, rounded to 5 decimals. `schedule(step)` sets the learning rate of each step
-    (constant without it); `clip` caps the gradient norm. Seed torch and `rng` before calling:
-    the model's initialisation draws from torch's generator too."""
+    (constant without it); `clip` caps the gradient norm; `stop_loss` ends training once the mean
+    loss of the last 5 steps is below it; `autocast` (a torch dtype) runs forward and backward
+    under CPU autocast. Seed torch and `rng` before calling: the model's initialisation draws
+    from torch's generator too."""
     import torch
 
     opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
@@ -33,7 +39,8 @@ def train_loop(model: Any, params: list, data: Any, *, block: int, batch_size: i
             for group in opt.param_groups:
                 group["lr"] = schedule(step)
         batch = window_batch(data, block, batch_size, rng)  # (B, block + 1)
-        loss = model(input_ids=batch, labels=batch).loss
+        with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+            loss = model(input_ids=batch, labels=batch).loss
         opt.zero_grad()
         loss.backward()
         if clip is not None:
@@ -42,5 +49,8 @@ def train_loop(model: Any, params: list, data: Any, *, block: int, batch_size: i
         losses.append(round(loss.item(), 5))
         if on_step is not None:
             on_step(step, losses[-1])
+        recent = losses[-STOP_WINDOW:]
+        if stop_loss is not None and len(recent) == STOP_WINDOW and sum(recent) / STOP_WINDOW < stop_loss:
+            break
     model.eval()
     return losses
