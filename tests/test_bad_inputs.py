@@ -37,6 +37,8 @@ FILES = {
     "long-id.yaml": "id: " + "x" * 300 + "\ntitle: T\ntext: hi\n",
     "policy-text-metric.yaml": "checks: [{suite: tension, metric: winner_name, worse: higher, margin: 0}]\n",
     "policy-twice.yaml": "alpha: 0.05\nalpha: 0.5\nchecks: [{suite: tension, metric: entropy, worse: higher, margin: 0}]\n",
+    "bad-role.yaml": "id: x\ntitle: T\nturns:\n  - {role: narrator, content: hello}\n",
+    "not-a-model.gguf": "GGUF? no: just some text\n",
     "policy-ok.yaml": "checks: [{suite: tension, metric: entropy, worse: higher, margin: 0.1}]\n",
     "policy-other-suite.yaml": "checks: [{suite: consistency, metric: agreement, worse: lower, margin: 0}]\n",
 }
@@ -95,6 +97,10 @@ CASES += [
     ("validate {tmp}/empty-stop.yaml", "empty-stop.yaml: field 'until.0'"),
     ("train {tmp}/long-id.yaml --base {base}", "long-id.yaml: field 'id'"),
     ("validate {empty}", "empty: folder holds no scene or probe files"),
+    ("validate {tmp}/bad-role.yaml", "bad-role.yaml: field 'turns."),
+    ("train {tmp}/bad-role.yaml --base {base} --out {out}", "bad-role.yaml: field 'turns."),
+    ("run --adapter {adapter} --base {tmp}/not-a-model.gguf --suite {tension} --out {out}", "not-a-model.gguf: not a GGUF model"),
+    ("train {honesty_scene} --base {truncated_gguf} --out {out}", "truncated.gguf: not a GGUF model"),
     # plans: names that would leave the output folder, or take another model's name
     ("experiment {tmp}/plan-traversal.yaml --out {out}", "plan-traversal.yaml: field 'stacks.named"),
     ("experiment {tmp}/plan-absolute.yaml --out {out}", "plan-absolute.yaml: field 'stacks.named"),
@@ -185,6 +191,8 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
     (tmp / "empty").mkdir()
     (tmp / "afile").write_text("a file, not a folder")
     (tmp / "link").symlink_to(tmp / "empty")
+    gguf = tmp / "truncated.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(200))
     truncated = tmp / "truncated-base"
     shutil.copytree(tiny_llama, truncated)
     weights = truncated / "model.safetensors"
@@ -216,7 +224,7 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
     }
     return {"tmp": tmp, "adapter": honesty_adapter, "base": tiny_llama, "other": other_tiny_llama,
             "tension": TENSION, "honesty_scene": ROOT / "scenes" / "01-honesty.yaml", "empty": tmp / "empty",
-            "afile": tmp / "afile", "link": tmp / "link", "truncated_base": truncated,
+            "afile": tmp / "afile", "link": tmp / "link", "truncated_base": truncated, "truncated_gguf": gguf,
             "pickle_adapter": pickled, "bad_config": bad_config, "wrong_manifest": wrong_manifest,
             "edited_rank": _adapter_copy(tmp, honesty_adapter, "edited-rank", {"r": 4}),
             "edited_type": _adapter_copy(tmp, honesty_adapter, "edited-type", {"peft_type": "IA3"}),

@@ -16,7 +16,9 @@ from evalkit.engine.tasks import (
     choice_hash,
     choice_task,
     choice_task_name,
+    context_text,
     continuation_tokens,
+    delimiter,
     generation_hash,
     generation_task,
     generation_task_name,
@@ -63,8 +65,12 @@ def vocabulary_key(tokenizer) -> str:
 def check_context(suites: list[LoadedSuite], tokenizer, limit: int) -> None:
     """A prompt that does not fit the model's context is an input error, not a silent truncation."""
     for s in suites:
+        if s.spec.chat and not getattr(tokenizer, "chat_template", None):
+            raise EvalkitError("field 'chat': the suite is for chat models, but this model's tokenizer has no chat "
+                               "template", where=s.path)
         for c in s.spec.choices():
-            longest = max(len(tokenizer(c.prompt + s.spec.delimiter + o)["input_ids"]) for o in c.options)
+            context = context_text(s, tokenizer, c.prompt)
+            longest = max(len(tokenizer(context + delimiter(s) + o)["input_ids"]) for o in c.options)
             if longest > limit:
                 raise EvalkitError(
                     f"field 'prompt': {longest} tokens with its longest completion, more than the model's "
@@ -73,7 +79,7 @@ def check_context(suites: list[LoadedSuite], tokenizer, limit: int) -> None:
         if generation is None:
             continue
         for item in generation.items:
-            n = len(tokenizer(item.prompt)["input_ids"]) + generation.max_new_tokens
+            n = len(tokenizer(context_text(s, tokenizer, item.prompt))["input_ids"]) + generation.max_new_tokens
             if n > limit:
                 raise EvalkitError(
                     f"field 'prompt': {n} tokens with max_new_tokens, more than the model's context of {limit}",
@@ -89,7 +95,7 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def run_lm_eval(lm, tasks: list[dict[str, Any]], seed: int) -> dict[str, list[dict]]:
+def run_lm_eval(lm, tasks: list[dict[str, Any]], seed: int, chat: bool = False) -> dict[str, list[dict]]:
     """One real lm-eval evaluation of `lm` (an lm-eval model); its per-sample records per task name.
 
     This is what `simple_evaluate` does for an already-built model, minus its per-call
@@ -114,7 +120,8 @@ def run_lm_eval(lm, tasks: list[dict[str, Any]], seed: int) -> dict[str, list[di
     for task in loaded["tasks"].values():
         task.set_config(key="num_fewshot", value=0)
         task.set_fewshot_seed(seed=seed)
-    result = evaluate(lm=lm, task_dict=loaded, bootstrap_iters=0, log_samples=True, verbosity="ERROR")
+    result = evaluate(lm=lm, task_dict=loaded, bootstrap_iters=0, log_samples=True, verbosity="ERROR",
+                      apply_chat_template=chat)
     return result["samples"]
 
 
@@ -166,7 +173,7 @@ def evaluate_model(model, tokenizer, lm, suites: list[LoadedSuite], *, batch_siz
         if generation is not None:
             gen_todo = []
             for item in generation.items:
-                hit = cache.get(generation_hash(generation, item)) if cache else None
+                hit = cache.get(generation_hash(generation, item, s.spec.chat)) if cache else None
                 if hit is None:
                     gen_todo.append(item)
                     counts.computed += 1
@@ -177,13 +184,18 @@ def evaluate_model(model, tokenizer, lm, suites: list[LoadedSuite], *, batch_siz
                 tasks.append(generation_task(s, generation, gen_todo))
                 todo_gen[s.name] = (generation, gen_todo)
 
-    samples = run_lm_eval(lm, tasks, seed)
+    # lm-eval applies a chat template to a whole evaluation: chat suites get one of their own.
+    chat_tasks = {choice_task_name(s) for s in suites if s.spec.chat} | {generation_task_name(s) for s in suites
+                                                                         if s.spec.chat}
+    samples = {**run_lm_eval(lm, [t for t in tasks if t["task"] not in chat_tasks], seed),
+               **run_lm_eval(lm, [t for t in tasks if t["task"] in chat_tasks], seed, chat=True)}
     for s in suites:
         by_id = {c.id: c for c in s.spec.choices()}
         for sample in samples.get(choice_task_name(s), []):
             c = by_id[sample["doc"]["id"]]
+            context = context_text(s, tokenizer, c.prompt)
             raw = {"logprob_sum": [float(r[0]) for r in sample["filtered_resps"]],
-                   "n_tokens": [len(continuation_tokens(tokenizer, c.prompt, s.spec.delimiter + o)) for o in c.options]}
+                   "n_tokens": [len(continuation_tokens(tokenizer, context, delimiter(s) + o)) for o in c.options]}
             choices[s.name][c.id] = raw
             if cache:
                 cache.put(choice_hash(s, c), raw)
@@ -192,10 +204,10 @@ def evaluate_model(model, tokenizer, lm, suites: list[LoadedSuite], *, batch_siz
             item = next(i for i in todo_items if i.id == sample["doc"]["id"])
             text = sample["filtered_resps"][0]
             text = text if isinstance(text, str) else str(text)
-            prompt_ids, token_ids = generated_tokens(lm, tokenizer, item.prompt, text)
+            prompt_ids, token_ids = generated_tokens(lm, tokenizer, context_text(s, tokenizer, item.prompt), text)
             generations[s.name][item.id] = {"generation": text, "prompt_ids": prompt_ids, "token_ids": token_ids}
             if cache:
-                cache.put(generation_hash(generation, item), dict(generations[s.name][item.id]))
+                cache.put(generation_hash(generation, item, s.spec.chat), dict(generations[s.name][item.id]))
 
     evaluated = Evaluated(scores={}, tokenizer=vocabulary_key(tokenizer))
     _along_generations(model, tokenizer, suites, generations, evaluated, reference, reference_fingerprint,
@@ -238,8 +250,9 @@ def _along_generations(model, tokenizer, suites, generations, evaluated: Evaluat
                 prompt_ids, token_ids = reference.generated[(s.name, item.id)]
             else:
                 text = reference.generations[s.name][item.id]
-                prompt_ids = tokenizer(item.prompt)["input_ids"]
-                token_ids = continuation_tokens(tokenizer, item.prompt, text) if text else []
+                context = context_text(s, tokenizer, item.prompt)
+                prompt_ids = tokenizer(context)["input_ids"]
+                token_ids = continuation_tokens(tokenizer, context, text) if text else []
             key = _along_key(prompt_ids, token_ids, reference_fingerprint)
             hit = cache.get(key) if cache else None
             array = cache.get_array(key) if (cache and hit is not None and reference is None) else None

@@ -150,9 +150,9 @@ class Runner:
 
     def _needs_generation(self, fingerprint: str) -> bool:
         cache = self._cache(fingerprint)
-        generations = [g for g in (s.spec.generation() for s in self.suites) if g is not None]
-        return any(cache is None or cache.get(generation_hash(g, item)) is None
-                   for g in generations for item in g.items)
+        generations = [(g, s.spec.chat) for g, s in ((s.spec.generation(), s) for s in self.suites) if g is not None]
+        return any(cache is None or cache.get(generation_hash(g, item, chat)) is None
+                   for g, chat in generations for item in g.items)
 
     def close(self) -> None:
         if self.model is not self.base.model:

@@ -28,13 +28,28 @@ def generation_task_name(suite: LoadedSuite) -> str:
 
 def choice_hash(suite: LoadedSuite, choice: Choice) -> str:
     """What changes a choice's log-likelihoods, and nothing else (not its id or cluster)."""
+    chat = {"chat": True} if suite.spec.chat else {}
     return stable_hash({"shape": "choice", "delimiter": suite.spec.delimiter, "prompt": choice.prompt,
-                        "options": list(choice.options)})
+                        "options": list(choice.options), **chat})
 
 
-def generation_hash(generation: Generation, item: GenerationItem) -> str:
+def generation_hash(generation: Generation, item: GenerationItem, chat: bool = False) -> str:
     return stable_hash({"shape": "generation", "prompt": item.prompt, "max_new_tokens": generation.max_new_tokens,
-                        "until": generation.until})
+                        "until": generation.until, **({"chat": True} if chat else {})})
+
+
+def context_text(suite: LoadedSuite, tokenizer, prompt: str) -> str:
+    """The text a model is given for `prompt`: itself, or in a chat suite the user's turn rendered
+    with the chat template and the assistant's generation prompt, as lm-eval renders it."""
+    if not suite.spec.chat:
+        return prompt
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def delimiter(suite: LoadedSuite) -> str:
+    """Between context and option: lm-eval puts none after a chat template's generation prompt."""
+    return "" if suite.spec.chat else suite.spec.delimiter
 
 
 def choice_doc(choice: Choice) -> dict[str, Any]:

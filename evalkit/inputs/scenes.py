@@ -48,6 +48,15 @@ class TrainingOverrides(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 
 
+class Turn(BaseModel):
+    """One turn of a chat scene (for instruct models)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, Field(min_length=1), AfterValidator(not_blank)]
+
+
 class Scene(BaseModel):
     """One scene file. Exactly one of `text` and `turns` carries the content."""
 
@@ -58,8 +67,10 @@ class Scene(BaseModel):
     title: Annotated[str, Field(min_length=1), AfterValidator(not_blank)]
     text: str | None = None
     """The scene as prose."""
-    turns: list[str] | None = None
-    """The scene as a sequence of utterances, joined by blank lines for training."""
+    turns: list[str] | list[Turn] | None = None
+    """The scene as utterances (joined by blank lines for training), or as a chat: turns with a
+    role (system, user, assistant), rendered with the model's chat template, the loss on the
+    assistant's turns only."""
     tags: list[str] = []
     expect: list[Expectation] = []
     """Probes the author expects this scene to move (empty for a control scene)."""
@@ -74,13 +85,22 @@ class Scene(BaseModel):
         return self
 
     @property
+    def chat(self) -> list[Turn] | None:
+        """The turns of a chat scene; None for prose."""
+        turns = self.turns or []
+        return [t for t in turns if isinstance(t, Turn)] if turns and isinstance(turns[0], Turn) else None
+
+    @property
     def body(self) -> str:
-        return self.text if self.text is not None else "\n\n".join(self.turns or [])
+        if self.text is not None:
+            return self.text
+        return "\n\n".join(t.content if isinstance(t, Turn) else t for t in self.turns or [])
 
     @property
     def content_hash(self) -> str:
         """Hash of everything that affects training: the text and the training overrides."""
-        return stable_hash({"body": self.body, "training": self.training.model_dump()})
+        chat = {"chat": [t.model_dump() for t in self.chat]} if self.chat else {}
+        return stable_hash({"body": self.body, "training": self.training.model_dump(), **chat})
 
 
 def load_scene(path: Path) -> Scene:

@@ -18,16 +18,28 @@ def window_batch(data: Any, block: int, batch_size: int, rng: random.Random) -> 
     return torch.stack([data[i : i + block + 1] for i in starts])
 
 
+def masked_batch(data: Any, mask: Any, block: int, batch_size: int, rng: random.Random) -> tuple[Any, Any]:
+    """Windows that each hold some loss-carrying tokens, and their labels (-100 where no loss)."""
+    import torch
+
+    starts = [s for s in range(len(data) - block) if bool(mask[s + 1 : s + block + 1].any())]
+    picked = [rng.choice(starts) for _ in range(batch_size)]
+    batch = torch.stack([data[i : i + block + 1] for i in picked])
+    labels = batch.masked_fill(torch.stack([mask[i : i + block + 1] for i in picked]) == 0, -100)
+    return batch, labels
+
+
 def train_loop(model: Any, params: list, data: Any, *, block: int, batch_size: int, steps: int,
                learning_rate: float, rng: random.Random, weight_decay: float = 0.0,
                schedule: Optional[Callable[[int], float]] = None, clip: Optional[float] = None,
                on_step: Optional[Callable[[int, float], None]] = None, stop_loss: Optional[float] = None,
-               autocast: Optional[Any] = None) -> list[float]:
+               autocast: Optional[Any] = None, mask: Optional[Any] = None) -> list[float]:
     """Train `params` of `model` on windows of `data` (a 1-D tensor of token ids); the loss of
     every step, rounded to 5 decimals. `schedule(step)` sets the learning rate of each step
     (constant without it); `clip` caps the gradient norm; `stop_loss` ends training once the mean
     loss of the last 5 steps is below it; `autocast` (a torch dtype) runs forward and backward
-    under CPU autocast. Seed torch and `rng` before calling: the model's initialisation draws
+    under CPU autocast; `mask` (0/1 per token of `data`) keeps the loss to the tokens marked 1.
+    Seed torch and `rng` before calling: the model's initialisation draws
     from torch's generator too."""
     import torch
 
@@ -38,9 +50,12 @@ def train_loop(model: Any, params: list, data: Any, *, block: int, batch_size: i
         if schedule is not None:
             for group in opt.param_groups:
                 group["lr"] = schedule(step)
-        batch = window_batch(data, block, batch_size, rng)  # (B, block + 1)
+        if mask is None:
+            batch = labels = window_batch(data, block, batch_size, rng)  # (B, block + 1)
+        else:
+            batch, labels = masked_batch(data, mask, block, batch_size, rng)
         with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
-            loss = model(input_ids=batch, labels=batch).loss
+            loss = model(input_ids=batch, labels=labels).loss
         opt.zero_grad()
         loss.backward()
         if clip is not None:

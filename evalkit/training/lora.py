@@ -9,6 +9,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from evalkit.engine.adapters import lora_config
 from evalkit.engine.base import Base, context_limit
+from evalkit.errors import EvalkitError
 from evalkit.files import atomic_directory, stable_hash, write_json_atomic
 from evalkit.inputs.scenes import Scene
 from evalkit.paths import bundled
@@ -68,6 +69,40 @@ def adapter_key(scenes: list[Scene], base: Base, settings: TrainSettings) -> str
     })[:16]
 
 
+def training_tokens(scenes: list[Scene], tokenizer: Any) -> tuple[list[int], Optional[list[int]]]:
+    """The token stream a stack of scenes trains on, and which tokens carry the loss (None: all).
+
+    Prose scenes are their text, each ended by end-of-text. A chat scene is rendered with the
+    tokenizer's chat template; only the assistant's turns carry the loss, so the adapter learns
+    how to answer, not how to ask.
+    """
+    if not any(s.chat for s in scenes):
+        return tokenizer(training_text(scenes, tokenizer.eos_token), add_special_tokens=False)["input_ids"], None
+    if not getattr(tokenizer, "chat_template", None):
+        raise EvalkitError("field 'turns': a chat scene needs a model whose tokenizer has a chat template",
+                           where=next(s.id for s in scenes if s.chat))
+    ids: list[int] = []
+    mask: list[int] = []
+    for scene in scenes:
+        if scene.chat is None:
+            part = tokenizer(scene.body.strip() + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+            ids += part
+            mask += [1] * len(part)
+            continue
+        messages = [t.model_dump() for t in scene.chat]
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        spans = []  # character spans of the assistant's turns in the rendered text
+        for k, turn in enumerate(scene.chat):
+            if turn.role == "assistant":
+                before = len(tokenizer.apply_chat_template(messages[:k], tokenize=False)) if k else 0
+                start = text.index(turn.content, before)
+                spans.append((start, start + len(turn.content)))
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids += encoded["input_ids"]
+        mask += [int(any(a <= begin < b for a, b in spans)) for begin, _ in encoded["offset_mapping"]]
+    return ids, mask
+
+
 def training_text(scenes: list[Scene], eos: str) -> str:
     return "".join(scene.body.strip() + eos for scene in scenes)
 
@@ -118,7 +153,7 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: Optional
 
     started = time.time()
     tok = base.tokenizer
-    ids = tok(training_text(scenes, tok.eos_token), add_special_tokens=False)["input_ids"]
+    ids, mask = training_tokens(scenes, tok)
     data = torch.tensor(ids, dtype=torch.long)
 
     torch.manual_seed(settings.seed)
@@ -130,7 +165,7 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: Optional
                             block=min(settings.block, len(ids) - 1), batch_size=settings.batch_size,
                             steps=settings.steps, learning_rate=settings.learning_rate, rng=rng,
                             on_step=(lambda step, loss: on_step(step, settings.steps, loss)) if on_step else None,
-                            stop_loss=settings.stop_loss,
+                            stop_loss=settings.stop_loss, mask=torch.tensor(mask) if mask is not None else None,
                             autocast=torch.bfloat16 if settings.dtype == "bfloat16" else None)
         adapter_nll = general_nll(model, tok)
         with model.disable_adapter():
