@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import build_tiny
+
 from evalkit.engine.base import load_base
 from evalkit.engine.export import export_tasks
 from evalkit.engine.runner import checkpoint_subject
