@@ -102,6 +102,7 @@ def scratch(
     """Train a small causal LM from scratch on the scenes; 'evalkit run --checkpoint' accepts it."""
     from evalkit.files import check_replaceable
     from evalkit.inputs.scenes import load_scenes
+    from evalkit.progress import progress_bar
     from evalkit.settings import ScratchSettings
     from evalkit.training.scratch import read_corpus, train_scratch
 
@@ -112,7 +113,8 @@ def scratch(
     texts = read_corpus(corpus) if corpus is not None else None
     check_replaceable(out, inputs=[scenes, *([corpus] if corpus is not None else [])])
     tokenizer_dir = base if base is not None else _demo_base()
-    _say(str(train_scratch(loaded, tokenizer_dir, out, settings, texts, demo_stories, log=_say)))
+    with progress_bar(f"training {out.name}", settings.steps) as advance:
+        _say(str(train_scratch(loaded, tokenizer_dir, out, settings, texts, demo_stories, log=_say, on_step=advance)))
 
 
 @app.command()
@@ -174,11 +176,13 @@ def run(
 def demo(
     out: Path = typer.Option(Path("reports") / "demo", help="Where the demo's reports go."),
     quick: bool = typer.Option(False, help="A smaller base and shorter training: the same path in seconds."),
+    base: Optional[Path] = typer.Option(None, help="A real model (smollm2, a GGUF file or a HF folder): the real scenes and suites, two seeds each, against the base and against the control scene."),
 ) -> None:
     """Build (or reuse) the demo base, train the bundled scenes, run every suite, write reports."""
     from evalkit.pipelines.demo import demo as do_demo
+    from evalkit.pipelines.real_demo import real_demo
 
-    index = do_demo(out, quick=quick, log=_say)
+    index = real_demo(base, out, log=_say) if base is not None else do_demo(out, quick=quick, log=_say)
     _say(f"open this report: {index.resolve()}")
 
 
@@ -265,6 +269,21 @@ def compare(
     from evalkit.pipelines.reports import compare as do_compare
 
     _say(f"report: {do_compare(runs, out)}")
+
+
+@app.command()
+def power(
+    results: Path = typer.Argument(..., help="A results.json of a run (e.g. a control adapter against the base)."),
+    shift: float = typer.Option(..., help="The true shift to detect, in each metric's own unit (nats for margins)."),
+    target: float = typer.Option(0.8, "--power", help="The power wanted (1 - beta)."),
+) -> None:
+    """How many items (or clusters) each effect would need to find a given shift, from a run's spread."""
+    from evalkit.pipelines.reports import power as do_power
+
+    if not (shift > 0 and 0 < target < 1):
+        raise EvalkitError(f"--shift must be above 0 and --power between 0 and 1, not {shift:g} and {target:g}")
+    for line in do_power(results, shift, target):
+        _say(line)
 
 
 @app.command()

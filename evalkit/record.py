@@ -48,7 +48,9 @@ class ModelRef(_Record):
     scene_title: str | None = None
     scene_excerpt: str | None = None
     training: dict[str, Any] | None = None
-    """The adapter's or checkpoint's manifest (hyper-parameters, seed, steps, final loss)."""
+    """The adapter's or checkpoint's manifest (hyper-parameters, seed, steps, final loss, damage)."""
+    unverified: str | None = None
+    """What evalkit could not check about this model (an adapter trained by another tool)."""
 
 
 class SuiteRef(_Record):

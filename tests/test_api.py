@@ -100,3 +100,36 @@ def test_subjects_with_one_folder_name_get_distinct_records(tmp_path, honesty_ad
     with pytest.raises(evalkit.EvalkitError, match="given twice"):
         evalkit.evaluate([tmp_path / "seed0" / "share", tmp_path / "seed0" / "share"], base=tiny_llama,
                          suites=[ROOT / "probes" / "tension.yaml"])
+
+
+def test_an_adapter_trained_elsewhere_runs_when_its_base_is_named(tmp_path, honesty_adapter, tiny_llama):
+    import shutil
+
+    foreign = tmp_path / "from-trl"
+    shutil.copytree(honesty_adapter, foreign)
+    (foreign / "evalkit.json").unlink()  # what peft, TRL or axolotl leave: no evalkit manifest
+    with pytest.raises(evalkit.EvalkitError, match="no evalkit manifest"):
+        evalkit.evaluate([foreign], suites=[ROOT / "probes" / "tension.yaml"])
+    lines: list[str] = []
+    (record,) = evalkit.evaluate([foreign], base=tiny_llama, suites=[ROOT / "probes" / "tension.yaml"], log=lines.append)
+    assert record.subject.unverified and "could not be verified by weight fingerprint" in record.subject.unverified
+    assert any(line.startswith("note: from-trl: trained without evalkit") for line in lines)
+    (ours,) = evalkit.evaluate([honesty_adapter], base=tiny_llama, suites=[ROOT / "probes" / "tension.yaml"])
+    assert [i.subject for i in record.items] == [i.subject for i in ours.items]
+
+
+def test_power_says_how_many_units_a_shift_needs(tmp_path, honesty_adapter, tiny_llama):
+    from evalkit.pipelines.reports import power
+
+    evalkit.evaluate([honesty_adapter], base=tiny_llama, suites=[ROOT / "probes" / "tension.yaml"], out=tmp_path)
+    lines = power(tmp_path / "honesty" / "results.json", shift=0.5)
+    assert lines[0].split()[:3] == ["suite", "metric", "scope"] and len(lines) > 3
+    import math
+
+    from scipy import stats as sps
+
+    effect = next(e for e in evalkit.read_record(tmp_path / "honesty" / "results.json").effects
+                  if e.metric == "margin" and e.scope == "suite")
+    row = next(line for line in lines if " margin " in line and " suite " in line)
+    z = sps.norm.ppf(0.975) + sps.norm.ppf(0.8)
+    assert int(row.split()[-1]) == math.ceil(z**2 * effect.se**2 * effect.units / 0.5**2)

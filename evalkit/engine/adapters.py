@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from evalkit.engine.base import Base
 from evalkit.errors import EvalkitError
@@ -58,16 +58,24 @@ def lora_config(base: Base, settings: TrainSettings) -> Any:
                       fan_in_fan_out=uses_conv1d(base.model))
 
 
-def adapter_manifest(adapter_dir: Path) -> AdapterManifest:
-    """An adapter's manifest, required: without it the adapter's base cannot be checked."""
+# What cannot be checked about an adapter trained by another tool (no evalkit manifest).
+UNVERIFIED = ("trained without evalkit: its base could not be verified by weight fingerprint (checked: a LoRA "
+              "config, target modules that exist in the base, weights of the right shapes)")
+
+
+def adapter_manifest(adapter_dir: Path, trained_elsewhere: bool = False) -> Optional[AdapterManifest]:
+    """An adapter's manifest. Required unless `trained_elsewhere` (the base was named with --base):
+    then a plain peft folder is accepted, checked for what can be checked, and None is returned."""
     if not adapter_dir.is_dir():
         raise EvalkitError("no such adapter folder", where=str(adapter_dir))
     if not (adapter_dir / "adapter_config.json").is_file():
         raise EvalkitError("not a peft adapter folder (no adapter_config.json)", where=str(adapter_dir))
     manifest = read_manifest(adapter_dir)
     if manifest is None:
+        if trained_elsewhere:
+            return None
         raise EvalkitError("no evalkit manifest, so its base cannot be checked", where=str(adapter_dir / MANIFEST_NAME),
-                           hint="train it with 'evalkit train'")
+                           hint="name its base with --base to run an adapter trained by another tool")
     if not isinstance(manifest, AdapterManifest):
         raise EvalkitError("field 'kind': this folder holds a checkpoint, not an adapter",
                            where=str(adapter_dir / MANIFEST_NAME))
@@ -151,6 +159,23 @@ def check_adapter_weights(adapter_dir: Path, model: Any) -> None:
     ranks = {shape[0] for k, shape in shapes.items() if ".lora_A" in k}
     if not config.get("rank_pattern") and ranks != {config["r"]}:
         raise EvalkitError(f"field 'r': {config['r']} but the weights have rank {sorted(ranks)}", where=where)
+    named = dict(model.named_modules())
+    for key, shape in shapes.items():
+        name = key.split(".lora_")[0].removeprefix("base_model.model.")
+        size_in, size_out = _sizes(named[name]) if name in named else (None, None)
+        expected = size_in if ".lora_A" in key else size_out if ".lora_B" in key else None
+        side = 1 if ".lora_A" in key else 0
+        if expected is not None and len(shape) == 2 and shape[side] != expected:
+            raise EvalkitError(f"weights '{key}' have shape {list(shape)}, but the base's module takes "
+                               f"{expected} features there: the adapter is for another model", where=str(weights))
+
+
+def _sizes(module: Any) -> tuple[int | None, int | None]:
+    """(in, out) features of a linear layer, GPT-2's Conv1D (stored transposed) included."""
+    if hasattr(module, "in_features"):
+        return module.in_features, module.out_features
+    weight = getattr(module, "weight", None)
+    return (int(weight.shape[0]), int(weight.shape[1])) if weight is not None and weight.dim() == 2 else (None, None)
 
 
 class AttachedAdapters:

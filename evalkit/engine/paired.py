@@ -49,8 +49,9 @@ def pair_items(suites: list[LoadedSuite], ref: Evaluated, sub: Evaluated) -> lis
 
 def evaluate_paired(base: Base, subjects: list[Subject], suites: list[LoadedSuite], settings: RunSettings,
                     reference: Optional[Subject] = None, log: Callable[[str], None] = print,
-                    use_cache: bool = True) -> list[PairedRun]:
-    """Evaluate the reference once, then each subject against it; one PairedRun per subject."""
+                    use_cache: bool = True, on_done: Optional[Callable[[], None]] = None) -> list[PairedRun]:
+    """Evaluate the reference once, then each subject against it; one PairedRun per subject.
+    `on_done` is called after each model (the reference first)."""
     adapters = [s for s in [reference, *subjects] if s is not None and s.kind == "adapter"]
     unique = list({a.path: a for a in adapters}.values())
     runner: Any
@@ -65,11 +66,15 @@ def evaluate_paired(base: Base, subjects: list[Subject], suites: list[LoadedSuit
         ref_evaluated, ref_fp, counts = runner.evaluate(reference)
         ref_name = reference.name if reference else "base"
         log(f"reference ({ref_name}): {counts.line()}")
+        if on_done is not None:
+            on_done()
         ref_model = model_ref(reference, base, ref_fp)
         runs = []
         pairs = zip(subjects, runner.evaluate_subjects(subjects, (ref_evaluated, ref_fp)))
         for subject, (evaluated, fp, sub_counts) in pairs:
             log(f"subject {subject.name}: {sub_counts.line()}")
+            if on_done is not None:
+                on_done()
             runs.append(paired_run(subject.name, ref_model, model_ref(subject, base, fp), suites, ref_evaluated,
                                    evaluated, settings, {"reference_computed": counts.computed,
                                                          "reference_cached": counts.cached,

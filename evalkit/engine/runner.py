@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, Union
 
-from evalkit.engine.adapters import AttachedAdapters, adapter_manifest, check_adapter_base, check_adapter_weights
+from evalkit.engine.adapters import (
+    UNVERIFIED,
+    AttachedAdapters,
+    adapter_manifest,
+    check_adapter_base,
+    check_adapter_weights,
+)
 from evalkit.engine.base import Base, context_limit, load_base
 from evalkit.engine.cache import ScoreCache
 from evalkit.engine.evaluation import Counts, Evaluated, check_context, evaluate_model
@@ -40,9 +46,11 @@ class Subject:
     manifest: Union[AdapterManifest, CheckpointManifest, None] = None
 
 
-def adapter_subject(path: Path) -> Subject:
+def adapter_subject(path: Path, trained_elsewhere: bool = False) -> Subject:
+    """An adapter folder; with `trained_elsewhere` (its base named by the user) a plain peft folder
+    without an evalkit manifest is accepted."""
     path = path.resolve()
-    return Subject("adapter", path, path.name, adapter_manifest(path))
+    return Subject("adapter", path, path.name, adapter_manifest(path, trained_elsewhere))
 
 
 def checkpoint_subject(path: Path) -> Subject:
@@ -61,7 +69,7 @@ def _adapter_fingerprint(path: Path, base_fingerprint: str) -> str:
 
 
 # The parts of a trained model's manifest a run record carries, in this order.
-TRAINING_FIELDS = ("lora", "training", "model", "final_loss", "created", "key")
+TRAINING_FIELDS = ("lora", "training", "model", "final_loss", "created", "key", "damage", "warnings")
 
 
 def _scene_excerpt(manifest: Union[AdapterManifest, CheckpointManifest]) -> str | None:
@@ -91,6 +99,7 @@ def model_ref(subject: Subject | None, base: Base, fingerprint: str) -> ModelRef
         scene_title=" + ".join(s.title for s in scenes) or None,
         scene_excerpt=_scene_excerpt(m) if m is not None else None,
         training={k: dumped[k] for k in TRAINING_FIELDS if k in dumped} or None,
+        unverified=UNVERIFIED if subject.kind == "adapter" and m is None else None,
     )
 
 
@@ -99,8 +108,8 @@ def check_inputs(base: Base, suites: list[LoadedSuite], adapters: list[Subject])
     and its weights are readable."""
     check_context(suites, base.tokenizer, context_limit(base.model, base.tokenizer))
     for a in adapters:
-        assert isinstance(a.manifest, AdapterManifest)  # adapter_subject requires one
-        check_adapter_base(a.path, a.manifest, base)
+        if isinstance(a.manifest, AdapterManifest):
+            check_adapter_base(a.path, a.manifest, base)
         check_adapter_weights(a.path, base.model)
 
 

@@ -5,6 +5,9 @@ The kinds and their schemas are declared in `evalkit.kinds`; this module reads f
 
 from __future__ import annotations
 
+import itertools
+import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
@@ -50,8 +53,58 @@ class LoadedSuite(BaseModel):
         return self.spec.item_ids()
 
 
+PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def expand_templates(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """CheckList-style templates: `fills` names lists of words, each of `templates` is an item
+    (a group, for consistency) whose text uses {name} placeholders, and becomes one item per
+    combination of the fills it uses, numbered `<template id>-<k>`; items of one template share
+    a cluster (the template's `cluster`, else its id), so their SEs account for it."""
+    templates, fills = data.pop("templates", None), data.pop("fills", {})
+    if templates is None:
+        return data
+    if not isinstance(templates, list) or not isinstance(fills, dict) or not all(
+            isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in fills.values()):
+        raise EvalkitError("fields 'templates' and 'fills': a list of items, and lists of words by name",
+                           where=str(path))
+    listing = "groups" if data.get("kind") == "consistency" else "items"
+    expanded = list(data.get(listing) or [])
+    for k, template in enumerate(templates):
+        if not isinstance(template, dict) or not isinstance(template.get("id"), str):
+            raise EvalkitError(f"field 'templates.{k}': a template needs an 'id'", where=str(path))
+        used = sorted(set(PLACEHOLDER.findall(json.dumps(template))))
+        unknown = [u for u in used if u not in fills]
+        if unknown:
+            raise EvalkitError(f"field 'templates.{k}': {{{unknown[0]}}} has no fill; fills: "
+                               f"{', '.join(fills) or 'none'}", where=f"{path} [{template['id']}]")
+        for n, values in enumerate(itertools.product(*(fills[u] for u in used)), start=1):
+            fill = dict(zip(used, values))
+            item = _fill(template, fill)
+            item["id"] = f"{template['id']}-{n}"
+            if listing == "groups":
+                for j, paraphrase in enumerate(item.get("paraphrases") or [], start=1):
+                    if isinstance(paraphrase, dict):
+                        paraphrase["id"] = f"{item['id']}-{paraphrase.get('id', j)}"
+            elif data.get("kind") != "novel_axis":
+                item.setdefault("cluster", template["id"])
+            expanded.append(item)
+    data[listing] = expanded
+    return data
+
+
+def _fill(value: Any, fill: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return PLACEHOLDER.sub(lambda m: fill.get(m.group(1), m.group(0)), value)
+    if isinstance(value, list):
+        return [_fill(v, fill) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, fill) for k, v in value.items()}
+    return value
+
+
 def load_suite(path: Path) -> LoadedSuite:
-    data = read_yaml_mapping(path)
+    data = expand_templates(read_yaml_mapping(path), path)
     kind = data.get("kind")
     if kind not in KINDS:
         shown = "missing" if kind is None else f"'{kind}'"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from evalkit.decide.effects import build_records
+from evalkit.engine.adapters import UNVERIFIED
 from evalkit.engine.base import Base, load_base
 from evalkit.engine.paired import evaluate_paired
 from evalkit.engine.runner import Subject, adapter_subject, checkpoint_subject
@@ -14,6 +15,7 @@ from evalkit.errors import EvalkitError
 from evalkit.files import check_writable, inside
 from evalkit.inputs.suites import LoadedSuite, load_suites
 from evalkit.paths import cache_root
+from evalkit.progress import progress_bar
 from evalkit.record import AdapterManifest, RunRecord, write_record
 from evalkit.report.run_page import write_run_report
 from evalkit.settings import RunSettings
@@ -24,7 +26,9 @@ Log = Callable[[str], None]
 def evaluate_subjects(base: Base, subjects: list[Subject], suites: list[LoadedSuite], settings: RunSettings,
                       reference: Optional[Subject] = None, log: Log = print, use_cache: bool = True) -> list[RunRecord]:
     """Paired items from the engine, tested: one RunRecord per subject."""
-    runs = evaluate_paired(base, subjects, suites, settings, reference=reference, log=log, use_cache=use_cache)
+    with progress_bar("evaluating models", len(subjects) + 1) as advance:
+        runs = evaluate_paired(base, subjects, suites, settings, reference=reference, log=log, use_cache=use_cache,
+                               on_done=advance)
     return build_records(runs, settings.stats)
 
 
@@ -60,9 +64,9 @@ def name_apart(subjects: list[Subject]) -> None:
                            where=", ".join(str(s.path) for s in subjects))
 
 
-def reference_subject(path: Path) -> Subject:
+def reference_subject(path: Path, trained_elsewhere: bool = False) -> Subject:
     """A reference is a checkpoint when it is a full model folder, else an adapter."""
-    return checkpoint_subject(path) if (path / "config.json").is_file() else adapter_subject(path)
+    return checkpoint_subject(path) if (path / "config.json").is_file() else adapter_subject(path, trained_elsewhere)
 
 
 def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[Path], suite_paths: list[Path],
@@ -73,9 +77,13 @@ def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[P
     if not adapters and not checkpoints:
         raise EvalkitError("give at least one --adapter or --checkpoint")
     suites = load_suites(suite_paths)
-    subjects = [*(adapter_subject(a) for a in adapters), *(checkpoint_subject(c) for c in checkpoints)]
+    elsewhere = base_dir is not None  # the user named the base: adapters of other tools are accepted
+    subjects = [*(adapter_subject(a, elsewhere) for a in adapters), *(checkpoint_subject(c) for c in checkpoints)]
+    for s in subjects:
+        if s.kind == "adapter" and s.manifest is None:
+            log(f"note: {s.path.name}: {UNVERIFIED}")
     name_apart(subjects)
-    ref_subject = reference_subject(reference) if reference is not None else None
+    ref_subject = reference_subject(reference, elsewhere) if reference is not None else None
     if base_dir is None:
         with_manifest = [s for s in subjects if s.kind == "adapter"]
         if not with_manifest:

@@ -97,3 +97,25 @@ def gate_candidate(baseline: Path, record: RunRecord, candidate: Path, policy: P
     failed = [o.name for o in outcomes if o.failed]
     log(f"gate: {'FAILED: ' + ', '.join(failed) if failed else 'passed'} ({len(outcomes)} checks)")
     return outcomes
+
+
+def power(results: Path, shift: float, power: float = 0.8) -> list[str]:
+    """From a run: per effect, its units, SE and MDE now, and how many units (items, or clusters
+    where items share them) a true shift of `shift` would need to be found with `power` at the
+    run's alpha: n = (z_{1-a/2} + z_power)^2 var / shift^2, var = SE^2 x units measured here."""
+    from evalkit.decide.stats import items_needed
+
+    record = read_record(results)
+    alpha = record.stats.alpha
+    lines = [f"{'suite':20s} {'metric':16s} {'scope':22s} {'units':>5s} {'SE':>8s} {'MDE':>8s} "
+             f"{'needed for ' + format(shift, 'g'):>16s}"]
+    for e in record.effects:
+        units = e.units or e.n
+        if e.se is None or units < 2:
+            needed = "untestable"
+        else:
+            needed = str(items_needed(e.se ** 2 * units, shift, alpha, power))
+        mde = f"{e.mde:.3f}" if e.mde is not None else "-"
+        se = f"{e.se:.3f}" if e.se is not None else "-"
+        lines.append(f"{e.suite:20s} {e.metric:16s} {e.scope:22s} {units:5d} {se:>8s} {mde:>8s} {needed:>16s}")
+    return lines
