@@ -72,3 +72,16 @@ def test_nll_of_smollm2_own_greedy_text_equals_generate(smollm2, tmp_path):
         expected, kept = greedy_nll(smollm2.model, smollm2.tokenizer, item.prompt, 10, ["\n"])
         assert item.reference["continuation_tokens"] == len(kept) > 0
         assert item.reference["nll"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_an_over_trained_scene_is_flagged(smollm2, tmp_path):
+    """The old default recipe (lr 2e-3, no early stop) memorises a real scene and damages general
+    English: the manifest and the log say so."""
+    lines: list[str] = []
+    (adapter,) = evalkit.train(ROOT / "scenes" / "real" / "05-thrift.yaml", base=smollm2.path, out=tmp_path / "over",
+                               settings=evalkit.TrainSettings(learning_rate=2e-3, steps=30, batch_size=4, block=64),
+                               log=lines.append)
+    written = json.loads((adapter / "evalkit.json").read_text())
+    assert written["damage"]["increase"] > 0.15
+    assert any("general English got worse" in w for w in written["warnings"])
+    assert any(line.startswith("warning: adapter real-thrift:") for line in lines)
