@@ -142,11 +142,10 @@ def run(
     junit: Optional[Path] = typer.Option(None, help="JUnit XML of the gate (with --gate)."),
 ) -> None:
     """Evaluate the reference (the base by default) and each subject on the probe suites, pair by item, test, report."""
-    from evalkit.files import check_writable
     from evalkit.inputs.suites import load_suites
     from evalkit.paths import default_folder
     from evalkit.pipelines.evaluate import evaluate
-    from evalkit.pipelines.reports import gate_candidate, prepare_gate
+    from evalkit.pipelines.reports import gate_candidates, prepare_gate
     from evalkit.settings import RunSettings, StatsSettings
 
     stats = _settings(StatsSettings, alpha=alpha, test=test, resamples=resamples, seed=seed)
@@ -158,7 +157,6 @@ def run(
     gating = None
     if gate_policy is not None and baseline is not None:
         gating = prepare_gate(baseline, gate_policy, load_suites(suite_paths), junit)
-    check_writable(out)
     records = evaluate(adapter or [], checkpoint or [], base, suite_paths, settings, reference=reference, log=_say,
                        use_cache=not no_cache, out=out)
     reports = [out / r.run_id / "report.html" for r in records]
@@ -166,9 +164,9 @@ def run(
         _say(f"report: {report}")
     if gating is not None and baseline is not None:
         policy, baseline_record = gating
-        outcomes = [gate_candidate(baseline, baseline_record, r.parent / "results.json", policy, junit, log=_say)
-                    for r in reports]
-        if any(o.failed for checks in outcomes for o in checks):
+        outcomes = gate_candidates(baseline, baseline_record, [r.parent / "results.json" for r in reports], policy,
+                                   junit, log=_say)
+        if any(o.failed for o in outcomes):
             raise typer.Exit(1)
 
 
@@ -269,6 +267,23 @@ def compare(
     from evalkit.pipelines.reports import compare as do_compare
 
     _say(f"report: {do_compare(runs, out)}")
+
+
+@app.command()
+def discover(
+    adapter: Path = typer.Option(..., help="The adapter whose changes to look for."),
+    reference: Optional[Path] = typer.Option(None, help="Compare against this adapter instead of the base."),
+    control: Optional[list[Path]] = typer.Option(None, "--control", help="A control adapter (neutral scene, another seed): the null; repeat for several."),
+    base: Optional[Path] = typer.Option(None, help="Base model (default: the adapter's manifest)."),
+    prompts: Optional[Path] = typer.Option(None, help="A prompt bank, one prompt a line (default: the bundled one for the base)."),
+    suite: Optional[list[Path]] = typer.Option(None, "--suite", help="Probe files or folders: their prompts join the bank, their novel axes are compared."),
+    out: Path = typer.Option(Path("reports") / "discover", help="Where discovery.json and discovery.html go."),
+    seed: int = typer.Option(0, help="Seed of the held-out splits."),
+) -> None:
+    """Directions of change no probe declared: labelled, replicated, against controls, new or not."""
+    from evalkit.pipelines.discover import run_discovery
+
+    _say(f"report: {run_discovery(adapter, base, reference, control or [], prompts, suite or [], out, seed, log=_say)}")
 
 
 @app.command()

@@ -242,19 +242,20 @@ def _lock_path(final: Path) -> Path:
 @contextmanager
 def _locked(final: Path) -> Iterator[None]:
     """One writer at a time swaps `final` (other processes wait)."""
-    with open(_lock_path(final), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    fd = os.open(_lock_path(final), os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o666)  # never truncates or follows
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def recover_swap(final: Path) -> None:
     """Finish or roll back a swap that was killed: between its two renames it left `.NAME.old`
     and no NAME (the old folder goes back); after them, both (the old one goes)."""
     old = final.with_name(f".{final.name}.old")
-    if old.is_dir():
+    if old.is_dir() and not old.is_symlink() and made_by_evalkit(old):  # a user's own .NAME.old is theirs
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -281,6 +282,8 @@ def atomic_directory(final: Path, inputs: Iterable[Path] = ()) -> Iterator[Path]
         yield tmp
         with _locked(final):
             recover_swap(final)
+            if _foreign(final):  # made while we worked, by someone else: never replaced
+                raise EvalkitError("holds files evalkit did not write; refusing to replace it", where=str(final))
             if final.exists():
                 old = final.with_name(f".{final.name}.old")
                 final.rename(old)

@@ -316,3 +316,55 @@ def manifest_key(folder: Path) -> Optional[str]:
     except EvalkitError:
         return None
     return manifest.key if manifest is not None else None
+
+
+# --- discovered directions -----------------------------------------------------------------
+
+class DiscoveredDirection(_Record):
+    """A direction of change in the residual stream, with what makes it readable and believable."""
+
+    name: str
+    share: float
+    """Share of the total squared change over the prompts that lies along it."""
+    strength: float
+    """Mean shift along it per prompt, in residual-stream units."""
+    promoted: list[str]
+    """Tokens whose logits it raises most (the output head applied to it: the logit lens)."""
+    suppressed: list[str]
+    strongest_prompts: list[str]
+    reference_continuations: list[str]
+    subject_continuations: list[str]
+    held_out_t: list[float]
+    held_out_p: list[float]
+    """One-sided p of the shift along the direction found on one half of the prompts, on the other
+    half; one per seeded split."""
+    replicates: bool
+    """p < 0.01 in every split."""
+    null_t: list[float]
+    """The same held-out t for the consistent shift of each control adapter (neutral scene, other seeds)."""
+    beyond_null: Optional[float]
+    """held-out t minus the largest null t; None when no control was given."""
+    cosines: dict[str, float]
+    """|cos| with each declared novel axis' direction."""
+    matches: Optional[str]
+    """The declared axis it matches (|cos| >= 0.5), or None: new."""
+    reading: str
+    """The verdict in words."""
+
+
+class DiscoveryRecord(_Record):
+    """`evalkit discover`: what a subject changed, found on a prompt bank rather than declared."""
+
+    version: int = 1
+    subject: ModelRef
+    reference: ModelRef
+    controls: list[str]
+    prompts: int
+    """Prompts the shifts were measured on (the bank plus every suite prompt)."""
+    prompt_bank: str
+    seed: int
+    directions: list[DiscoveredDirection]
+    next_token_promoted: list[str]
+    """Tokens whose next-token log-probability rose most, averaged over the prompts."""
+    next_token_suppressed: list[str]
+    manifest: dict[str, Any]

@@ -86,7 +86,7 @@ def test_inline_gate_on_run(runs, tmp_path):
                    "--gate", ROOT / "evalkit" / "decide" / "policies" / "default.yaml", "--baseline", runs["s0"],
                    "--junit", tmp_path / "j.xml")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "gate: passed" in done.stdout and (tmp_path / "j.xml").is_file()
+    assert "gate honesty-s1: passed" in done.stdout and (tmp_path / "j.xml").is_file()
 
 
 def _mismatched(source: Path, out: Path) -> Path:

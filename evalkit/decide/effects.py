@@ -179,7 +179,8 @@ def mark_seed_spread(records: list[RunRecord]) -> None:
     for record in records:
         t = record.subject.training or {}
         scenes = tuple(record.subject.scene_hashes)
-        settings = {k: v for k, v in (t.get("training") or {}).items() if k != "seed"}
+        # the recipe, without what differs from seed to seed (early stopping ends runs apart)
+        settings = {k: v for k, v in (t.get("training") or {}).items() if k not in ("seed", "steps_run", "tokens")}
         if scenes:
             groups[(scenes, repr(sorted(settings.items())), record.subject.kind)].append(record)
     for members in groups.values():

@@ -90,6 +90,8 @@ class Outcome:
     test: str
     alpha: float
     failed: bool
+    candidate: str = ""
+    """Which candidate run, when one gate judges several (run --gate with several subjects)."""
 
     @property
     def name(self) -> str:
@@ -227,7 +229,8 @@ def junit_xml(outcomes: list[Outcome], baseline: str, candidate: str) -> str:
     ET.SubElement(properties, "property", name="baseline", value=baseline)
     ET.SubElement(properties, "property", name="candidate", value=candidate)
     for o in outcomes:
-        case = ET.SubElement(suite, "testcase", classname=f"evalkit.gate.{o.check.suite}", name=o.check.metric)
+        where = f"{o.candidate}." if o.candidate else ""
+        case = ET.SubElement(suite, "testcase", classname=f"evalkit.gate.{where}{o.check.suite}", name=o.check.metric)
         if o.failed:
             failure = ET.SubElement(case, "failure", type="regression",
                                     message=f"{o.name} worse by {o.worsening:+.4f} "

@@ -116,11 +116,6 @@ def interval_spread(d: np.ndarray, clusters: Sequence[str] | None) -> Spread:
     return Spread(cr1, "clustered (CR1)", units)
 
 
-def t_interval(d: np.ndarray, alpha: float) -> tuple[float, float]:
-    """Student-t CI of the mean; a point when n = 1 (nothing to estimate a spread from)."""
-    return t_interval_from(float(d.mean()), standard_error(d)[0], len(d), alpha)
-
-
 def t_interval_from(mean: float, se: float | None, units: int, alpha: float) -> tuple[float, float]:
     """mean +- t_{1-alpha/2, units-1} se; a point when there is no spread."""
     if se is None or units < 2:
@@ -160,7 +155,7 @@ def _cluster_means(d: np.ndarray, clusters: Sequence[str] | None) -> np.ndarray:
     return np.bincount(index, weights=d) / np.bincount(index)
 
 
-def _signed_rank_exact_p(nonzero: np.ndarray, alternative: str = "two-sided") -> float:
+def _signed_rank_exact_p(nonzero: np.ndarray) -> float:
     """Exact two-sided p of the signed-rank statistic, ties included, by counting sign patterns.
 
     Under H0 each of the 2^n sign patterns is equally likely; T+ is a sum of a subset of the
@@ -175,8 +170,6 @@ def _signed_rank_exact_p(nonzero: np.ndarray, alternative: str = "two-sided") ->
         counts[r:] = counts[r:] + counts[: len(counts) - r].copy()
     probs = counts / counts.sum()
     t = int(ranks2[nonzero > 0].sum())
-    if alternative == "less":
-        return float(probs[: t + 1].sum())
     return float(min(1.0, 2 * min(probs[: t + 1].sum(), probs[t:].sum())))
 
 
@@ -196,21 +189,17 @@ def wilcoxon(d: np.ndarray) -> tuple[float, float]:
     return float(sps.wilcoxon(nonzero, method="asymptotic").pvalue), r
 
 
-def paired_t(d: np.ndarray, alternative: str = "two-sided") -> float:
-    """One-sample t test of mean(d) = 0, two-sided or 'less' (scipy's ttest_1samp, without its
-    warning when the differences are nearly identical: then t is simply very large)."""
+def paired_t(d: np.ndarray) -> float:
+    """Two-sided one-sample t test of mean(d) = 0 (scipy's ttest_1samp, without its warning when
+    the differences are nearly identical: then t is simply very large)."""
     n = len(d)
     if n < 2:
         return 1.0
     sd = float(d.std(ddof=1))
     mean = float(d.mean())
     if sd == 0.0:
-        if alternative == "less":
-            return 0.0 if mean < 0 else 1.0
         return 1.0 if mean == 0.0 else 0.0
     t = mean / (sd / np.sqrt(n))
-    if alternative == "less":
-        return float(sps.t.cdf(t, n - 1))
     return float(2 * sps.t.sf(abs(t), n - 1))
 
 

@@ -50,12 +50,18 @@ def uses_conv1d(model) -> bool:
 
 
 def lora_config(base: Base, settings: TrainSettings) -> Any:
-    """peft's LoraConfig for this base: targets inferred per architecture, GPT-2's Conv1D handled."""
+    """peft's LoraConfig for this base: the settings' targets, else those of its architecture;
+    GPT-2's Conv1D handled."""
     from peft import LoraConfig
 
-    return LoraConfig(r=settings.rank, lora_alpha=settings.alpha,  # type: ignore[arg-type]  # peft takes floats too lora_dropout=settings.dropout,
-                      target_modules=lora_targets(base.model), task_type="CAUSAL_LM",
-                      fan_in_fan_out=uses_conv1d(base.model))
+    targets = settings.targets or lora_targets(base.model)
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in base.model.named_modules()}
+    missing = [t for t in targets if t not in leaves]
+    if missing:
+        raise EvalkitError(f"field 'targets': the base has no module '{missing[0]}'", where=base.path)
+    alpha: Any = settings.alpha  # peft annotates it int; a float scales the same way
+    return LoraConfig(r=settings.rank, lora_alpha=alpha, lora_dropout=settings.dropout, target_modules=targets,
+                      task_type="CAUSAL_LM", fan_in_fan_out=uses_conv1d(base.model))
 
 
 # What cannot be checked about an adapter trained by another tool (no evalkit manifest).

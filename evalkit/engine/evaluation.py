@@ -48,7 +48,7 @@ class Evaluated:
 
     scores: ItemScores
     generations: dict[str, dict[str, str]] = field(default_factory=dict)
-    """Greedy generations per continuation suite, the text subjects' KL is measured along."""
+    """Greedy generations per continuation suite (text; KL is measured along `generated`)."""
     distributions: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     generated: dict[tuple[str, str], tuple[list[int], list[int]]] = field(default_factory=dict)
     """(suite, item) -> the prompt's and the greedy continuation's token ids, which KL and NLL are
@@ -60,6 +60,13 @@ class Evaluated:
 def vocabulary_key(tokenizer) -> str:
     """Same key, same token ids: a subject's distributions compare with the reference's only then."""
     return stable_hash(sorted(tokenizer.get_vocab().items()))
+
+
+def tokenizer_key(tokenizer) -> str:
+    """Everything of a tokenizer that changes scores: its vocabulary, special tokens and chat
+    template (part of the score cache's key, beside the weights)."""
+    return stable_hash({"vocabulary": vocabulary_key(tokenizer), "special": tokenizer.special_tokens_map,
+                        "chat_template": getattr(tokenizer, "chat_template", None), "class": type(tokenizer).__name__})
 
 
 def check_context(suites: list[LoadedSuite], tokenizer, limit: int) -> None:
@@ -130,7 +137,7 @@ def _along_key(prompt_ids: list[int], token_ids: list[int], reference_fingerprin
                         "reference": reference_fingerprint})
 
 
-def generated_tokens(lm, tokenizer, prompt: str, text: str) -> tuple[list[int], list[int]]:
+def generated_tokens(lm, tokenizer, prompt: str, text: str, new_tokens: int) -> tuple[list[int], list[int]]:
     """The prompt's ids and the generation's ids, as generate() saw and produced them.
 
     evalkit's HF class records them; lm-eval's vLLM class returns text only, which is split as
@@ -139,8 +146,9 @@ def generated_tokens(lm, tokenizer, prompt: str, text: str) -> tuple[list[int], 
     produced = getattr(lm, "generated_ids", {})
     if produced:
         prompt_ids = lm.tok_encode(prompt)
-        if tuple(prompt_ids) in produced:
-            return list(prompt_ids), kept_tokens(tokenizer, produced[tuple(prompt_ids)], text)
+        key = (tuple(prompt_ids), new_tokens)
+        if key in produced:
+            return list(prompt_ids), kept_tokens(tokenizer, produced[key], text)
     return tokenizer(prompt)["input_ids"], continuation_tokens(tokenizer, prompt, text) if text else []
 
 
@@ -204,7 +212,8 @@ def evaluate_model(model, tokenizer, lm, suites: list[LoadedSuite], *, batch_siz
             item = next(i for i in todo_items if i.id == sample["doc"]["id"])
             text = sample["filtered_resps"][0]
             text = text if isinstance(text, str) else str(text)
-            prompt_ids, token_ids = generated_tokens(lm, tokenizer, context_text(s, tokenizer, item.prompt), text)
+            prompt_ids, token_ids = generated_tokens(lm, tokenizer, context_text(s, tokenizer, item.prompt), text,
+                                                     generation.max_new_tokens)
             generations[s.name][item.id] = {"generation": text, "prompt_ids": prompt_ids, "token_ids": token_ids}
             if cache:
                 cache.put(generation_hash(generation, item, s.spec.chat), dict(generations[s.name][item.id]))

@@ -1,5 +1,5 @@
 """evalkit's lm-eval model class: lm-eval's own HFLM around an already-loaded model, with
-log-likelihood requests scored by shared-prefix packing (`evalkit/packing.py`).
+log-likelihood requests scored by shared-prefix packing (`evalkit/engine/packing.py`).
 
 Everything else - request building, tokenisation (`_encode_pair`), generation, filters,
 metrics - is HFLM's code. Progress bars are silenced; evalkit prints its own request counts.
@@ -58,8 +58,9 @@ class EvalkitLM(HFLM):
         self.current: str | None = None
         self._ready: dict[tuple, object] = {}
         self.attach = lambda names: None  # puts a group's adapters on the model (the run's AttachedAdapters)
-        self.generated_ids: dict[tuple[int, ...], list[int]] = {}
-        """Prompt ids -> the ids generate() produced after them, for the model being evaluated."""
+        self.generated_ids: dict[tuple[tuple[int, ...], int], list[int]] = {}
+        """(prompt ids, new tokens allowed) -> the ids generate() produced after them, for the model
+        being evaluated (two suites may share a prompt and differ in length)."""
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         return super().loglikelihood(requests, disable_tqdm=True)
@@ -85,16 +86,16 @@ class EvalkitLM(HFLM):
     def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
         mask = generation_kwargs.get("attention_mask")
         out = self._generate(context, max_length, stop, **generation_kwargs)
-        self._remember(context, mask, out)
+        self._remember(context, mask, out, max_length - context.shape[1])
         return out
 
-    def _remember(self, context, mask, out) -> None:
+    def _remember(self, context, mask, out, new_tokens: int) -> None:
         """Keep each row's prompt ids and generated ids: KL and NLL are scored on these, not on
         the decoded text lm-eval returns."""
         width = context.shape[1]
         for r in range(context.shape[0]):
             prompt = context[r] if mask is None else context[r][mask[r].bool()]
-            self.generated_ids[tuple(prompt.tolist())] = out[r, width:].tolist()
+            self.generated_ids[(tuple(prompt.tolist()), new_tokens)] = out[r, width:].tolist()
 
     def _generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
         key = _batch_key(context, generation_kwargs.get("attention_mask"), max_length, stop, generation_kwargs)

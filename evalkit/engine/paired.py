@@ -21,11 +21,12 @@ SCORING = (
     "(multiple_choice and generate_until through evalkit's lm-eval model class, lm-eval's HFLM "
     "wrapping the already-loaded model with log-likelihoods scored by shared-prefix packing: each "
     "prompt computed once for all of its options; adapters switched with peft set_adapter, the "
-    "base under disable_adapter; or lm-eval's vLLM class with --backend vllm). KL and "
-    "NLL along the reference's continuation need full next-token distributions, which lm-eval "
-    "does not return: evalkit computes them beside lm-eval on the same loaded model, with "
-    "lm-eval's tokenisation of prompt and continuation. Token counts for per-token "
-    "normalisation use the same split."
+    "base under disable_adapter; or lm-eval's vLLM class with --backend vllm; chat suites with "
+    "lm-eval's apply_chat_template). KL and NLL along the reference's continuation need full "
+    "next-token distributions, which lm-eval does not return: evalkit computes them beside lm-eval "
+    "on the same loaded model, along the token ids generate() produced for the reference (the "
+    "prompt's ids as generation saw them; the generated ids that make up lm-eval's stop-cut text). "
+    "Token counts for per-token normalisation use lm-eval's split of prompt and continuation."
 )
 
 

@@ -39,7 +39,9 @@ class _Worker:
         torch.set_num_threads(threads)
         self.suites = {s.name: s for s in suites}
         base = load_base(Path(base_path), settings.dtype, settings.device)
-        self.runner = Runner(base, suites, settings, [adapter_subject(Path(p)) for p in adapter_paths],
+        # The driver has checked every adapter (and refused one without a manifest where it must).
+        adapters = [adapter_subject(Path(p), trained_elsewhere=True) for p in adapter_paths]
+        self.runner = Runner(base, suites, settings, adapters,
                              use_cache=use_cache)
 
     def evaluate(self, subject, suite_name: str, reference):
@@ -54,6 +56,7 @@ def merge(parts: list[tuple[Evaluated, str, Counts]]) -> tuple[Evaluated, str, C
         evaluated.generations.update(part.generations)
         evaluated.distributions.update(part.distributions)
         evaluated.generated.update(part.generated)
+        evaluated.tokenizer = part.tokenizer
         counts.computed += part_counts.computed
         counts.cached += part_counts.cached
     return evaluated, parts[0][1], counts

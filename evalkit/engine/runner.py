@@ -23,7 +23,7 @@ from evalkit.engine.adapters import (
 )
 from evalkit.engine.base import Base, context_limit, load_base
 from evalkit.engine.cache import ScoreCache
-from evalkit.engine.evaluation import Counts, Evaluated, check_context, evaluate_model
+from evalkit.engine.evaluation import Counts, Evaluated, check_context, evaluate_model, tokenizer_key
 from evalkit.engine.tasks import generation_hash
 from evalkit.errors import EvalkitError
 from evalkit.inputs.suites import LoadedSuite
@@ -60,7 +60,7 @@ def checkpoint_subject(path: Path) -> Subject:
     return Subject("checkpoint", path, path.name, read_manifest(path))
 
 
-def _adapter_fingerprint(path: Path, base_fingerprint: str) -> str:
+def adapter_fingerprint(path: Path, base_fingerprint: str) -> str:
     h = hashlib.sha256(base_fingerprint.encode())
     for f in sorted([*path.glob("adapter_model.*"), path / "adapter_config.json"]):
         if f.is_file():
@@ -154,7 +154,7 @@ class Runner:
         key = None if subject is None else subject.path
         if key not in self._fingerprints:
             self._fingerprints[key] = (self.base.fingerprint if subject is None
-                                       else _adapter_fingerprint(subject.path, self.base.fingerprint))
+                                       else adapter_fingerprint(subject.path, self.base.fingerprint))
         return self._fingerprints[key]
 
     def _needs_generation(self, fingerprint: str) -> bool:
@@ -168,12 +168,14 @@ class Runner:
             self.base.model = self.model.unload()
             self.model = self.base.model
 
-    def _cache(self, fingerprint: str) -> ScoreCache | None:
-        """One cache object per model for the run: read from disk once, shared by plan and evaluate."""
+    def _cache(self, fingerprint: str, tokenizer: Any = None) -> ScoreCache | None:
+        """One cache object per model for the run: read from disk once, shared by plan and evaluate.
+        Keyed by the weights, the decoding settings and the tokenizer (its chat template included)."""
         if not self.use_cache:
             return None
         if fingerprint not in self._caches:
-            self._caches[fingerprint] = ScoreCache(fingerprint, self.settings.decoding())
+            key = tokenizer_key(tokenizer if tokenizer is not None else self.base.tokenizer)
+            self._caches[fingerprint] = ScoreCache(fingerprint, {**self.settings.decoding(), "tokenizer": key})
         return self._caches[fingerprint]
 
     def evaluate(self, subject: Subject | None, reference: tuple[Evaluated, str] | None = None,
@@ -189,7 +191,8 @@ class Runner:
             check_context(suites, ckpt.tokenizer, context_limit(ckpt.model, ckpt.tokenizer))
             lm = self._lm_eval_model(ckpt.model, ckpt.tokenizer, subject.path, [])
             fp = ckpt.fingerprint
-            evaluated = evaluate_model(ckpt.model, ckpt.tokenizer, lm, suites, cache=self._cache(fp), **kwargs)
+            evaluated = evaluate_model(ckpt.model, ckpt.tokenizer, lm, suites, cache=self._cache(fp, ckpt.tokenizer),
+                                       **kwargs)
             return evaluated, fp, counts
         fp = self._fingerprint(subject)
         if subject is None:

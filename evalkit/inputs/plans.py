@@ -108,12 +108,15 @@ def load_plan(path: Path) -> Resolved:
             paths.append(str(f.resolve()))
     by_id: dict[str, Scene] = {}
     for s in scenes:
+        if s.id == "base" or GENERATED_LABEL.match(s.id):
+            raise EvalkitError(f"field 'scenes': scene id '{s.id}' is a name the plan gives its own models "
+                               "(base, stack-NN, without-*, scratch-*)", where=where)
         if s.id in by_id:
             raise EvalkitError(f"field 'scenes': scene '{s.id}' is listed twice", where=where)
         by_id[s.id] = s
     named = {}
     for name in plan.stacks.named:
-        if name in by_id or GENERATED_LABEL.match(name):
+        if name in by_id or name == "base" or GENERATED_LABEL.match(name):
             raise EvalkitError(f"field 'stacks.named.{name}': '{name}' is already the name of a scene or of a "
                                "stack the plan makes (stack-NN, without-*, scratch-*); model names share one "
                                "namespace", where=where)

@@ -98,8 +98,8 @@ def planted_effect(base: Base, planted: tuple[Scene, str], control: tuple[Scene,
                                       "within_seed_noise": effects[a].within_seed_noise} for a in controls},
                      "false_alarms": false_alarms})
         log(f"{'ok ' if found and not false_alarms else 'FAIL'} seed {seed}: {axis} shift {hit.mean_diff:+.3f} "
-            f"[{hit.ci_low:+.3f}, {hit.ci_high:+.3f}] q {hit.q_value:.2g} (MDE {hit.mde:.3f}), "
-            f"seed spread {hit.seed_spread:.3f}; "
+            f"[{hit.ci_low or 0:+.3f}, {hit.ci_high or 0:+.3f}] q {hit.q_value or 1:.2g} (MDE {hit.mde or 0:.3f}), "
+            f"seed spread {hit.seed_spread or 0:.3f}; "
             "control axes " + ", ".join(
                 f"{a} {effects[a].mean_diff:+.3f} q {effects[a].q_value:.2g}"
                 + (" (within seed spread {:.3f})".format(effects[a].seed_spread or 0.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -86,16 +87,21 @@ def prepare_gate(baseline: Path, policy_path: Path, suites: list[LoadedSuite],
     return policy, record
 
 
-def gate_candidate(baseline: Path, record: RunRecord, candidate: Path, policy: Policy, junit: Optional[Path],
-                   log: Log = print) -> list[Outcome]:
-    """Gate one run of this command against an already checked baseline."""
-    outcomes = decide(record, read_record(candidate), policy, where=f"{baseline} vs {candidate}",
-                      sides=(str(baseline), str(candidate)))
-    for o in outcomes:
-        log(o.line())
-    write_outputs(outcomes, str(baseline), str(candidate), junit, None)
-    failed = [o.name for o in outcomes if o.failed]
-    log(f"gate: {'FAILED: ' + ', '.join(failed) if failed else 'passed'} ({len(outcomes)} checks)")
+def gate_candidates(baseline: Path, record: RunRecord, candidates: list[Path], policy: Policy,
+                    junit: Optional[Path], log: Log = print) -> list[Outcome]:
+    """Gate every run of this command against an already checked baseline; one JUnit file holds
+    every candidate's checks (named by the candidate's folder)."""
+    outcomes = []
+    for candidate in candidates:
+        checks = decide(record, read_record(candidate), policy, where=f"{baseline} vs {candidate}",
+                        sides=(str(baseline), str(candidate)))
+        for o in checks:
+            log(o.line())
+        failed = [o.name for o in checks if o.failed]
+        log(f"gate {candidate.parent.name}: {'FAILED: ' + ', '.join(failed) if failed else 'passed'} "
+            f"({len(checks)} checks)")
+        outcomes += [replace(o, candidate=candidate.parent.name) for o in checks]
+    write_outputs(outcomes, str(baseline), ", ".join(str(c) for c in candidates), junit, None)
     return outcomes
 
 

@@ -95,9 +95,16 @@ def training_tokens(scenes: list[Scene], tokenizer: Any) -> tuple[list[int], Opt
         for k, turn in enumerate(scene.chat):
             if turn.role == "assistant":
                 before = len(tokenizer.apply_chat_template(messages[:k], tokenize=False)) if k else 0
-                start = text.index(turn.content, before)
-                spans.append((start, start + len(turn.content)))
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+                content = turn.content.strip()  # templates may trim what they render
+                start = text.find(content, before)
+                if start < 0:
+                    raise EvalkitError(f"field 'turns.{k}.content': the model's chat template renders this turn in "
+                                       "a way its text cannot be found in", where=scene.id)
+                spans.append((start, start + len(content)))
+        try:
+            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        except NotImplementedError:
+            raise EvalkitError("a chat scene needs a fast tokenizer (with character offsets)", where=scene.id) from None
         ids += encoded["input_ids"]
         mask += [int(any(a <= begin < b for a, b in spans)) for begin, _ in encoded["offset_mapping"]]
     return ids, mask
