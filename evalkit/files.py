@@ -218,7 +218,7 @@ def check_replaceable(final: Path, inputs: Iterable[Path] = ()) -> None:
             raise EvalkitError(f"is an input of this command ({path}); choose another output folder",
                                where=str(final))
     foreign = _foreign(final)
-    if foreign and _lock_path(final).exists():  # evalkit writes here: look again between two swaps
+    if foreign and final.parent.is_dir():  # another evalkit may be mid-swap: look again between swaps
         with _locked(final):
             recover_swap(final)
             foreign = _foreign(final)
@@ -235,14 +235,12 @@ def _foreign(final: Path) -> bool:
         return False
 
 
-def _lock_path(final: Path) -> Path:
-    return final.parent / f".{final.name}.lock"
-
-
 @contextmanager
 def _locked(final: Path) -> Iterator[None]:
-    """One writer at a time swaps `final` (other processes wait)."""
-    fd = os.open(_lock_path(final), os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o666)  # never truncates or follows
+    """One writer at a time swaps folders in `final`'s parent (other processes wait a moment: the
+    lock covers the renames, not the work). The lock is on the folder itself, so nothing is
+    created beside the user's files."""
+    fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
