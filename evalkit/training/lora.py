@@ -28,9 +28,10 @@ OnStep = Optional[Callable[[int, int, float], None]]  # (step, steps, loss)
 # the recipe below; smaller ones (the demo base) keep the one they were tuned with.
 PRETRAINED_PARAMETERS = 20_000_000
 # Measured on SmolLM2-135M (see README, Real models): lr 2e-3 memorised a 5-sentence scene (loss
-# 6e-5) and raised the NLL of general English by 3 nats/token; at 2e-4 with early stopping the
-# scene is learned and general text is untouched.
-PRETRAINED_RECIPE = TrainSettings(learning_rate=2e-4, steps=40, batch_size=4, block=64, stop_loss=1.5)
+# 6e-5) and raised the NLL of general English by 3 nats/token; at 2e-4 general English is
+# untouched until the scene's loss is about 1.5 and damaged past it. Stopping at 1.7 keeps the
+# worst real scene (the neutral control, whose text is most like general English) at +0.10.
+PRETRAINED_RECIPE = TrainSettings(learning_rate=2e-4, steps=40, batch_size=4, block=64, stop_loss=1.7)
 # Warnings after training: the scene is memorised, or general text got worse by this much.
 MEMORISED_LOSS = 0.1
 DAMAGE_NATS = 0.15
