@@ -8,6 +8,7 @@ completions, scored by log-likelihood) and a *generation* (a prompt continued gr
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Literal, Optional, Sequence
 
@@ -69,9 +70,9 @@ class SuiteSpec(Strict):
     template and a generation prompt, and each option or continuation is the assistant's reply
     (as lm-eval does with --apply_chat_template)."""
 
+    @abstractmethod
     def choices(self) -> list[Choice]:
         """The choice requests of the suite (every option of every item)."""
-        raise NotImplementedError(f"{type(self).__name__} must list its choices")
 
     def generation(self) -> Optional[Generation]:
         """The items generated greedily, if the kind generates (None: it only chooses)."""
