@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -10,9 +11,9 @@ from typing import Any, Callable, Mapping, Optional
 from evalkit.engine.adapters import lora_config
 from evalkit.engine.base import Base, context_limit
 from evalkit.errors import EvalkitError
-from evalkit.files import atomic_directory, stable_hash, write_json_atomic
+from evalkit.files import atomic_directory, sha256_text, stable_hash, write_json_atomic
 from evalkit.inputs.scenes import Scene
-from evalkit.paths import bundled
+from evalkit.paths import bundled, cache_root
 from evalkit.record import AdapterManifest, BaseRef, LoraRef, SceneRef, manifest_key, write_manifest
 from evalkit.settings import TrainSettings
 from evalkit.training.loop import train_loop
@@ -119,15 +120,15 @@ def _base_ref(base: Base) -> BaseRef:
     return BaseRef(path=base.path, fingerprint=base.fingerprint, model_type=base.model_type)
 
 
-def general_nll(model: Any, tokenizer: Any) -> float:
+def general_nll(model: Any, tokenizer: Any, autocast: Optional[Any] = None) -> float:
     """Mean NLL (nats/token) of the shipped sample of general English, in windows the model's
-    context holds: what a scene must not make worse."""
+    context holds: what a scene must not make worse. `autocast` as in training."""
     import torch
 
     ids = tokenizer(bundled("general.txt").read_text(encoding="utf-8"))["input_ids"]
     width = min(512, context_limit(model, tokenizer))
     total = count = 0.0
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
         for start in range(0, len(ids) - 1, width):
             window = torch.tensor([ids[start : start + width]])
             if window.shape[1] < 2:
@@ -136,6 +137,26 @@ def general_nll(model: Any, tokenizer: Any) -> float:
             total += model(input_ids=window, labels=window).loss.item() * n
             count += n
     return total / count
+
+
+def base_general_nll(model: Any, base: Base, autocast: Optional[Any]) -> float:
+    """`general_nll` of the base alone (the adapter of `model` disabled), kept in the cache by the
+    base's fingerprint, the sample and the dtype: every adapter on one base compares with the same
+    number, and only the first pays for it."""
+    key = stable_hash({"base": base.fingerprint, "sample": sha256_text(bundled("general.txt").read_text("utf-8")),
+                       "autocast": str(autocast)})[:24]
+    path = cache_root() / "general-nll" / f"{key}.json"
+    try:
+        return float(json.loads(path.read_text(encoding="utf-8"))["nll"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not there yet, or unreadable: compute it again
+    with model.disable_adapter():
+        nll = general_nll(model, base.tokenizer, autocast)
+    try:
+        write_json_atomic(path, {"nll": nll})
+    except EvalkitError:
+        pass  # a cache that cannot be written costs the next run one pass, nothing more
+    return nll
 
 
 def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: Optional[TrainSettings] = None, *,
@@ -168,16 +189,16 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: Optional
     rng = random.Random(settings.seed)
     config = lora_config(base, settings)
     model = get_peft_model(base.model, config)
+    autocast = torch.bfloat16 if settings.dtype == "bfloat16" else None
     try:
         losses = train_loop(model, [p for p in model.parameters() if p.requires_grad], data,
                             block=min(settings.block, len(ids) - 1), batch_size=settings.batch_size,
                             steps=settings.steps, learning_rate=settings.learning_rate, rng=rng,
                             on_step=(lambda step, loss: on_step(step, settings.steps, loss)) if on_step else None,
                             stop_loss=settings.stop_loss, mask=torch.tensor(mask) if mask is not None else None,
-                            autocast=torch.bfloat16 if settings.dtype == "bfloat16" else None)
-        adapter_nll = general_nll(model, tok)
-        with model.disable_adapter():
-            base_nll = general_nll(model, tok)
+                            autocast=autocast)
+        adapter_nll = general_nll(model, tok, autocast)
+        base_nll = base_general_nll(model, base, autocast)
         damage = {"base_nll": round(base_nll, 4), "adapter_nll": round(adapter_nll, 4),
                   "increase": round(adapter_nll - base_nll, 4)}
         warnings = training_warnings(losses[-1], damage["increase"])
