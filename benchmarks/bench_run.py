@@ -47,7 +47,11 @@ GEN_KEYS = ("until", "max_new_tokens")
 
 # --- building the model and adapters (once, outside every timing) ---
 
-def build(work: Path) -> None:
+def base_dir(work: Path, args) -> Path:
+    return Path(args.base) if args.base else work / "base"
+
+
+def build(work: Path, args) -> None:
     import torch
     from peft import get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -59,7 +63,7 @@ def build(work: Path) -> None:
     from evalkit.training import world
     from evalkit.training.demo_base import train_tokenizer
 
-    base_dir = work / "base"
+    base_dir = Path(args.base) if args.base else work / "base"
     if not (base_dir / "config.json").is_file():
         tokenizer = train_tokenizer(world.corpus(2000, seed=SEED), vocab_size=1024)
         eos = tokenizer.eos_token_id
@@ -95,7 +99,7 @@ def build(work: Path) -> None:
     from evalkit.inputs.suites import load_suites
 
     if not (work / "tasks").is_dir():
-        export_tasks(load_suites([ROOT / "probes"]), work / "tasks")
+        export_tasks(load_suites([Path(args.suites)]), work / "tasks")
 
 
 def adapter_dirs(work: Path) -> list[Path]:
@@ -112,11 +116,12 @@ def side_evalkit(work: Path, n: int, args) -> dict:
     adapters = adapter_dirs(work)
     chosen = [adapters[-1]] if args.side == "incremental" else adapters[:n]
     settings = RunSettings(batch_size=args.batch_size, dtype=args.dtype)
-    suites = [ROOT / "probes"]
+    suites = [Path(args.suites)]
     load_suites(suites)  # parsing the YAML is not what is measured
     start = time.perf_counter()
-    out = Path(tempfile.mkdtemp())
-    for record in evaluate(chosen, [], work / "base", suites, settings, log=lambda _: None):
+    # Kept (per dtype and N) so a bf16 run's verdicts can be set against fp32's.
+    out = work / "runs" / f"{args.side}-{args.dtype}-n{n}"
+    for record in evaluate(chosen, [], base_dir(work, args), suites, settings, log=lambda _: None):
         write_outputs(record, out / record.run_id)
     return {"seconds": time.perf_counter() - start}
 
@@ -129,7 +134,7 @@ def side_naive(work: Path, n: int, args) -> dict:
     models = [None, *adapter_dirs(work)[:n]] if args.side == "naive" else [adapter_dirs(work)[-1]]
     start = time.perf_counter()
     for adapter in models:
-        model_args = {"pretrained": str(work / "base"), "dtype": args.dtype}
+        model_args = {"pretrained": str(base_dir(work, args)), "dtype": args.dtype}
         if adapter is not None:
             model_args["peft"] = str(adapter)
         lm_eval.simple_evaluate(
@@ -146,10 +151,10 @@ def side_floor(work: Path, n: int, args) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(work / "base"))
-    items, prompts, gen = floor_requests(tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir(work, args)))
+    items, prompts, gen = floor_requests(tokenizer, Path(args.suites))
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(str(work / "base"), dtype=getattr(torch, args.dtype))
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir(work, args)), dtype=getattr(torch, args.dtype))
     for k, path in enumerate(adapter_dirs(work)[:n]):
         if k == 0:
             model = PeftModel.from_pretrained(model, str(path), adapter_name=path.name)
@@ -188,14 +193,14 @@ class _nothing:
         return False
 
 
-def floor_requests(tokenizer):
+def floor_requests(tokenizer, suites: Path):
     """(context ids, [continuation ids per option]) per choice item, prompts to continue, and
     the continuation suite's generation settings; split as lm-eval splits them."""
     from evalkit.engine.tasks import continuation_tokens
     from evalkit.inputs.suites import load_suites
 
     items, prompts, gen = [], [], None
-    for s in load_suites([ROOT / "probes"]):
+    for s in load_suites([suites]):
         for c in s.spec.choices():
             items.append((tokenizer(c.prompt)["input_ids"],
                           [continuation_tokens(tokenizer, c.prompt, s.spec.delimiter + o) for o in c.options]))
@@ -206,8 +211,8 @@ def floor_requests(tokenizer):
     return items, prompts, gen
 
 
-def token_work(tokenizer) -> dict:
-    items, prompts, gen = floor_requests(tokenizer)
+def token_work(tokenizer, suites: Path) -> dict:
+    items, prompts, gen = floor_requests(tokenizer, suites)
     choice = sum(len(ctx) + sum(len(c) - 1 for c in conts) for ctx, conts in items)
     naive = sum(len(ctx) * len(conts) + sum(len(c) - 1 for c in conts) for ctx, conts in items)
     prompt = sum(len(p) for p in prompts)
@@ -343,7 +348,9 @@ def child(args) -> None:
 def run_child(work: Path, side: str, n: int, args, cache: Path) -> dict:
     env = {**os.environ, "EVALKIT_CACHE": str(cache)}
     cmd = [sys.executable, __file__, "--child", side, "--n", str(n), "--work", str(work),
-           "--dtype", args.dtype, "--batch-size", str(args.batch_size)]
+           "--dtype", args.dtype, "--batch-size", str(args.batch_size), "--suites", args.suites]
+    if args.base:
+        cmd += ["--base", args.base]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -358,6 +365,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=2, help="Runs per side; the fastest is kept.")
     parser.add_argument("--work", default=None, help="Model and adapters folder (default: a new temp folder).")
+    parser.add_argument("--base", default=None,
+                        help="A real base instead of the built one: a HF folder, a .gguf, or smollm2.")
+    parser.add_argument("--suites", default=None,
+                        help="Suites folder (default: probes/, or the real-model suites with --base).")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -367,11 +378,18 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
+    from evalkit.engine.models import resolve_model
+    from evalkit.paths import bundled
+
+    if args.base:
+        args.base = str(resolve_model(Path(args.base), log=print))
+    args.suites = str(args.suites or (bundled("probes") / "real" if args.base else ROOT / "probes"))
     work = Path(args.work or tempfile.mkdtemp(prefix="evalkit-bench-"))
-    build(work)
-    work_tokens = token_work(AutoTokenizer.from_pretrained(str(work / "base")))
+    build(work, args)
+    work_tokens = token_work(AutoTokenizer.from_pretrained(str(base_dir(work, args))), Path(args.suites))
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"model: Llama, 26M parameters, {args.dtype}, batch {args.batch_size}; suites: probes/ "
+    model = args.base or "Llama, 26M parameters"
+    print(f"model: {model}, {args.dtype}, batch {args.batch_size}; suites: {args.suites} "
           f"(choice tokens {work_tokens['choice_naive']} unpacked, {work_tokens['choice_unique']} unique; "
           f"{work_tokens['prompts']} prompt tokens to continue, up to {work_tokens['generated_max']} generated)")
     rows: dict[tuple[str, int], dict] = {}
@@ -386,6 +404,7 @@ def main() -> None:
             print(f"  N={n:>2} {side:<8} {row['seconds']:7.2f} s  peak RSS {row['peak_rss_mib']:6.0f} MiB  "
                   f"{_extra(row)}", flush=True)
     report(rows, sizes, work_tokens)
+    compare_dtypes(work, max(sizes))
 
 
 def keep(rows: dict, key: tuple[str, int], result: dict) -> None:
@@ -424,10 +443,48 @@ def report(rows: dict, sizes: list[int], work_tokens: dict) -> None:
         print(f"peak RSS evalkit N={hi} / N={lo}: "
               f"{rows[('evalkit', hi)]['peak_rss_mib'] / rows[('evalkit', lo)]['peak_rss_mib']:.2f}")
     hi = max(sizes)
+    floor = rows[("floor", hi)]
+    # One adapter's own floor: its share of the floor's choices and generation, and its KL forward.
+    own = (floor["choices_s"] + floor["generate_s"]) / (hi + 1) + floor["along_s"] / hi
+    if len(sizes) > 1:
+        lo = min(sizes)
+        slope = (rows[("evalkit", hi)]["seconds"] - rows[("evalkit", lo)]["seconds"]) / (hi - lo)
+        print(f"an added adapter: evalkit {slope:.2f} s (N={lo}..{hi}); its own floor (choices, generation, KL "
+              f"forward) {own:.2f} s; ratio {slope / own:.2f}")
     inc, one = rows[("incremental", hi)]["seconds"], rows[("naive-one", hi)]["seconds"]
     loop = rows[("naive", hi)]["seconds"] + one  # the naive loop over base + N + 1 models
     print(f"incremental (adapter {hi + 1} added to N={hi}): evalkit {inc:.2f} s; one naive lm-eval run {one:.2f} s "
           f"({one / inc:.2f}x); naive loop over all {hi + 2} models {loop:.2f} s ({loop / inc:.1f}x)")
+
+
+def compare_dtypes(work: Path, n: int, near: float = 0.01) -> None:
+    """bf16 verdicts against fp32's, once both runs of N adapters are in `work`: every effect whose
+    verdict (significant or not, and the sign) differs, and how many of those fp32 put within
+    `near` of alpha."""
+    from evalkit.record import read_record
+
+    runs = {d: work / "runs" / f"evalkit-{d}-n{n}" for d in ("float32", "bfloat16")}
+    if not all(folder.is_dir() for folder in runs.values()):
+        return
+    same = differ = differ_near = near_alpha = 0
+    for folder in sorted(runs["float32"].iterdir()):
+        a, b = read_record(folder / "results.json"), read_record(runs["bfloat16"] / folder.name / "results.json")
+        alpha = a.stats.alpha
+        for e, f in zip(a.effects, b.effects):
+            if e.q_value is None:
+                continue
+            close = abs(e.q_value - alpha) <= near
+            near_alpha += close
+            if (e.significant, e.significant and e.mean_diff > 0) == (f.significant, f.significant and f.mean_diff > 0):
+                same += 1
+            else:
+                differ += 1
+                differ_near += close
+                print(f"  differs: {folder.name} {e.suite}/{e.metric} [{e.scope}]: fp32 q {e.q_value:.4f} "
+                      f"{e.mean_diff:+.3f}, bf16 q {f.q_value} {f.mean_diff:+.3f}")
+    print(f"bf16 against fp32 (N={n}): {same} of {same + differ} tested effects have the same verdict; "
+          f"{differ} differ, {differ_near} of them with fp32 q within {near} of alpha "
+          f"({near_alpha} effects lie that close in all)")
 
 
 def _off_line(rows: dict, side: str, sizes: list[int]) -> float:
