@@ -140,11 +140,14 @@ def run(
     gate_policy: Optional[Path] = typer.Option(None, "--gate", help="Gate each subject against --baseline with this policy."),
     baseline: Optional[Path] = typer.Option(None, help="results.json to gate against (with --gate)."),
     junit: Optional[Path] = typer.Option(None, help="JUnit XML of the gate (with --gate)."),
+    discover: bool = typer.Option(False, "--discover", help="Also look for directions of change no probe declared, in each adapter (a section of its report and results.json)."),
+    control: Optional[list[Path]] = typer.Option(None, "--control", help="With --discover: a control adapter (the neutral scene, another seed), the null; give two or more."),
+    prompts: Optional[Path] = typer.Option(None, help="With --discover: a prompt bank, one prompt a line (default: the bundled one for the base)."),
 ) -> None:
     """Evaluate the reference (the base by default) and each subject on the probe suites, pair by item, test, report."""
     from evalkit.inputs.suites import load_suites
     from evalkit.paths import default_folder
-    from evalkit.pipelines.evaluate import evaluate
+    from evalkit.pipelines.evaluate import DiscoveryRequest, evaluate
     from evalkit.pipelines.reports import gate_candidates, prepare_gate
     from evalkit.settings import RunSettings, StatsSettings
 
@@ -157,8 +160,11 @@ def run(
     gating = None
     if gate_policy is not None and baseline is not None:
         gating = prepare_gate(baseline, gate_policy, load_suites(suite_paths), junit)
+    if not discover and (control or prompts):
+        raise EvalkitError("--control and --prompts go with --discover")
+    discovery = DiscoveryRequest(controls=tuple(control or []), prompts=prompts) if discover else None
     records = evaluate(adapter or [], checkpoint or [], base, suite_paths, settings, reference=reference, log=_say,
-                       use_cache=not no_cache, out=out)
+                       use_cache=not no_cache, out=out, discovery=discovery)
     reports = [out / r.run_id / "report.html" for r in records]
     for report in reports:
         _say(f"report: {report}")
@@ -175,12 +181,16 @@ def demo(
     out: Path = typer.Option(Path("reports") / "demo", help="Where the demo's reports go."),
     quick: bool = typer.Option(False, help="A smaller base and shorter training: the same path in seconds."),
     base: Optional[Path] = typer.Option(None, help="A real model (smollm2, a GGUF file or a HF folder): the real scenes and suites, two seeds each, against the base and against the control scene."),
+    discover: bool = typer.Option(False, "--discover", help="Also look for directions of change no probe declared in every scene's adapter (the control scene, trained with two more seeds, is the null)."),
 ) -> None:
     """Build (or reuse) the demo base, train the bundled scenes, run every suite, write reports."""
     from evalkit.pipelines.demo import demo as do_demo
     from evalkit.pipelines.real_demo import real_demo
 
-    index = real_demo(base, out, log=_say) if base is not None else do_demo(out, quick=quick, log=_say)
+    if base is not None:
+        index = real_demo(base, out, log=_say, discover=discover)
+    else:
+        index = do_demo(out, quick=quick, log=_say, discover=discover)
     _say(f"open this report: {index.resolve()}")
 
 
@@ -204,11 +214,12 @@ def calibrate(
     datasets: int = typer.Option(2000, min=1, help="Simulated null data sets per design."),
     seed: int = typer.Option(0, help="Seed of the simulation."),
     out: Path = typer.Option(Path("reports") / "calibration", help="Where calibration.json goes."),
+    null_comparisons: int = typer.Option(22, min=3, help="Control-vs-control comparisons (control seeds) for discovery's null."),
 ) -> None:
-    """Show the harness does not cry wolf (null subjects, simulated nulls) and finds a planted effect."""
+    """Show the harness does not cry wolf (null subjects, simulated nulls, discovery's null) and finds planted effects."""
     from evalkit.pipelines.calibrate import calibrate as do_calibrate
 
-    if not do_calibrate(base, datasets, seed, out, log=_say):
+    if not do_calibrate(base, datasets, seed, out, log=_say, null_comparisons=null_comparisons):
         raise typer.Exit(1)
 
 

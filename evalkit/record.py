@@ -167,6 +167,73 @@ class PairedRun(_Record):
     items: list[ItemRecord]
 
 
+# --- discovered directions -----------------------------------------------------------------
+
+class DiscoveredDirection(_Record):
+    """A direction of change in the residual stream, with what makes it readable and believable."""
+
+    name: str
+    share: float
+    """Share of the total squared change over the prompts that lies along it."""
+    strength: float
+    """Held-out strength: the mean shift along the direction found on one half of the prompts, on
+    the other half, averaged over the splits (residual-stream units)."""
+    relative_strength: float
+    """strength over the reference's mean hidden-state norm at the prompts' ends."""
+    promoted: list[str]
+    """The label: next tokens whose probability rose most on the prompts where it is strongest."""
+    suppressed: list[str]
+    lens_promoted: list[str]
+    """Tokens whose logits the direction itself raises most (the output head applied to it: the logit lens)."""
+    lens_suppressed: list[str]
+    strongest_prompts: list[str]
+    reference_continuations: list[str]
+    subject_continuations: list[str]
+    held_out_t: list[float]
+    held_out_p: list[float]
+    """One-sided p of the shift along the direction found on one half of the prompts, on the other
+    half; one per seeded split."""
+    replicates: bool
+    """p < 0.01 in every split."""
+    null_strength: Optional[float]
+    """The strongest held-out strength any direction of any control adapter reaches against the
+    other controls; None with fewer than two controls."""
+    null_ratio: Optional[float]
+    """strength / null_strength."""
+    beyond_null: bool
+    """null_ratio >= the required ratio."""
+    found: bool
+    """Replicates and stands beyond the null: a change this subject made."""
+    cosines: dict[str, float]
+    """|cos| with each declared novel axis' direction."""
+    matches: Optional[str]
+    """The declared axis it matches (|cos| >= 0.5), or None: new."""
+    reading: str
+    """The verdict in words."""
+
+
+class DiscoveryRecord(_Record):
+    """What a subject changed, found on a prompt bank rather than declared (`evalkit discover`,
+    or the discovery section of a run)."""
+
+    version: int = 2
+    subject: ModelRef
+    reference: ModelRef
+    controls: list[str]
+    against: str
+    """What the shifts are taken against: the controls' mean, or the reference."""
+    prompts: int
+    """Prompts the shifts were measured on (the bank plus every suite prompt)."""
+    prompt_bank: str
+    seed: int
+    null_ratio_required: float
+    directions: list[DiscoveredDirection]
+    next_token_promoted: list[str]
+    """Tokens whose next-token probability rose most, averaged over the prompts."""
+    next_token_suppressed: list[str]
+    manifest: dict[str, Any]
+
+
 class RunRecord(_Record):
     """One subject against its reference: how it was run, every item paired, every effect tested.
     Written as results.json; reports and gates read nothing else."""
@@ -182,6 +249,8 @@ class RunRecord(_Record):
     effects: list[Effect]
     seed_siblings: list[str] = []
     """Other subjects of the same run trained on the same scenes with other seeds."""
+    discovery: Optional[DiscoveryRecord] = None
+    """Directions of change no probe declared (`run --discover`)."""
 
 
 def write_record(record: RunRecord, path: Path) -> None:
@@ -316,55 +385,3 @@ def manifest_key(folder: Path) -> Optional[str]:
     except EvalkitError:
         return None
     return manifest.key if manifest is not None else None
-
-
-# --- discovered directions -----------------------------------------------------------------
-
-class DiscoveredDirection(_Record):
-    """A direction of change in the residual stream, with what makes it readable and believable."""
-
-    name: str
-    share: float
-    """Share of the total squared change over the prompts that lies along it."""
-    strength: float
-    """Mean shift along it per prompt, in residual-stream units."""
-    promoted: list[str]
-    """Tokens whose logits it raises most (the output head applied to it: the logit lens)."""
-    suppressed: list[str]
-    strongest_prompts: list[str]
-    reference_continuations: list[str]
-    subject_continuations: list[str]
-    held_out_t: list[float]
-    held_out_p: list[float]
-    """One-sided p of the shift along the direction found on one half of the prompts, on the other
-    half; one per seeded split."""
-    replicates: bool
-    """p < 0.01 in every split."""
-    null_t: list[float]
-    """The same held-out t for the consistent shift of each control adapter (neutral scene, other seeds)."""
-    beyond_null: Optional[float]
-    """held-out t minus the largest null t; None when no control was given."""
-    cosines: dict[str, float]
-    """|cos| with each declared novel axis' direction."""
-    matches: Optional[str]
-    """The declared axis it matches (|cos| >= 0.5), or None: new."""
-    reading: str
-    """The verdict in words."""
-
-
-class DiscoveryRecord(_Record):
-    """`evalkit discover`: what a subject changed, found on a prompt bank rather than declared."""
-
-    version: int = 1
-    subject: ModelRef
-    reference: ModelRef
-    controls: list[str]
-    prompts: int
-    """Prompts the shifts were measured on (the bank plus every suite prompt)."""
-    prompt_bank: str
-    seed: int
-    directions: list[DiscoveredDirection]
-    next_token_promoted: list[str]
-    """Tokens whose next-token log-probability rose most, averaged over the prompts."""
-    next_token_suppressed: list[str]
-    manifest: dict[str, Any]

@@ -19,6 +19,7 @@ TENSION = ROOT / "probes" / "tension.yaml"
 
 # Files the cases refer to, written into the case's temporary folder.
 FILES = {
+    "few-prompts.txt": "one\ntwo\nthree\n",
     "no-text.yaml": "id: x\ntitle: T\n",
     "unknown-key.yaml": "id: x\ntitle: T\ntext: hi\nmood: grim\n",
     "not-yaml.yaml": "id: x\ntitle: [T\ntext: : :\n",
@@ -142,6 +143,14 @@ CASES += [
     ("report {unknown_kind_results}", "field 'kind': 'riddle' is not one of"),
     ("report {winner7_results}", "field 'winner': 7 is not the index"),
     ("report {twice_results}", "field 'items': item given twice"),
+    # discovery: roles that cannot be, prompt banks that are not, outputs that are the user's
+    ("run --adapter {adapter} --base {base} --suite {tension} --out {out} --control {adapter}", "--control and --prompts go with --discover"),
+    ("run --adapter {adapter} --base {base} --suite {tension} --out {out} --discover --control {adapter}", "an adapter is given twice"),
+    ("run --adapter {adapter} --base {base} --suite {tension} --out {out} --discover --control {broken_ckpt}", "broken-ckpt: not a peft adapter folder"),
+    ("discover --adapter {adapter} --base {base} --suite {tension} --out {out} --reference {adapter}", "an adapter is given twice"),
+    ("discover --adapter {adapter} --base {base} --suite {tension} --out {out} --prompts {tmp}/few-prompts.txt", "few-prompts.txt: 3 prompts: discovery needs at least 20"),
+    ("discover --adapter {adapter} --base {base} --suite {tension} --out {out} --prompts {tmp}/nope.txt", "nope.txt: no such prompt file"),
+    ("discover --adapter {adapter} --base {base} --suite {tension} --out {user}", "user: holds files evalkit did not write"),
 ]
 if not importlib.util.find_spec("vllm"):
     CASES.append(("run --adapter {adapter} --suite {tension} --backend vllm --out {out}",

@@ -78,6 +78,10 @@ def test_plan_trains_evaluates_and_reuses(workspace):
     ("stacks:\n  named:\n    a: [honesty, bravery]\n", "field 'stacks.named.a': unknown scene or stack 'bravery'"),
     ("colour: red\n", "unknown field 'colour'"),
     ("reference: nobody\n", "field 'reference': 'nobody' is neither 'base' nor a scene id"),
+    ("discover: {control: calm}\n", "field 'discover.control': 'calm' is not a scene id"),
+    ("discover: {control: courage, seeds: [1, 1]}\n", "field 'discover.seeds': a seed is given twice"),
+    ("discover: {control: courage, seeds: [1]}\n", "field 'discover.seeds'"),
+    ("discover: {control: courage, prompts: nope.txt}\n", "field 'discover.prompts': no such file 'nope.txt'"),
 ])
 def test_bad_plan_is_one_line_exit_2_and_trains_nothing(workspace, tiny_llama, extra, expected):
     (workspace / "plan.yaml").write_text(plan_text(tiny_llama, extra))
@@ -93,3 +97,19 @@ def test_dry_run_trains_nothing(workspace):
     assert done.returncode == 0, done.stderr
     assert "9 to train, 0 reused" in done.stdout
     assert not list((workspace / "adapters").iterdir()) and not (workspace / "reports").exists()
+
+
+def test_discover_block_adds_a_section_to_each_scene_report(workspace, tiny_llama):
+    """`discover:` in a plan: each single scene's report gets its discovered directions, against
+    the control scene trained with the plan's seeds."""
+    (workspace / "plan.yaml").write_text(
+        f"name: tiny\nbase: {tiny_llama}\nscenes: [scenes]\nsuites: [{ROOT / 'probes' / 'novel_axis.yaml'}]\n"
+        "training: {steps: 4}\nstacks: {cumulative: false, leave_one_out: false}\n"
+        "discover: {control: curiosity, seeds: [1, 2]}\n")
+    done = evalkit("experiment", "plan.yaml", "--out", "reports/tiny", cwd=workspace)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for scene in ("honesty", "courage", "curiosity"):
+        record = json.loads((workspace / "reports" / "tiny" / "scenes" / scene / "results.json").read_text())
+        assert len(record["discovery"]["directions"]) == 4 and len(record["discovery"]["controls"]) == 2
+        assert 'id="discovery"' in (workspace / "reports" / "tiny" / "scenes" / scene / "report.html").read_text()
+

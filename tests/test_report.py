@@ -139,10 +139,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 @pytest.fixture(scope="module")
 def demo_reports(tmp_path_factory) -> Path:
-    """`evalkit demo --quick`: the demo's own path at smoke-test size."""
+    """`evalkit demo --quick --discover`: the demo's own path at smoke-test size."""
     work = tmp_path_factory.mktemp("demo")
     (work / "adapters").mkdir()
-    done = subprocess.run([sys.executable, "-m", "evalkit", "demo", "--quick", "--out", str(work / "reports")],
+    done = subprocess.run([sys.executable, "-m", "evalkit", "demo", "--quick", "--discover", "--out",
+                           str(work / "reports")],
                           cwd=work, capture_output=True, text=True, env=os.environ.copy(), timeout=900)
     assert done.returncode == 0, done.stderr
     assert "open this report:" in done.stdout
@@ -180,6 +181,9 @@ def test_demo_reports_load_offline_and_show_the_verdicts(browser, demo_reports):
             assert page.locator("#verdicts tbody tr").count() >= 8
             assert page.locator("#verdicts").is_visible()
             assert page.locator("#forest").is_visible() and page.locator("#continuation").is_visible()
+            assert page.locator("#discovery").is_visible()
+            rows = page.locator("table.directions tbody tr")
+            assert rows.count() == 4 and "replicate" in rows.first.inner_text()
         else:
             assert page.locator("#heatmap tbody tr").count() == len(runs)
             page.locator("#heatmap a").first.click()

@@ -60,6 +60,14 @@ def checkpoint_subject(path: Path) -> Subject:
     return Subject("checkpoint", path, path.name, read_manifest(path))
 
 
+def base_of(adapters: list[Subject]) -> Path:
+    """The base named by the adapters' manifests (they must agree)."""
+    paths = {a.manifest.base.path for a in adapters if isinstance(a.manifest, AdapterManifest)}
+    if len(paths) != 1:
+        raise EvalkitError("the adapters name different bases; pass --base")
+    return Path(paths.pop())
+
+
 def adapter_fingerprint(path: Path, base_fingerprint: str) -> str:
     h = hashlib.sha256(base_fingerprint.encode())
     for f in sorted([*path.glob("adapter_model.*"), path / "adapter_config.json"]):

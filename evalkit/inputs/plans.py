@@ -49,6 +49,17 @@ class ScratchPlan(_Strict):
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
+class DiscoverPlan(_Strict):
+    """Look for directions of change no probe declared, in every single scene's adapter."""
+
+    control: Id
+    """The neutral control scene's id: trained again with `seeds`, it is the null."""
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(default=[1, 2], min_length=2)
+    """Training seeds of the control adapters (two or more, all different)."""
+    prompts: str | None = None
+    """A prompt bank (one prompt a line, relative to the plan file); omitted = the bundled one."""
+
+
 class Plan(_Strict):
     """An experiment: one adapter per scene, stacks, leave-one-out, scratch; one compare report."""
 
@@ -64,6 +75,7 @@ class Plan(_Strict):
     """Training settings for every adapter of the plan (a scene's own overrides apply to its single adapter)."""
     reference: str = "base"
     """What single scenes are compared against: 'base', or a scene id (e.g. the control scene)."""
+    discover: DiscoverPlan | None = None
 
 
 @dataclass
@@ -135,4 +147,13 @@ def load_plan(path: Path) -> Resolved:
         scratch[spec.name] = [by_id[s] for s in spec.scenes] if spec.scenes else list(scenes)
     if plan.reference != "base" and plan.reference not in by_id:
         raise EvalkitError(f"field 'reference': '{plan.reference}' is neither 'base' nor a scene id", where=where)
+    if plan.discover is not None:
+        if plan.discover.control not in by_id:
+            raise EvalkitError(f"field 'discover.control': '{plan.discover.control}' is not a scene id of the plan",
+                               where=where)
+        if len(set(plan.discover.seeds)) < len(plan.discover.seeds):
+            raise EvalkitError("field 'discover.seeds': a seed is given twice", where=where)
+        prompts = plan.discover.prompts
+        if prompts is not None and not (path.parent / prompts).is_file():
+            raise EvalkitError(f"field 'discover.prompts': no such file '{prompts}'", where=where)
     return Resolved(plan, path.resolve(), scenes, paths, named, scratch)

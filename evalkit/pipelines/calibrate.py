@@ -4,7 +4,11 @@
 (b) simulated null data sets (decide/null_rates.py): false-positive rates of every default procedure;
 (c) a scene built to move one novel axis of the demo base, trained with several seeds and
     compared with the neutral control scene: found on that axis in the expected direction, and
-    nothing on the control axes beyond seed noise.
+    nothing on the control axes beyond seed noise;
+(d) discovery's null: the control scene trained with many seeds, each seed taken as the subject
+    against two others as its controls: how often a direction is called a finding (at most 5%);
+(e) discovery of planted scenes against two control seeds: the scene that moves a declared axis
+    gives a finding matching that axis, the scene that plants what no probe asks about a new one.
 """
 
 from __future__ import annotations
@@ -12,17 +16,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from scipy.stats import binomtest
+
+from evalkit.decide.discovery import NULL_RATIO
 from evalkit.decide.effects import build_records
 from evalkit.decide.null_rates import null_rates, print_rates
 from evalkit.engine.base import Base, load_base
 from evalkit.engine.paired import evaluate_paired
-from evalkit.engine.runner import adapter_subject, checkpoint_subject
+from evalkit.engine.runner import Subject, adapter_subject, checkpoint_subject
 from evalkit.errors import EvalkitError
 from evalkit.files import check_writable, write_json_atomic
 from evalkit.inputs.scenes import Scene, load_scenes, scene_files
 from evalkit.inputs.suites import LoadedSuite, load_suites
 from evalkit.kinds.novel_axis import NovelAxisSuite
 from evalkit.paths import adapters_folder, default_folder
+from evalkit.pipelines.discover import discover_adapters
 from evalkit.pipelines.evaluate import evaluate_subjects
 from evalkit.settings import RunSettings
 from evalkit.training.demo_base import ensure_demo_base
@@ -119,7 +127,57 @@ def simulated(datasets: int, seed: int, alpha: float, log: Log) -> dict[str, Any
 
 
 
-def calibrate(base_dir: Optional[Path], datasets: int, seed: int, out: Path, log: Log = print) -> bool:
+def discovery_null(base: Base, control: tuple[Scene, str], suites: list[LoadedSuite], work: Path, count: int,
+                   log: Log) -> tuple[dict, list[Subject]]:
+    """(d) `count` seeds of the control scene; seed i is the subject, seeds i+1 and i+2 (mod count)
+    its controls. Nothing but a seed differs, so every "finding" is a false positive."""
+    controls = [adapter_subject(train_adapter([control[0]], base, work / f"{control[0].id}-seed{s}",
+                                              command_line={"seed": s}, scene_paths=[control[1]], log=lambda _: None))
+                for s in range(count)]
+    rows, largest = [], 0.0
+    for i, subject in enumerate(controls):
+        others = [controls[(i + 1) % count], controls[(i + 2) % count]]
+        record = discover_adapters(base, [subject], None, others, suites, log=lambda _: None,
+                                   examples=False)[subject.path]
+        ratios = [d.null_ratio for d in record.directions if d.null_ratio is not None]
+        largest = max([largest, *ratios])
+        rows.append({"subject_seed": i, "control_seeds": [(i + 1) % count, (i + 2) % count],
+                     "found": [d.name for d in record.directions if d.found], "largest_ratio": max(ratios, default=0.0),
+                     "replicating": sum(d.replicates for d in record.directions)})
+    hits = sum(bool(r["found"]) for r in rows)
+    ci = binomtest(hits, count).proportion_ci(confidence_level=0.95, method="exact")
+    ok = hits / count <= 0.05
+    log(f"{'ok ' if ok else 'FAIL'} {hits} of {count} control-vs-control comparisons called a finding: rate "
+        f"{hits / count:.3f} [95% CI {ci.low:.3f}, {ci.high:.3f}] (at most 0.05); largest ratio to the null "
+        f"{largest:.2f} (a finding needs {NULL_RATIO:g})")
+    return {"comparisons": count, "findings": hits, "rate": hits / count, "ci": [ci.low, ci.high], "ok": ok,
+            "null_ratio_required": NULL_RATIO, "rows": rows}, controls
+
+
+def discovery_planted(base: Base, planted: list[tuple[Scene, str]], controls: list[Subject],
+                      suites: list[LoadedSuite], work: Path, log: Log) -> dict:
+    """(e) Each planted scene (seed 0) against two control seeds: a scene that expects a novel axis
+    to move must give a finding matching it; a scene tagged 'undeclared', a finding that is new."""
+    out, ok = {}, True
+    for scene, path in planted:
+        subject = adapter_subject(train_adapter([scene], base, work / f"{scene.id}-seed0", command_line={"seed": 0},
+                                                scene_paths=[path], log=lambda _: None))
+        record = discover_adapters(base, [subject], None, controls, suites, log=lambda _: None)[subject.path]
+        axes = {e.cluster for e in scene.expect if e.cluster}
+        findings = [d for d in record.directions if d.found]
+        wanted = ([d for d in findings if d.matches in axes] if axes
+                  else [d for d in findings if d.matches is None] if "undeclared" in scene.tags else findings)
+        ok = ok and bool(wanted)
+        for d in record.directions:
+            log(f"{'ok ' if d in wanted else '   '} {scene.id}: {d.name}: {d.reading} "
+                f"Label: {', '.join(repr(t) for t in d.promoted[:6])}.")
+        out[scene.id] = {"expects": sorted(axes) or ("new" if "undeclared" in scene.tags else "anything"),
+                         "ok": bool(wanted), "directions": [d.model_dump() for d in record.directions]}
+    return {"ok": ok, "scenes": out}
+
+
+def calibrate(base_dir: Optional[Path], datasets: int, seed: int, out: Path, log: Log = print,
+              null_comparisons: int = 22) -> bool:
     """(a) null subjects, (b) simulated null data, (c) a planted scene; figures to `out`/calibration.json."""
     suites = load_suites([default_folder("probes")])
     check_writable(out / "calibration.json")
@@ -136,10 +194,15 @@ def calibrate(base_dir: Optional[Path], datasets: int, seed: int, out: Path, log
     figures: dict = {"null_subjects": null_subjects(base, suites, work, settings, log)}
     log(f"(b) {datasets} simulated null data sets per design (seed {seed}); 'ok' = 95% CI covers or lies below alpha")
     figures["simulated"] = simulated(datasets, seed, settings.stats.alpha, log)
-    log(f"(c) planted scene '{planted[0][0].id}' against control scene '{control[0][0].id}', seeds 0, 1, 2")
-    figures["planted"] = planted_effect(base, planted[0], control[0], suites, work, settings, (0, 1, 2), log)
+    axis_scene = next((p for p in planted if any(e.cluster for e in p[0].expect)), planted[0])
+    log(f"(c) planted scene '{axis_scene[0].id}' against control scene '{control[0][0].id}', seeds 0, 1, 2")
+    figures["planted"] = planted_effect(base, axis_scene, control[0], suites, work, settings, (0, 1, 2), log)
+    log(f"(d) discovery's null: {null_comparisons} seeds of '{control[0][0].id}', each against the next two")
+    figures["discovery_null"], controls = discovery_null(base, control[0], suites, work, null_comparisons, log)
+    log(f"(e) discovery of the planted scenes against control seeds {controls[1].path.name}, {controls[2].path.name}")
+    figures["discovery_planted"] = discovery_planted(base, planted, controls[1:3], suites, work, log)
     ok = (all(f["ok"] for f in figures["null_subjects"].values()) and figures["simulated"]["ok"]
-          and figures["planted"]["ok"])
+          and figures["planted"]["ok"] and figures["discovery_null"]["ok"] and figures["discovery_planted"]["ok"])
     write_json_atomic(out / "calibration.json", {"ok": ok, **figures})
     log(f"calibration {'passed' if ok else 'FAILED'}; figures in {out / 'calibration.json'}")
     return ok

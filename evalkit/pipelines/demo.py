@@ -12,6 +12,7 @@ from evalkit.files import check_replaceable, check_writable, inside
 from evalkit.inputs.scenes import load_scenes, scene_files
 from evalkit.inputs.suites import load_suites
 from evalkit.paths import adapters_folder, default_folder
+from evalkit.pipelines.discover import discover_adapters
 from evalkit.pipelines.evaluate import evaluate_subjects, write_outputs
 from evalkit.report.overview import write_compare_report
 from evalkit.settings import RunSettings
@@ -21,10 +22,17 @@ from evalkit.training.lora import train_adapter
 Log = Callable[[str], None]
 
 
-def demo(out_root: Path, quick: bool = False, adapters_dir: Optional[Path] = None, log: Log = print) -> Path:
+# `demo --discover`: the control scene trained again with these seeds is the discovery null.
+CONTROL_SEEDS = (1, 2)
+
+
+def demo(out_root: Path, quick: bool = False, adapters_dir: Optional[Path] = None, log: Log = print,
+         discover: bool = False) -> Path:
     """Build or reuse the demo base, train or reuse the bundled scenes, run every suite.
 
     `quick` runs the same path with a smaller base and shorter training (for smoke tests).
+    `discover` also looks for directions of change no probe declared in every scene's adapter,
+    against the control scene trained with two more seeds.
     """
     scenes_dir, probes_dir = default_folder("scenes"), default_folder("probes")
     scenes = load_scenes(scenes_dir)
@@ -32,12 +40,21 @@ def demo(out_root: Path, quick: bool = False, adapters_dir: Optional[Path] = Non
     suites = load_suites([probes_dir])
     folder = adapters_dir or adapters_folder() / ("quick" if quick else "")
     check_writable(out_root)
-    for s in scenes:
-        check_replaceable(inside(folder, s.id))
+    control = next((s for s in scenes if "control" in s.tags), None) if discover else None
+    control_dirs = [inside(folder, f"{control.id}-seed{seed}") for seed in CONTROL_SEEDS] if control else []
+    for target in [*(inside(folder, s.id) for s in scenes), *control_dirs]:
+        check_replaceable(target)
     base = load_base(ensure_demo_base(QUICK if quick else DemoBaseSettings(), log=log))
     quick_steps = {"steps": 10} if quick else {}
     adapters = [train_adapter([s], base, inside(folder, s.id), command_line=quick_steps, scene_paths=[f], log=log)
                 for s, f in zip(scenes, files)]
-    records = evaluate_subjects(base, [adapter_subject(a) for a in adapters], suites, RunSettings(), log=log)
+    subjects = [adapter_subject(a) for a in adapters]
+    records = evaluate_subjects(base, subjects, suites, RunSettings(), log=log)
+    if control is not None:
+        controls = [adapter_subject(train_adapter([control], base, out, command_line={**quick_steps, "seed": seed},
+                                                  scene_paths=[files[scenes.index(control)]], log=log))
+                    for seed, out in zip(CONTROL_SEEDS, control_dirs)]
+        found = discover_adapters(base, subjects, None, controls, suites, log=log)
+        records = [r.model_copy(update={"discovery": found[s.path]}) for r, s in zip(records, subjects)]
     reports = [write_outputs(r, inside(out_root, r.run_id)) for r in records]
     return write_compare_report(records, reports, out_root / "index.html")

@@ -1,35 +1,38 @@
-"""`evalkit discover`: directions of change that no probe declared, labelled, replicated on held-out
-prompts, measured against control adapters, and compared with the declared novel axes."""
+"""Directions of change that no probe declared, labelled, replicated on held-out prompts, measured
+against control adapters and compared with the declared novel axes: `evalkit discover`, and the
+discovery section of `evalkit run --discover`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from evalkit.decide.discovery import MATCH_COSINE, beyond_null, discover
-from evalkit.engine.activations import axis_directions, greedy, prompt_ends, unembedding
+from evalkit.decide.discovery import MATCH_COSINE, NULL_RATIO, Direction, discover
+from evalkit.engine.activations import Activations, axis_directions, greedy, prompt_ends, unembedding
 from evalkit.engine.adapters import AttachedAdapters, check_adapter_base, check_adapter_weights
-from evalkit.engine.base import load_base
+from evalkit.engine.base import Base, load_base
 from evalkit.engine.cache import ScoreCache
-from evalkit.engine.runner import Subject, adapter_fingerprint, adapter_subject, model_ref
+from evalkit.engine.runner import Subject, adapter_fingerprint, adapter_subject, base_of, model_ref
 from evalkit.errors import EvalkitError
-from evalkit.files import check_writable, write_text_atomic
-from evalkit.inputs.suites import load_suites
+from evalkit.files import atomic_directory, check_replaceable, check_writable, write_text_atomic
+from evalkit.inputs.suites import LoadedSuite, load_suites
 from evalkit.kinds.novel_axis import NovelAxisSuite
 from evalkit.paths import bundled, default_folder
-from evalkit.pipelines.evaluate import base_of
+from evalkit.progress import progress_bar
 from evalkit.record import AdapterManifest, DiscoveredDirection, DiscoveryRecord
 from evalkit.report.discovery_page import write_discovery_report
 from evalkit.versions import now, package_versions
 
 Log = Callable[[str], None]
 BATCH = 16
+# Strongest prompts per direction whose greedy continuations the report shows.
+EXAMPLES = 2
 
 
-def prompt_bank(path: Optional[Path], demo: bool) -> tuple[list[str], str]:
-    source = path or bundled("prompts") / ("demo.txt" if demo else "real.txt")
+def read_prompts(source: Path) -> list[str]:
+    """A prompt bank: one prompt a line, at least 20."""
     if not source.is_file():
         raise EvalkitError("no such prompt file", where=str(source))
     try:
@@ -38,92 +41,172 @@ def prompt_bank(path: Optional[Path], demo: bool) -> tuple[list[str], str]:
         raise EvalkitError("not a UTF-8 text file", where=str(source)) from None
     if len(prompts) < 20:
         raise EvalkitError(f"{len(prompts)} prompts: discovery needs at least 20 (one a line)", where=str(source))
-    return prompts, str(source)
+    return prompts
 
 
-def _reading(d: DiscoveredDirection) -> str:
-    strength = "replicates on held-out prompts" if d.replicates else "does not replicate on held-out prompts"
-    null = ("no control adapters were given, so it may be what any fine-tuning changes" if d.beyond_null is None
-            else f"stands {d.beyond_null:+.1f} t above the control adapters' largest" if d.beyond_null > 0
-            else f"is no stronger than what control adapters change ({d.beyond_null:+.1f} t)")
-    what = (f"matches declared axis {d.matches} (cos {d.cosines[d.matches]:.2f})" if d.matches
-            else f"new: aligned with no declared axis (largest |cos| {max(d.cosines.values(), default=0.0):.2f})")
-    return f"{what}; carries {d.share:.0%} of the change; {strength}; {null}."
+def prompt_bank(path: Optional[Path], base: Base) -> tuple[list[str], str]:
+    """The prompts and their source: the file given, else the shipped bank for the base's world
+    (the demo base's grammar, or everyday English)."""
+    marker = Path(base.path) / "evalkit-base.json"
+    demo = marker.is_file() and "demo" in marker.read_text(encoding="utf-8", errors="replace")
+    source = path or bundled("prompts") / ("demo.txt" if demo else "real.txt")
+    return read_prompts(source), source.name if path is None else str(source)
+
+
+def _reading(d: DiscoveredDirection, controls: int) -> str:
+    what = (f"Matches the declared axis {d.matches} (cos {d.cosines[d.matches]:.2f})" if d.matches
+            else f"New: aligned with no declared axis (largest |cos| {max(d.cosines.values(), default=0.0):.2f})")
+    label = (f"on the prompts where it is strongest it makes {', '.join(repr(t) for t in d.promoted[:4])} likelier"
+             if d.promoted else "it makes no next token likelier")
+    splits = sum(p < 0.01 for p in d.held_out_p)
+    replication = (f"replicates on held-out prompts (p < 0.01 in all {splits} splits)" if d.replicates
+                   else f"does not replicate on held-out prompts (p < 0.01 in {splits} of {len(d.held_out_p)} splits)")
+    if d.null_ratio is None:
+        null = ("with fewer than two control adapters there is no null, so it may be what any fine-tuning "
+                "changes; pass --control twice")
+    elif d.beyond_null:
+        null = (f"it is {d.null_ratio:.1f}x the strongest change the {controls} control adapters show "
+                f"against each other (needed: {NULL_RATIO:g}x)")
+    else:
+        null = (f"at {d.null_ratio:.1f}x the strongest change the control adapters show against each other it "
+                f"is within what fine-tuning with another seed does (needed: {NULL_RATIO:g}x)")
+    verdict = "A finding" if d.found else "Not a finding"
+    return f"{verdict}. {what}; {label}. It {replication}; {null}."
+
+
+def _record(d: Direction, decode: Callable[[list[int]], str], prompts: list[str], scale: float,
+            continuations: tuple[list[str], list[str]], controls: int) -> DiscoveredDirection:
+    match, _ = d.match()
+    tokens = lambda ids: [decode([t]) for t in ids]  # noqa: E731
+    record = DiscoveredDirection(
+        name=d.name, share=d.share, strength=d.strength, relative_strength=d.strength / scale if scale else 0.0,
+        promoted=tokens(d.promoted), suppressed=tokens(d.suppressed), lens_promoted=tokens(d.lens_promoted),
+        lens_suppressed=tokens(d.lens_suppressed), strongest_prompts=[prompts[i] for i in d.strongest[:EXAMPLES]],
+        reference_continuations=continuations[0], subject_continuations=continuations[1],
+        held_out_t=[t for t, _ in d.held_out], held_out_p=[p for _, p in d.held_out], replicates=d.replicates,
+        null_strength=d.null_strength, null_ratio=d.null_ratio if d.null_ratio != float("inf") else None,
+        beyond_null=d.beyond_null, found=d.found, cosines=d.cosines, matches=match, reading="")
+    return record.model_copy(update={"reading": _reading(record, controls)})
+
+
+def check_discoverable(subjects: list[Subject], reference: Optional[Subject], controls: list[Subject]) -> None:
+    """Before any work: discovery compares adapters on one base, each in its own role."""
+    for s in [*([reference] if reference else []), *controls]:
+        if s.kind != "adapter":
+            raise EvalkitError("discovery compares adapters on one base; a full checkpoint cannot be its reference "
+                               "or a control", where=str(s.path))
+    roles = [s.path for s in subjects] + [c.path for c in controls] + ([reference.path] if reference else [])
+    repeated = next((p for p in roles if roles.count(p) > 1), None)
+    if repeated is not None:
+        raise EvalkitError("an adapter is given twice (as subject, control or reference)", where=str(repeated))
+
+
+def check_adapters_fit(base: Base, adapters: list[Subject]) -> None:
+    for s in adapters:
+        if isinstance(s.manifest, AdapterManifest):
+            check_adapter_base(s.path, s.manifest, base)
+        check_adapter_weights(s.path, base.model)
+
+
+def discover_adapters(base: Base, subjects: list[Subject], reference: Optional[Subject], controls: list[Subject],
+                      suites: list[LoadedSuite], prompts_file: Optional[Path] = None, seed: int = 0,
+                      batch_size: int = BATCH, log: Log = print, examples: bool = True) -> dict[Path, DiscoveryRecord]:
+    """One DiscoveryRecord per adapter subject, on one loaded base: prompt-end activations of the
+    reference, the controls and each subject (cached by weight fingerprint and prompt), then the
+    directions, their labels, held-out tests, null and matches; with `examples`, the reference's
+    and the subject's greedy continuations of each direction's strongest prompts."""
+    bank, bank_name = prompt_bank(prompts_file, base)
+    prompts = list(dict.fromkeys(bank + [c.prompt for s in suites for c in s.spec.choices()]))
+    everyone = [*subjects, *controls, *([reference] if reference else [])]
+    names = {s.path: f"d{k}" for k, s in enumerate(everyone)}
+    attached = AttachedAdapters(base, {n: p for p, n in names.items()})
+    model = attached.model
+
+    def measure(who: Optional[Subject]) -> Activations:
+        fingerprint = base.fingerprint if who is None else adapter_fingerprint(who.path, base.fingerprint)
+        cache = ScoreCache(fingerprint, {"what": "prompt ends"})
+        if who is None:
+            with model.disable_adapter():
+                return prompt_ends(model, base.tokenizer, prompts, batch_size, cache)
+        attached.activate(names[who.path])
+        return prompt_ends(model, base.tokenizer, prompts, batch_size, cache)
+
+    def continue_greedily(who: Optional[Subject], texts: list[str]) -> list[str]:
+        if who is None:
+            with model.disable_adapter():
+                return greedy(model, base.tokenizer, texts)
+        attached.activate(names[who.path])
+        return greedy(model, base.tokenizer, texts)
+
+    log(f"discover: {len(prompts)} prompts ({bank_name} and the suites' own), {len(controls)} control adapter(s)")
+    try:
+        with progress_bar("reading prompt ends", len(everyone) + 1) as advance:
+            ref_acts = measure(reference)
+            advance()
+            control_acts = []
+            for c in controls:
+                control_acts.append(measure(c))
+                advance()
+            subject_acts = []
+            for s in subjects:
+                subject_acts.append(measure(s))
+                advance()
+        pairs = [(i.axis, i.prompt, s.spec.delimiter + i.pole_a, s.spec.delimiter + i.pole_b)
+                 for s in suites if isinstance(s.spec, NovelAxisSuite) for i in s.spec.items]
+        declared = axis_directions(model, base.tokenizer, pairs)
+        head = unembedding(model)
+        baseline_probs = (np.mean([np.exp(a.logprobs) for a in control_acts], axis=0) if controls
+                          else np.exp(ref_acts.logprobs))
+        scale = float(np.linalg.norm(ref_acts.hidden, axis=1).mean())
+        decode = base.tokenizer.decode
+        results = {}
+        for subject, acts in zip(subjects, subject_acts):
+            shift = np.exp(acts.logprobs) - baseline_probs
+            directions = discover(ref_acts.hidden, acts.hidden, head, declared, [a.hidden for a in control_acts],
+                                  shift, seed=seed)
+            found = []
+            for d in directions:
+                shown = [prompts[i] for i in d.strongest[:EXAMPLES]]
+                continuations = ((continue_greedily(reference, shown), continue_greedily(subject, shown)) if examples
+                                 else ([], []))
+                found.append(_record(d, decode, prompts, scale, continuations, len(controls)))
+            mean_shift = shift.mean(axis=0)
+            results[subject.path] = DiscoveryRecord(
+                subject=model_ref(subject, base, adapter_fingerprint(subject.path, base.fingerprint)),
+                reference=model_ref(reference, base, base.fingerprint if reference is None
+                                    else adapter_fingerprint(reference.path, base.fingerprint)),
+                controls=[str(c.path) for c in controls],
+                against="the control adapters' mean" if controls else "the reference",
+                prompts=len(prompts), prompt_bank=bank_name, seed=seed, null_ratio_required=NULL_RATIO,
+                directions=found, next_token_promoted=[decode([int(t)]) for t in np.argsort(-mean_shift)[:10]],
+                next_token_suppressed=[decode([int(t)]) for t in np.argsort(mean_shift)[:10]],
+                manifest={"created": now(), "packages": package_versions(), "match_cosine": MATCH_COSINE})
+            for direction in found:
+                log(f"{subject.name}: {direction.name}: {direction.reading}")
+    finally:
+        base.model = attached.model.unload()
+    return results
 
 
 def run_discovery(adapter: Path, base_spec: Optional[Path], reference: Optional[Path], controls: list[Path],
                   prompts_file: Optional[Path], suite_paths: list[Path], out: Path, seed: int = 0,
                   log: Log = print) -> Path:
+    """`evalkit discover`: out/discovery.json and out/discovery.html for one adapter."""
     suites = load_suites(suite_paths or [default_folder("probes")])
     check_writable(out)
-    subject = adapter_subject(adapter, trained_elsewhere=base_spec is not None)
-    others = [adapter_subject(c, trained_elsewhere=base_spec is not None) for c in controls]
-    ref_subject = adapter_subject(reference, trained_elsewhere=base_spec is not None) if reference else None
-    everyone = [s for s in (subject, ref_subject, *others) if s is not None]
+    check_replaceable(out, [adapter, *controls, *([reference] if reference else []), *suite_paths,
+                            *([prompts_file] if prompts_file else [])])
+    elsewhere = base_spec is not None
+    subject = adapter_subject(adapter, trained_elsewhere=elsewhere)
+    others = [adapter_subject(c, trained_elsewhere=elsewhere) for c in controls]
+    ref_subject = adapter_subject(reference, trained_elsewhere=elsewhere) if reference else None
+    check_discoverable([subject], ref_subject, others)
+    if prompts_file is not None:
+        read_prompts(prompts_file)
     base = load_base(base_spec or base_of([subject]), log=log)
-    for s in everyone:
-        if isinstance(s.manifest, AdapterManifest):
-            check_adapter_base(s.path, s.manifest, base)
-        check_adapter_weights(s.path, base.model)
-    marker = Path(base.path) / "evalkit-base.json"  # the demo base's: its world has a prompt bank of its own
-    bank, bank_name = prompt_bank(prompts_file, demo=marker.is_file() and "demo" in marker.read_text())
-    prompts = list(dict.fromkeys(bank + [c.prompt for s in suites for c in s.spec.choices()]))
-    names = {s.path: f"d{k}" for k, s in enumerate(everyone)}
-    attached = AttachedAdapters(base, {n: p for p, n in names.items()})
-    model = attached.model
-
-    def measure(who: Optional[Subject]) -> Any:
-        fingerprint = base.fingerprint if who is None else adapter_fingerprint(who.path, base.fingerprint)
-        cache = ScoreCache(fingerprint, {"what": "prompt ends"})
-        if who is None:
-            with model.disable_adapter():
-                return prompt_ends(model, base.tokenizer, prompts, BATCH, cache)
-        attached.activate(names[who.path])
-        return prompt_ends(model, base.tokenizer, prompts, BATCH, cache)
-
-    log(f"discover: {len(prompts)} prompts ({bank_name} and the suites' own)")
-    ref_acts, sub_acts = measure(ref_subject), measure(subject)
-    null_acts = [measure(c) for c in others]
-    pairs = [(i.axis, i.prompt, s.spec.delimiter + i.pole_a, s.spec.delimiter + i.pole_b)
-             for s in suites if isinstance(s.spec, NovelAxisSuite) for i in s.spec.items]
-    declared = axis_directions(model, base.tokenizer, pairs)
-    head = unembedding(model)
-    directions = discover(ref_acts.hidden, sub_acts.hidden, head, declared, seed=seed)
-    # The null: the same statistic, for the direction of the same rank, of each control adapter.
-    nulls = [discover(ref_acts.hidden, n.hidden, head, {}, seed=seed) for n in null_acts]
-    decode = base.tokenizer.decode
-    found = []
-    for rank, d in enumerate(directions):
-        null_t = [n[rank].held_out_t if len(n) > rank else 0.0 for n in nulls]  # no change: t 0
-        strongest = [prompts[i] for i in d.strongest]
-        attached.activate(names[subject.path])
-        subject_text = greedy(model, base.tokenizer, strongest[:2])
-        if ref_subject is None:
-            with model.disable_adapter():
-                reference_text = greedy(model, base.tokenizer, strongest[:2])
-        else:
-            attached.activate(names[ref_subject.path])
-            reference_text = greedy(model, base.tokenizer, strongest[:2])
-        match, _ = d.match()
-        record = DiscoveredDirection(
-            name=d.name, share=d.share, strength=d.strength, promoted=[decode([t]) for t in d.promoted],
-            suppressed=[decode([t]) for t in d.suppressed], strongest_prompts=strongest,
-            reference_continuations=reference_text, subject_continuations=subject_text,
-            held_out_t=[t for t, _ in d.held_out], held_out_p=[p for _, p in d.held_out], replicates=d.replicates,
-            null_t=null_t, beyond_null=beyond_null(d, null_t), cosines=d.cosines, matches=match, reading="")
-        found.append(record.model_copy(update={"reading": _reading(record)}))
-    shift = (sub_acts.logprobs - ref_acts.logprobs).mean(axis=0)
-    attached.model.unload()
-    result = DiscoveryRecord(
-        subject=model_ref(subject, base, adapter_fingerprint(subject.path, base.fingerprint)),
-        reference=model_ref(ref_subject, base, base.fingerprint if ref_subject is None
-                            else adapter_fingerprint(ref_subject.path, base.fingerprint)),
-        controls=[str(c.path) for c in others], prompts=len(prompts), prompt_bank=bank_name, seed=seed,
-        directions=found, next_token_promoted=[decode([int(t)]) for t in np.argsort(-shift)[:10]],
-        next_token_suppressed=[decode([int(t)]) for t in np.argsort(shift)[:10]],
-        manifest={"created": now(), "packages": package_versions(), "match_cosine": MATCH_COSINE})
-    write_text_atomic(out / "discovery.json", result.model_dump_json(indent=2) + "\n")
-    for direction in found:
-        log(f"{direction.name}: {direction.reading} Promotes "
-            f"{', '.join(repr(t) for t in direction.promoted[:6])}.")
-    return write_discovery_report(result, out / "discovery.html")
+    check_adapters_fit(base, [subject, *others, *([ref_subject] if ref_subject else [])])
+    result = discover_adapters(base, [subject], ref_subject, others, suites, prompts_file, seed, log=log)[subject.path]
+    with atomic_directory(out) as tmp:
+        write_text_atomic(tmp / "discovery.json", result.model_dump_json(indent=2) + "\n")
+        write_discovery_report(result, tmp / "discovery.html")
+    return out / "discovery.html"

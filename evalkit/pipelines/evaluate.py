@@ -3,6 +3,7 @@ the decisions, then the reports. The composition behind `evalkit run` and `evalk
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -10,13 +11,14 @@ from evalkit.decide.effects import build_records
 from evalkit.engine.adapters import UNVERIFIED
 from evalkit.engine.base import Base, load_base
 from evalkit.engine.paired import evaluate_paired
-from evalkit.engine.runner import Subject, adapter_subject, checkpoint_subject
+from evalkit.engine.runner import Subject, adapter_subject, base_of, checkpoint_subject
 from evalkit.errors import EvalkitError
 from evalkit.files import check_writable, inside
 from evalkit.inputs.suites import LoadedSuite, load_suites
 from evalkit.paths import cache_root
+from evalkit.pipelines.discover import check_adapters_fit, check_discoverable, discover_adapters, read_prompts
 from evalkit.progress import progress_bar
-from evalkit.record import AdapterManifest, RunRecord, write_record
+from evalkit.record import RunRecord, write_record
 from evalkit.report.run_page import write_run_report
 from evalkit.settings import RunSettings
 
@@ -30,14 +32,6 @@ def evaluate_subjects(base: Base, subjects: list[Subject], suites: list[LoadedSu
         runs = evaluate_paired(base, subjects, suites, settings, reference=reference, log=log, use_cache=use_cache,
                                on_done=advance)
     return build_records(runs, settings.stats)
-
-
-def base_of(adapters: list[Subject]) -> Path:
-    """The base named by the adapters' manifests (they must agree)."""
-    paths = {a.manifest.base.path for a in adapters if isinstance(a.manifest, AdapterManifest)}
-    if len(paths) != 1:
-        raise EvalkitError("the adapters name different bases; pass --base")
-    return Path(paths.pop())
 
 
 def name_apart(subjects: list[Subject]) -> None:
@@ -69,11 +63,23 @@ def reference_subject(path: Path, trained_elsewhere: bool = False) -> Subject:
     return checkpoint_subject(path) if (path / "config.json").is_file() else adapter_subject(path, trained_elsewhere)
 
 
+@dataclass(frozen=True)
+class DiscoveryRequest:
+    """`run --discover`: look for directions of change no probe declared, in each adapter subject."""
+
+    controls: tuple[Path, ...] = ()
+    """Control adapters (the neutral scene, other seeds): the null, and what the shift is taken against."""
+    prompts: Optional[Path] = None
+    """A prompt bank, one prompt a line (default: the bundled one for the base)."""
+
+
 def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[Path], suite_paths: list[Path],
              settings: RunSettings, reference: Optional[Path] = None, log: Log = print,
-             use_cache: bool = True, out: Optional[Path] = None) -> list[RunRecord]:
+             use_cache: bool = True, out: Optional[Path] = None,
+             discovery: Optional[DiscoveryRequest] = None) -> list[RunRecord]:
     """Validate everything, load the base once, evaluate reference and subjects, test each pair;
-    with `out`, write each subject's results.json and report.html to out/<subject>/."""
+    with `discovery`, add each adapter's discovered directions to its record; with `out`, write
+    each subject's results.json and report.html to out/<subject>/."""
     if not adapters and not checkpoints:
         raise EvalkitError("give at least one --adapter or --checkpoint")
     suites = load_suites(suite_paths)
@@ -95,8 +101,20 @@ def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[P
             inside(out, s.name)
     if use_cache:
         check_writable(cache_root() / "scores")
+    controls = [adapter_subject(c, elsewhere) for c in discovery.controls] if discovery else []
+    if discovery is not None:
+        check_discoverable(subjects, ref_subject, controls)
+        if discovery.prompts is not None:
+            read_prompts(discovery.prompts)
     base = load_base(base_dir, settings.dtype, settings.device)
+    if controls:
+        check_adapters_fit(base, controls)
     records = evaluate_subjects(base, subjects, suites, settings, reference=ref_subject, log=log, use_cache=use_cache)
+    if discovery is not None:
+        found = discover_adapters(base, [s for s in subjects if s.kind == "adapter"], ref_subject, controls, suites,
+                                  discovery.prompts, seed=settings.stats.seed, batch_size=settings.batch_size, log=log)
+        by_name = {s.name: found[s.path] for s in subjects if s.path in found}
+        records = [r.model_copy(update={"discovery": by_name.get(r.run_id)}) for r in records]
     if out is not None:
         for record in records:
             write_outputs(record, inside(out, record.run_id))

@@ -27,7 +27,8 @@ from evalkit.inputs.plans import Resolved, ScratchPlan, load_plan
 from evalkit.inputs.scenes import Scene
 from evalkit.inputs.suites import load_suites
 from evalkit.paths import adapters_folder
-from evalkit.record import PairedRun, manifest_key, write_record
+from evalkit.pipelines.discover import discover_adapters, read_prompts
+from evalkit.record import PairedRun, RunRecord, manifest_key, write_record
 from evalkit.report.overview import write_experiment_report
 from evalkit.report.run_page import write_run_report
 from evalkit.settings import RunSettings, ScratchSettings
@@ -183,6 +184,8 @@ def run_experiment(plan_path: Path, out: Path | None, dry_run: bool, console: Co
     suites = load_suites([resolved.rel(s) for s in resolved.plan.suites])
     out = out or Path("reports") / resolved.plan.name
     check_replaceable(out, inputs=[plan_path, *map(Path, resolved.scene_paths)])
+    if resolved.plan.discover is not None and resolved.plan.discover.prompts:
+        read_prompts(resolved.rel(resolved.plan.discover.prompts))
     base_dir = resolved.rel(resolved.plan.base) if resolved.plan.base else demo_base_dir()
     base = None
     if dry_run and not resolved.plan.base and not (base_dir / "evalkit-base.json").exists():
@@ -203,6 +206,8 @@ def run_experiment(plan_path: Path, out: Path | None, dry_run: bool, console: Co
     # Each section is tested on its own: seed spread is measured among runs of one section.
     sections = {name: [(r.run_id, r) for r in build_records(runs, run_settings.stats)]
                 for name, runs in paired.items()}
+    if resolved.plan.discover is not None:
+        sections["scenes"] = _discover(planned, resolved, base, suites, store, console, sections["scenes"])
     with atomic_directory(out, inputs=[plan_path]) as tmp:  # replaced whole: nothing stale survives
         for section, runs in sections.items():
             for run_id, record in runs:
@@ -211,6 +216,31 @@ def run_experiment(plan_path: Path, out: Path | None, dry_run: bool, console: Co
         index = write_experiment_report(resolved.plan.name, sections, tmp / "index.html")
     _print_summary(planned, sections, console, time.time() - started)
     return out / index.name
+
+
+def _discover(planned: list[Planned], resolved: Resolved, base: Base, suites, store: Path, console: Console,
+              runs: list[tuple[str, RunRecord]]) -> list[tuple[str, RunRecord]]:
+    """The plan's `discover:` block: every single scene's adapter against the control scene trained
+    with the plan's seeds (the null), the reference as the plan names it."""
+    spec = resolved.plan.discover
+    assert spec is not None
+    control = next(s for s in resolved.scenes if s.id == spec.control)
+    path = dict(zip([s.id for s in resolved.scenes], resolved.scene_paths))[control.id]
+    controls = []
+    for seed in spec.seeds:
+        settings = settings_for([control], base, plan=plan_training(resolved), command_line={"seed": seed})[0]
+        folder = store / "adapters" / adapter_key([control], base, settings)
+        controls.append(adapter_subject(train_adapter([control], base, folder, plan=plan_training(resolved),
+                                                      command_line={"seed": seed}, scene_paths=[path],
+                                                      log=lambda _: None)))
+    scenes = {p.label: p for p in planned if p.role == "scene" and p.subject is not None}
+    reference = None if resolved.plan.reference == "base" else scenes[resolved.plan.reference].subject
+    taken = {c.path for c in controls} | ({reference.path} if reference else set())
+    subjects = [p.subject for p in scenes.values() if p.subject is not None and p.subject.path not in taken]
+    prompts = resolved.rel(spec.prompts) if spec.prompts else None
+    found = discover_adapters(base, subjects, reference, controls, suites, prompts, log=console.print)
+    by_label = {label: found.get(p.subject.path) for label, p in scenes.items() if p.subject is not None}
+    return [(run_id, record.model_copy(update={"discovery": by_label.get(run_id)})) for run_id, record in runs]
 
 
 def _store() -> Path:

@@ -19,6 +19,7 @@ from evalkit.files import check_replaceable, check_writable, inside
 from evalkit.inputs.scenes import Scene, load_scenes, scene_files
 from evalkit.inputs.suites import load_suites
 from evalkit.paths import adapters_folder, default_folder
+from evalkit.pipelines.discover import discover_adapters
 from evalkit.pipelines.evaluate import evaluate_subjects, write_outputs
 from evalkit.progress import progress_bar
 from evalkit.record import RunRecord
@@ -48,7 +49,10 @@ def planted_rows(records: list[RunRecord], scenes: list[Scene]) -> list[str]:
     return lines
 
 
-def real_demo(base_spec: Path, out_root: Path, log: Log = print) -> Path:
+def real_demo(base_spec: Path, out_root: Path, log: Log = print, discover: bool = False) -> Path:
+    """The real scenes, two seeds each, against the base and against the control scene of the same
+    seed; with `discover`, each planted adapter's discovered directions (against the base, the
+    control scene's two seeds as the null) in its against-base report."""
     scenes_dir = default_folder("scenes") / "real"
     scenes = load_scenes(scenes_dir)
     files = [str(f.resolve()) for f in scene_files(scenes_dir)]
@@ -71,7 +75,12 @@ def real_demo(base_spec: Path, out_root: Path, log: Log = print) -> Path:
     control = next(s for s in scenes if "control" in s.tags)
     planted = [s for s in scenes if s is not control]
     log("evaluating every adapter against the base")
-    against_base = evaluate_subjects(base, [adapter_subject(p) for p in paths.values()], suites, settings, log=log)
+    everyone = [adapter_subject(p) for p in paths.values()]
+    against_base = evaluate_subjects(base, everyone, suites, settings, log=log)
+    if discover:
+        controls = [s for (scene_id, _), s in zip(paths, everyone) if scene_id == control.id]
+        found = discover_adapters(base, [s for s in everyone if s not in controls], None, controls, suites, log=log)
+        against_base = [r.model_copy(update={"discovery": found.get(s.path)}) for r, s in zip(against_base, everyone)]
     against_control: list[RunRecord] = []
     for seed in SEEDS:
         log(f"evaluating the planted scenes of seed {seed} against the control adapter of seed {seed}")

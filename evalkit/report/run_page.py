@@ -13,6 +13,7 @@ from evalkit.decide.effects import group_table
 from evalkit.kinds import KINDS
 from evalkit.record import Effect, ItemRecord, RunRecord
 from evalkit.report import charts
+from evalkit.report.discovery_page import discovery_view
 from evalkit.report.format import num, pval
 from evalkit.report.render import render_page, write_page
 
@@ -207,6 +208,7 @@ def run_view(record: RunRecord) -> dict[str, Any]:
         "changed_effects": changed_effects(record), "changed_items": changed_items(record),
         "tension": tension_rows(record), "forest": axis_forest(record),
         "consistency": consistency_rows(record), "continuation": continuation_rows(record),
+        "disc": discovery_view(record.discovery) if record.discovery else None,
     }
 
 
