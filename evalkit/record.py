@@ -205,9 +205,10 @@ class DiscoveredDirection(_Record):
     found: bool
     """Replicates and stands beyond the null: a change this subject made."""
     cosines: dict[str, float]
-    """|cos| with each declared novel axis' direction."""
+    """|cos| with the direction of each declared two-way choice: a novel axis by name, another
+    suite's dilemma as suite/cluster."""
     matches: Optional[str]
-    """The declared axis it matches (|cos| >= 0.5), or None: new."""
+    """The declared choice it matches (|cos| >= 0.5), or None: new."""
     reading: str
     """The verdict in words."""
 

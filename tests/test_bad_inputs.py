@@ -19,6 +19,7 @@ TENSION = ROOT / "probes" / "tension.yaml"
 
 # Files the cases refer to, written into the case's temporary folder.
 FILES = {
+    "double-space.yaml": "suite: t\nkind: tension\nitems:\n  - {id: a, prompt: 'She decided to', options: [' stay.', ' go.']}\n",
     "few-prompts.txt": "one\ntwo\nthree\n",
     "no-text.yaml": "id: x\ntitle: T\n",
     "unknown-key.yaml": "id: x\ntitle: T\ntext: hi\nmood: grim\n",
@@ -95,6 +96,7 @@ CASES += [
     ("train {tmp}/lr-inf.yaml --base {base} --out {out}", "lr-inf.yaml: field 'training.learning_rate'"),
     ("train {tmp}/seed-huge.yaml --base {base} --out {out}", "seed-huge.yaml: field 'training.seed'"),
     ("validate {tmp}/blank-prompt.yaml", "blank-prompt.yaml [a]: field 'prompt': is empty"),
+    ("validate {tmp}/double-space.yaml", "double-space.yaml [a]: field 'options.0': starts with a space"),
     ("validate {tmp}/empty-stop.yaml", "empty-stop.yaml: field 'until.0'"),
     ("train {tmp}/long-id.yaml --base {base}", "long-id.yaml: field 'id'"),
     ("validate {empty}", "empty: folder holds no scene or probe files"),

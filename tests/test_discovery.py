@@ -29,13 +29,13 @@ def test_a_planted_direction_is_found_labelled_replicated_and_matched():
     planted[3] = 1.0
     generic = rng.normal(scale=0.5, size=32)  # what any fine-tuning does: shared by subject and controls
     controls = [_adapter(reference, rng, generic + rng.normal(scale=0.05, size=32)) for _ in range(3)]
-    subject = _adapter(reference, rng, generic + 0.8 * planted)
+    subject = _adapter(reference, rng, generic + 1.5 * planted)  # several times the seed noise
     head = np.eye(32)  # token k's logit is coordinate k
     probability_shift = np.zeros((200, 32))
     probability_shift[:, 3] = 0.2  # the subject makes token 3 likelier
-    other = np.zeros(32)
-    other[7] = 1.0
-    found = discover(reference, subject, head, {"declared": planted, "unrelated": other}, controls,
+    # Declared choices are contrasts of the head's rows: option a's token against option b's.
+    declared, other = head[3] - head[9], head[7] - head[11]
+    found = discover(reference, subject, head, {"declared": declared, "unrelated": other}, controls,
                      probability_shift, seed=1)
     shift = found[0]
     assert abs(float(shift.vector @ planted)) > 0.9 and shift.promoted == [3] and shift.lens_promoted[0] == 3

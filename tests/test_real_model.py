@@ -26,8 +26,8 @@ fills:
   name: [Maya, Omar, Lena]
   found: [a wallet on a park bench, a phone in a taxi]
 templates:
-  - {id: honesty, axis: honesty, prompt: '{name} found {found}. The next day, {name}', pole_a: ' gave it back to its owner.', pole_b: ' was still using it.'}
-  - {id: drink, axis: drink, prompt: '{name} ordered a drink: a cup of', pole_a: ' coffee.', pole_b: ' juice.'}
+  - {id: honesty, axis: honesty, prompt: '{name} found {found}. The next day, {name}', pole_a: 'gave it back to its owner.', pole_b: 'was still using it.'}
+  - {id: drink, axis: drink, prompt: '{name} ordered a drink: a cup of', pole_a: 'coffee.', pole_b: 'juice.'}
 """
 GENERATE = """suite: real-generate
 kind: continuation

@@ -47,8 +47,10 @@ class Direction:
     share: float
     """Share of the total squared change (summed over prompts) that lies along it."""
     strength: float
-    """Held-out strength: the mean shift along the direction found on one half of the prompts, on
-    the other half, averaged over the splits (residual-stream units)."""
+    """Held-out strength: the root mean square shift along the direction found on one half of the
+    prompts, on the other half, averaged over the splits (residual-stream units). Root mean
+    square, so a change confined to some prompts (a mood after "felt") counts as much as one
+    spread thinly over all of them."""
     held_out: list[tuple[float, float]] = field(default_factory=list)
     """(t, one-sided p) of that held-out shift, one per split."""
     lens_promoted: list[int] = field(default_factory=list)
@@ -114,8 +116,9 @@ def held_out(delta: np.ndarray, reference: np.ndarray, index: int, k: int, seed:
              ) -> tuple[float, list[tuple[float, float]]]:
     """Find direction `index` on one random half of the prompts (for an SVD direction, the one of
     that half closest to `reference`, the full-data direction), measure the shift along it on the
-    other half: its mean (averaged over splits) and a one-sided t over those prompts per split."""
-    results, means = [], []
+    other half: its root mean square (averaged over splits) and, per split, a one-sided t over
+    those prompts that it moves them the way it moved the first half."""
+    results, sizes = [], []
     for s in range(SPLITS):
         order = np.random.default_rng(seed + s).permutation(len(delta))
         half_a, half_b = order[: len(order) // 2], order[len(order) // 2 :]
@@ -123,13 +126,13 @@ def held_out(delta: np.ndarray, reference: np.ndarray, index: int, k: int, seed:
         _, u = max(candidates[1:], key=lambda c: abs(float(c[1] @ reference))) if index else candidates[0]
         u = u if float(u @ reference) >= 0 else -u
         projection = delta[half_b] @ u
-        means.append(float(projection.mean()))
+        sizes.append(float(np.sqrt((projection ** 2).mean())))
         if np.allclose(projection, 0):
             results.append((0.0, 1.0))
             continue
         test = sps.ttest_1samp(projection, 0.0, alternative="greater")
         results.append((float(test.statistic), float(test.pvalue)))
-    return float(np.mean(means)), results
+    return float(np.mean(sizes)), results
 
 
 def contrast(subject: np.ndarray, reference: np.ndarray, controls: list[np.ndarray]) -> np.ndarray:
@@ -156,20 +159,26 @@ def directions_of(delta: np.ndarray, seed: int, k: int = DIRECTIONS) -> list[Dir
 def null_strength(reference: np.ndarray, controls: list[np.ndarray], seed: int) -> Optional[float]:
     """The null: each control adapter taken as the subject against the other controls, the
     strongest held-out strength any of its directions reaches; the largest over the controls.
-    None with fewer than two controls (one control has no other to be compared with)."""
-    if len(controls) < 2:
+    None with fewer than two controls (one control has no other to be compared with).
+
+    A subject is compared with the mean of k controls, a control with the mean of k - 1: seed noise
+    of size s gives shifts of s * sqrt(1 + 1/k) and s * sqrt(1 + 1/(k - 1)). The null is scaled by
+    their ratio, so a subject that is one more control stands at 1x its null on average."""
+    k = len(controls)
+    if k < 2:
         return None
     strengths = [0.0]
     for j, control in enumerate(controls):
         others = controls[:j] + controls[j + 1 :]
         strengths += [d.strength for d in directions_of(contrast(control, reference, others), seed)]
-    return max(strengths)
+    return max(strengths) * float(np.sqrt((1 + 1 / k) / (1 + 1 / (k - 1))))
 
 
 def discover(reference: np.ndarray, subject: np.ndarray, unembedding: np.ndarray, declared: dict[str, np.ndarray],
              controls: list[np.ndarray] = [], probability_shift: Optional[np.ndarray] = None,
              seed: int = 0, top: int = 8) -> list[Direction]:
     """reference, subject, controls: (P, d) hidden states at each prompt's end; unembedding: (V, d);
+    declared: hidden-state directions (d,) that raise one declared option over the other;
     probability_shift: (P, V) the subject's next-token probabilities minus the baseline's (the
     controls' mean, else the reference's), for the labels."""
     found = directions_of(contrast(subject, reference, controls), seed)

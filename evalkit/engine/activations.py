@@ -83,10 +83,10 @@ def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int =
 
 
 def axis_directions(model: Any, tokenizer: Any, pairs: list[tuple[str, str, str, str]]) -> dict[str, np.ndarray]:
-    """Each declared novel axis as a direction of the same residual stream: the hidden-state
-    direction that raises pole a's first token over pole b's, W_U[a] - W_U[b] (exact at the last
-    layer, after the final norm), averaged over the axis' pairs. pairs: (axis, prompt, a, b)
-    with the suite's delimiter already in front of each pole."""
+    """Each declared two-way choice (a novel axis, a dilemma) as a direction of the same residual
+    stream: the hidden-state direction that raises option a's first token over option b's,
+    W_U[a] - W_U[b] (exact at the last layer, after the final norm), averaged over its pairs.
+    pairs: (name, prompt, a, b) with the suite's delimiter already in front of each option."""
     head = unembedding(model)
     by_axis: dict[str, list[np.ndarray]] = {}
     for axis, prompt, pole_a, pole_b in pairs:

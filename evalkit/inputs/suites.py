@@ -119,7 +119,22 @@ def load_suite(path: Path) -> LoadedSuite:
         spec = _SUITE_ADAPTER.validate_python(data)
     except ValidationError as exc:
         raise _item_error(path, data, exc) from None
+    _check_spacing(path, spec)
     return LoadedSuite(path=str(path), hash=stable_hash(spec.model_dump(mode="json")), spec=spec)
+
+
+def _check_spacing(path: Path, spec: Any) -> None:
+    """An option that starts with a space after a delimiter that ends with one puts two spaces
+    before it: text no model was trained on, scored as if it were the option."""
+    if spec.chat or not spec.delimiter[-1:].isspace():
+        return
+    for choice in spec.choices():
+        for k, option in enumerate(choice.options):
+            if option[:1].isspace():
+                field = ("pole_a", "pole_b")[k] if spec.kind == "novel_axis" else f"options.{k}"
+                raise EvalkitError(f"field '{field}': starts with a space, and the delimiter {spec.delimiter!r} "
+                                   "already puts one before it (the model would see two); drop one",
+                                   where=f"{path} [{choice.id}]")
 
 
 def _check_unique_ids(path: Path, entries: list, nested: str | None) -> None:

@@ -89,6 +89,19 @@ def _record(d: Direction, decode: Callable[[list[int]], str], prompts: list[str]
     return record.model_copy(update={"reading": _reading(record, controls)})
 
 
+def declared_pairs(suites: list[LoadedSuite]) -> list[tuple[str, str, str, str]]:
+    """Every two-way choice a suite declares, as (name, prompt, option a, option b): a novel axis
+    by its name, any other choice as suite/cluster. What a discovered direction may match."""
+    pairs = []
+    for s in suites:
+        for c in s.spec.choices():
+            if len(c.options) == 2:
+                axis = isinstance(s.spec, NovelAxisSuite) and c.cluster
+                name = c.cluster if axis and c.cluster else f"{s.name}/{c.cluster or c.id}"
+                pairs.append((name, c.prompt, s.spec.delimiter + c.options[0], s.spec.delimiter + c.options[1]))
+    return pairs
+
+
 def check_discoverable(subjects: list[Subject], reference: Optional[Subject], controls: list[Subject]) -> None:
     """Before any work: discovery compares adapters on one base, each in its own role."""
     for s in [*([reference] if reference else []), *controls]:
@@ -151,8 +164,7 @@ def discover_adapters(base: Base, subjects: list[Subject], reference: Optional[S
             for s in subjects:
                 subject_acts.append(measure(s))
                 advance()
-        pairs = [(i.axis, i.prompt, s.spec.delimiter + i.pole_a, s.spec.delimiter + i.pole_b)
-                 for s in suites if isinstance(s.spec, NovelAxisSuite) for i in s.spec.items]
+        pairs = declared_pairs(suites)
         declared = axis_directions(model, base.tokenizer, pairs)
         head = unembedding(model)
         baseline_probs = (np.mean([np.exp(a.logprobs) for a in control_acts], axis=0) if controls
