@@ -10,7 +10,8 @@ shared, not rebuilt), after the same imports:
                     activations of the base, both controls and the subject over the bank and every
                     suite prompt, the directions, their held-out tests and null, greedy examples.
   discover-another  `discover` of a second subject (melancholy) once the base and the controls are
-                    in the cache: what each further subject of a run costs.
+                    in the cache: what each further subject costs (as its own command, so loading
+                    the base is in it).
 
     .venv/bin/python benchmarks/bench_discover.py [--work DIR] [--repeat 2]
 """
@@ -25,8 +26,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def build(work: Path) -> dict[str, Path]:

@@ -470,7 +470,9 @@ def compare_dtypes(work: Path, n: int, near: float = 0.01) -> None:
     for folder in sorted(runs["float32"].iterdir()):
         a, b = read_record(folder / "results.json"), read_record(runs["bfloat16"] / folder.name / "results.json")
         alpha = a.stats.alpha
-        for e, f in zip(a.effects, b.effects):
+        others = {(f.suite, f.metric, f.scope): f for f in b.effects}
+        for e in a.effects:
+            f = others[(e.suite, e.metric, e.scope)]
             if e.q_value is None:
                 continue
             close = abs(e.q_value - alpha) <= near

@@ -214,7 +214,7 @@ def calibrate(
     datasets: int = typer.Option(2000, min=1, help="Simulated null data sets per design."),
     seed: int = typer.Option(0, help="Seed of the simulation."),
     out: Path = typer.Option(Path("reports") / "calibration", help="Where calibration.json goes."),
-    null_comparisons: int = typer.Option(22, min=3, help="Control-vs-control comparisons (control seeds) for discovery's null."),
+    null_comparisons: int = typer.Option(22, min=3, help="Disjoint control-vs-control comparisons (3 control seeds each) for discovery's null."),
 ) -> None:
     """Show the harness does not cry wolf (null subjects, simulated nulls, discovery's null) and finds planted effects."""
     from evalkit.pipelines.calibrate import calibrate as do_calibrate
@@ -287,7 +287,7 @@ def discover(
     control: Optional[list[Path]] = typer.Option(None, "--control", help="A control adapter (neutral scene, another seed): the null; repeat for several."),
     base: Optional[Path] = typer.Option(None, help="Base model (default: the adapter's manifest)."),
     prompts: Optional[Path] = typer.Option(None, help="A prompt bank, one prompt a line (default: the bundled one for the base)."),
-    suite: Optional[list[Path]] = typer.Option(None, "--suite", help="Probe files or folders: their prompts join the bank, their novel axes are compared."),
+    suite: Optional[list[Path]] = typer.Option(None, "--suite", help="Probe files or folders: their prompts join the bank, their two-way choices are compared."),
     out: Path = typer.Option(Path("reports") / "discover", help="Where discovery.json and discovery.html go."),
     seed: int = typer.Option(0, help="Seed of the held-out splits."),
 ) -> None:

@@ -176,8 +176,8 @@ class DiscoveredDirection(_Record):
     share: float
     """Share of the total squared change over the prompts that lies along it."""
     strength: float
-    """Held-out strength: the mean shift along the direction found on one half of the prompts, on
-    the other half, averaged over the splits (residual-stream units)."""
+    """Held-out strength: the root mean square shift along the direction found on one half of the
+    prompts, on the other half, averaged over the splits (residual-stream units)."""
     relative_strength: float
     """strength over the reference's mean hidden-state norm at the prompts' ends."""
     promoted: list[str]

@@ -153,6 +153,8 @@ CASES += [
     ("discover --adapter {adapter} --base {base} --suite {tension} --out {out} --prompts {tmp}/few-prompts.txt", "few-prompts.txt: 3 prompts: discovery needs at least 20"),
     ("discover --adapter {adapter} --base {base} --suite {tension} --out {out} --prompts {tmp}/nope.txt", "nope.txt: no such prompt file"),
     ("discover --adapter {adapter} --base {base} --suite {tension} --out {user}", "user: holds files evalkit did not write"),
+    ("discover --adapter {adapter} --base {base} --suite {tension} --out {out} --control {twin}", "twin: has the same weights as"),
+    ("run --checkpoint {base} --base {base} --suite {tension} --out {out} --discover", "--discover looks inside adapters"),
 ]
 if not importlib.util.find_spec("vllm"):
     CASES.append(("run --adapter {adapter} --suite {tension} --backend vllm --out {out}",
@@ -238,6 +240,7 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
             "afile": tmp / "afile", "link": tmp / "link", "truncated_base": truncated, "truncated_gguf": gguf,
             "pickle_adapter": pickled, "bad_config": bad_config, "wrong_manifest": wrong_manifest,
             "edited_rank": _adapter_copy(tmp, honesty_adapter, "edited-rank", {"r": 4}),
+            "twin": _adapter_copy(tmp, honesty_adapter, "twin"),
             "edited_type": _adapter_copy(tmp, honesty_adapter, "edited-type", {"peft_type": "IA3"}),
             "edited_targets": _adapter_copy(tmp, honesty_adapter, "edited-targets", {"target_modules": ["q_proj"]}),
             "results": results_json, "bad_weights": bad_weights, "probes_copy": tmp / "probes-copy", "broken_ckpt": broken, **records}

@@ -60,6 +60,26 @@ def test_what_any_fine_tuning_does_is_not_a_finding():
     assert alone[0].replicates and alone[0].null_strength is None and not alone[0].found  # no null, no finding
 
 
+def test_held_out_p_is_uniform_on_noise():
+    """Nothing of the held-out half chooses or signs a direction: on shifts that are pure noise,
+    each split's p is uniform, so p < 0.05 in about 5% of data sets for every direction."""
+    rng = np.random.default_rng(3)
+    below = np.zeros(4)
+    trials = 400
+    for _ in range(trials):
+        found = discover(np.zeros((40, 16)), rng.normal(size=(40, 16)), np.eye(16), {}, seed=int(rng.integers(1000)))
+        below += [d.held_out[0][1] < 0.05 for d in found]
+    assert np.all(np.abs(below / trials - 0.05) < 0.035), below / trials
+
+
+def test_identical_controls_are_no_null():
+    rng = np.random.default_rng(4)
+    reference = rng.normal(size=(60, 8))
+    control = reference + 0.3
+    found = discover(reference, reference + rng.normal(size=(60, 8)), np.eye(8), {}, [control, control.copy()])
+    assert found and all(d.null_ratio is None and not d.found for d in found)
+
+
 def test_nothing_changed_gives_no_direction():
     reference = np.random.default_rng(0).normal(size=(50, 8))
     assert discover(reference, reference.copy(), np.eye(8), {}) == []

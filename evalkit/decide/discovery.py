@@ -73,9 +73,11 @@ class Direction:
 
     @property
     def null_ratio(self) -> Optional[float]:
-        if self.null_strength is None:
+        """None without a null, or when the controls show no change at all (then they measure
+        nothing: identical controls are refused before this)."""
+        if self.null_strength is None or self.null_strength <= 0:
             return None
-        return self.strength / self.null_strength if self.null_strength > 0 else float("inf")
+        return self.strength / self.null_strength
 
     @property
     def beyond_null(self) -> bool:
@@ -112,22 +114,24 @@ def _directions(delta: np.ndarray, k: int) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def held_out(delta: np.ndarray, reference: np.ndarray, index: int, k: int, seed: int
-             ) -> tuple[float, list[tuple[float, float]]]:
-    """Find direction `index` on one random half of the prompts (for an SVD direction, the one of
-    that half closest to `reference`, the full-data direction), measure the shift along it on the
-    other half: its root mean square (averaged over splits) and, per split, a one-sided t over
-    those prompts that it moves them the way it moved the first half."""
+def held_out(delta: np.ndarray, index: int, k: int, seed: int) -> tuple[float, list[tuple[float, float]]]:
+    """Find direction `index` (0: the consistent shift, j: the j-th SVD direction) on one random
+    half of the prompts, signed on that half alone, and measure the shift along it on the other
+    half: its root mean square (averaged over splits) and, per split, a one-sided t over those
+    prompts that it moves them the way it moved the first half. Nothing of the second half
+    chooses or signs the direction, so on noise each split's p is uniform."""
     results, sizes = [], []
     for s in range(SPLITS):
         order = np.random.default_rng(seed + s).permutation(len(delta))
         half_a, half_b = order[: len(order) // 2], order[len(order) // 2 :]
         candidates = _directions(delta[half_a], k)
-        _, u = max(candidates[1:], key=lambda c: abs(float(c[1] @ reference))) if index else candidates[0]
-        u = u if float(u @ reference) >= 0 else -u
-        projection = delta[half_b] @ u
+        if index >= len(candidates):  # a half too small to hold this many directions
+            results.append((0.0, 1.0))
+            sizes.append(0.0)
+            continue
+        projection = delta[half_b] @ candidates[index][1]
         sizes.append(float(np.sqrt((projection ** 2).mean())))
-        if np.allclose(projection, 0):
+        if len(projection) < 2 or np.allclose(projection, projection[0]):
             results.append((0.0, 1.0))
             continue
         test = sps.ttest_1samp(projection, 0.0, alternative="greater")
@@ -149,7 +153,7 @@ def directions_of(delta: np.ndarray, seed: int, k: int = DIRECTIONS) -> list[Dir
     found = []
     for index, (name, v) in enumerate(_directions(delta, k)):
         projection = delta @ v
-        strength, tests = held_out(delta, v, index, k, seed)
+        strength, tests = held_out(delta, index, k, seed)
         found.append(Direction(name=name, vector=v, share=float((projection ** 2).sum() / total),
                                strength=strength, held_out=tests,
                                strongest=[int(i) for i in np.argsort(-projection)[:LABEL_PROMPTS]]))
@@ -163,7 +167,8 @@ def null_strength(reference: np.ndarray, controls: list[np.ndarray], seed: int) 
 
     A subject is compared with the mean of k controls, a control with the mean of k - 1: seed noise
     of size s gives shifts of s * sqrt(1 + 1/k) and s * sqrt(1 + 1/(k - 1)). The null is scaled by
-    their ratio, so a subject that is one more control stands at 1x its null on average."""
+    their ratio, so both are on one footing (being a maximum over controls and directions, the
+    null still lies above a typical control: a subject that is one more control stands below 1x)."""
     k = len(controls)
     if k < 2:
         return None
@@ -181,6 +186,8 @@ def discover(reference: np.ndarray, subject: np.ndarray, unembedding: np.ndarray
     declared: hidden-state directions (d,) that raise one declared option over the other;
     probability_shift: (P, V) the subject's next-token probabilities minus the baseline's (the
     controls' mean, else the reference's), for the labels."""
+    if len(reference) < 4:
+        return []  # two halves of at least two prompts each are the least a held-out test needs
     found = directions_of(contrast(subject, reference, controls), seed)
     null = null_strength(reference, controls, seed) if found else None
     head = unembedding.astype(np.float64)

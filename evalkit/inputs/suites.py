@@ -131,7 +131,8 @@ def _check_spacing(path: Path, spec: Any) -> None:
     for choice in spec.choices():
         for k, option in enumerate(choice.options):
             if option[:1].isspace():
-                field = ("pole_a", "pole_b")[k] if spec.kind == "novel_axis" else f"options.{k}"
+                field = {"novel_axis": ("pole_a", "pole_b")[k % 2],
+                         "continuation": f"references.{k}"}.get(spec.kind, f"options.{k}")
                 raise EvalkitError(f"field '{field}': starts with a space, and the delimiter {spec.delimiter!r} "
                                    "already puts one before it (the model would see two); drop one",
                                    where=f"{path} [{choice.id}]")

@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from evalkit.decide.discovery import MATCH_COSINE, NULL_RATIO, Direction, discover
+from evalkit.decide.discovery import MATCH_COSINE, NULL_RATIO, REPLICATION_ALPHA, Direction, discover
 from evalkit.engine.activations import Activations, axis_directions, greedy, prompt_ends, unembedding
 from evalkit.engine.adapters import AttachedAdapters, check_adapter_base, check_adapter_weights
 from evalkit.engine.base import Base, load_base
@@ -54,19 +54,28 @@ def prompt_bank(path: Optional[Path], base: Base) -> tuple[list[str], str]:
 
 
 def _reading(d: DiscoveredDirection, controls: int) -> str:
-    what = (f"Matches the declared axis {d.matches} (cos {d.cosines[d.matches]:.2f})" if d.matches
-            else f"New: aligned with no declared axis (largest |cos| {max(d.cosines.values(), default=0.0):.2f})")
+    if not d.cosines:
+        what = "Nothing declared to compare it with (no two-way choice in the suites)"
+    elif d.matches:
+        what = f"Matches the declared choice {d.matches} (cos {d.cosines[d.matches]:.2f})"
+    else:
+        what = (f"New: aligned with no declared choice (largest |cos| {max(d.cosines.values()):.2f}, a match "
+                f"needs {MATCH_COSINE:g})")
     label = (f"on the prompts where it is strongest it makes {', '.join(repr(t) for t in d.promoted[:4])} likelier"
              if d.promoted else "it makes no next token likelier")
-    splits = sum(p < 0.01 for p in d.held_out_p)
-    replication = (f"replicates on held-out prompts (p < 0.01 in all {splits} splits)" if d.replicates
-                   else f"does not replicate on held-out prompts (p < 0.01 in {splits} of {len(d.held_out_p)} splits)")
+    splits = sum(p < REPLICATION_ALPHA for p in d.held_out_p)
+    replication = (f"replicates on held-out prompts (p < {REPLICATION_ALPHA:g} in all {splits} splits)" if d.replicates
+                   else f"does not replicate on held-out prompts (p < {REPLICATION_ALPHA:g} in {splits} of "
+                        f"{len(d.held_out_p)} splits)")
     if d.null_ratio is None:
         null = ("with fewer than two control adapters there is no null, so it may be what any fine-tuning "
                 "changes; pass --control twice")
     elif d.beyond_null:
         null = (f"it is {d.null_ratio:.1f}x the strongest change the {controls} control adapters show "
                 f"against each other (needed: {NULL_RATIO:g}x)")
+    elif d.null_ratio >= 1:
+        null = (f"at {d.null_ratio:.1f}x the strongest change the control adapters show against each other it "
+                f"is above them, but short of the {NULL_RATIO:g}x needed")
     else:
         null = (f"at {d.null_ratio:.1f}x the strongest change the control adapters show against each other it "
                 f"is within what fine-tuning with another seed does (needed: {NULL_RATIO:g}x)")
@@ -84,16 +93,20 @@ def _record(d: Direction, decode: Callable[[list[int]], str], prompts: list[str]
         lens_suppressed=tokens(d.lens_suppressed), strongest_prompts=[prompts[i] for i in d.strongest[:EXAMPLES]],
         reference_continuations=continuations[0], subject_continuations=continuations[1],
         held_out_t=[t for t, _ in d.held_out], held_out_p=[p for _, p in d.held_out], replicates=d.replicates,
-        null_strength=d.null_strength, null_ratio=d.null_ratio if d.null_ratio != float("inf") else None,
+        null_strength=d.null_strength, null_ratio=d.null_ratio,
         beyond_null=d.beyond_null, found=d.found, cosines=d.cosines, matches=match, reading="")
     return record.model_copy(update={"reading": _reading(record, controls)})
 
 
 def declared_pairs(suites: list[LoadedSuite]) -> list[tuple[str, str, str, str]]:
     """Every two-way choice a suite declares, as (name, prompt, option a, option b): a novel axis
-    by its name, any other choice as suite/cluster. What a discovered direction may match."""
+    by its name, a dilemma as suite/cluster. What a discovered direction may match. Chat suites
+    are left out (their prompt reaches the model inside a template, not as this text), and so are
+    continuation suites (their references are not two poles of one choice)."""
     pairs = []
     for s in suites:
+        if s.spec.chat or s.spec.kind == "continuation":
+            continue
         for c in s.spec.choices():
             if len(c.options) == 2:
                 axis = isinstance(s.spec, NovelAxisSuite) and c.cluster
@@ -115,15 +128,24 @@ def check_discoverable(subjects: list[Subject], reference: Optional[Subject], co
 
 
 def check_adapters_fit(base: Base, adapters: list[Subject]) -> None:
+    """Each adapter fits the loaded base, and no two carry the same weights (two identical controls
+    would make a null of nothing; a control equal to the subject, a comparison of nothing)."""
+    seen: dict[str, Path] = {}
     for s in adapters:
         if isinstance(s.manifest, AdapterManifest):
             check_adapter_base(s.path, s.manifest, base)
         check_adapter_weights(s.path, base.model)
+        fingerprint = adapter_fingerprint(s.path, base.fingerprint)
+        if fingerprint in seen:
+            raise EvalkitError(f"has the same weights as {seen[fingerprint]}: discovery needs different adapters "
+                               "(another seed for a control)", where=str(s.path))
+        seen[fingerprint] = s.path
 
 
 def discover_adapters(base: Base, subjects: list[Subject], reference: Optional[Subject], controls: list[Subject],
                       suites: list[LoadedSuite], prompts_file: Optional[Path] = None, seed: int = 0,
-                      batch_size: int = BATCH, log: Log = print, examples: bool = True) -> dict[Path, DiscoveryRecord]:
+                      batch_size: int = BATCH, log: Log = print, examples: bool = True,
+                      use_cache: bool = True) -> dict[Path, DiscoveryRecord]:
     """One DiscoveryRecord per adapter subject, on one loaded base: prompt-end activations of the
     reference, the controls and each subject (cached by weight fingerprint and prompt), then the
     directions, their labels, held-out tests, null and matches; with `examples`, the reference's
@@ -137,12 +159,17 @@ def discover_adapters(base: Base, subjects: list[Subject], reference: Optional[S
 
     def measure(who: Optional[Subject]) -> Activations:
         fingerprint = base.fingerprint if who is None else adapter_fingerprint(who.path, base.fingerprint)
-        cache = ScoreCache(fingerprint, {"what": "prompt ends"})
+        cache = ScoreCache(fingerprint, {"what": "prompt ends"}) if use_cache else None
         if who is None:
             with model.disable_adapter():
-                return prompt_ends(model, base.tokenizer, prompts, batch_size, cache)
-        attached.activate(names[who.path])
-        return prompt_ends(model, base.tokenizer, prompts, batch_size, cache)
+                acts = prompt_ends(model, base.tokenizer, prompts, batch_size, cache)
+        else:
+            attached.activate(names[who.path])
+            acts = prompt_ends(model, base.tokenizer, prompts, batch_size, cache)
+        if not (np.isfinite(acts.hidden).all() and np.isfinite(acts.logprobs).all()):
+            raise EvalkitError("the model's activations hold NaN or infinite values at some prompt's end "
+                               "(broken weights, or a dtype too narrow)", where=str(who.path if who else base.path))
+        return acts
 
     def continue_greedily(who: Optional[Subject], texts: list[str]) -> list[str]:
         if who is None:
@@ -206,8 +233,9 @@ def run_discovery(adapter: Path, base_spec: Optional[Path], reference: Optional[
     """`evalkit discover`: out/discovery.json and out/discovery.html for one adapter."""
     suites = load_suites(suite_paths or [default_folder("probes")])
     check_writable(out)
-    check_replaceable(out, [adapter, *controls, *([reference] if reference else []), *suite_paths,
-                            *([prompts_file] if prompts_file else [])])
+    inputs = [adapter, *controls, *([reference] if reference else []), *suite_paths,
+              *([prompts_file] if prompts_file else [])]
+    check_replaceable(out, inputs)
     elsewhere = base_spec is not None
     subject = adapter_subject(adapter, trained_elsewhere=elsewhere)
     others = [adapter_subject(c, trained_elsewhere=elsewhere) for c in controls]
@@ -218,7 +246,7 @@ def run_discovery(adapter: Path, base_spec: Optional[Path], reference: Optional[
     base = load_base(base_spec or base_of([subject]), log=log)
     check_adapters_fit(base, [subject, *others, *([ref_subject] if ref_subject else [])])
     result = discover_adapters(base, [subject], ref_subject, others, suites, prompts_file, seed, log=log)[subject.path]
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, inputs) as tmp:
         write_text_atomic(tmp / "discovery.json", result.model_dump_json(indent=2) + "\n")
         write_discovery_report(result, tmp / "discovery.html")
     return out / "discovery.html"

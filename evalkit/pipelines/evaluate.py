@@ -103,16 +103,20 @@ def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[P
         check_writable(cache_root() / "scores")
     controls = [adapter_subject(c, elsewhere) for c in discovery.controls] if discovery else []
     if discovery is not None:
-        check_discoverable(subjects, ref_subject, controls)
+        if not any(s.kind == "adapter" for s in subjects):
+            raise EvalkitError("--discover looks inside adapters: give at least one --adapter")
+        check_discoverable([s for s in subjects if s.kind == "adapter"], ref_subject, controls)
         if discovery.prompts is not None:
             read_prompts(discovery.prompts)
     base = load_base(base_dir, settings.dtype, settings.device)
-    if controls:
-        check_adapters_fit(base, controls)
+    if discovery is not None:
+        check_adapters_fit(base, [*(s for s in subjects if s.kind == "adapter"), *controls,
+                                  *([ref_subject] if ref_subject else [])])
     records = evaluate_subjects(base, subjects, suites, settings, reference=ref_subject, log=log, use_cache=use_cache)
     if discovery is not None:
         found = discover_adapters(base, [s for s in subjects if s.kind == "adapter"], ref_subject, controls, suites,
-                                  discovery.prompts, seed=settings.stats.seed, batch_size=settings.batch_size, log=log)
+                                  discovery.prompts, seed=settings.stats.seed, batch_size=settings.batch_size, log=log,
+                                  use_cache=use_cache)
         by_name = {s.name: found[s.path] for s in subjects if s.path in found}
         records = [r.model_copy(update={"discovery": by_name.get(r.run_id)}) for r in records]
     if out is not None:

@@ -51,8 +51,8 @@ def planted_rows(records: list[RunRecord], scenes: list[Scene]) -> list[str]:
 
 def real_demo(base_spec: Path, out_root: Path, log: Log = print, discover: bool = False) -> Path:
     """The real scenes, two seeds each, against the base and against the control scene of the same
-    seed; with `discover`, each planted adapter's discovered directions (against the base, the
-    control scene's two seeds as the null) in its against-base report."""
+    seed; with `discover`, each planted adapter's discovered directions (shifts against the mean of
+    the control scene's two seeds, which are also the null) in its against-base report."""
     scenes_dir = default_folder("scenes") / "real"
     scenes = load_scenes(scenes_dir)
     files = [str(f.resolve()) for f in scene_files(scenes_dir)]

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from evalkit.record import DiscoveryRecord
+from evalkit.decide.discovery import MATCH_COSINE, REPLICATION_ALPHA, SPLITS
+from evalkit.record import DiscoveredDirection, DiscoveryRecord
 from evalkit.report.render import write_page
 
 
@@ -16,13 +17,15 @@ def _tokens(tokens: list[str]) -> str:
 
 def _summary(record: DiscoveryRecord) -> str:
     found = [d for d in record.directions if d.found]
+    # The first SVD direction of uncentred shifts is often the consistent shift again: one change, named twice.
+    found = [d for k, d in enumerate(found) if not any(_same(d, e) for e in found[:k])]
     if not record.directions:
         return "Nothing changed at the prompts' ends: the subject equals what it is compared with."
     if not found:
         return ("No direction of change stands out: none both replicates on held-out prompts and stands "
                 f"{record.null_ratio_required:g}x beyond what the control adapters change.")
     new = [d for d in found if d.matches is None]
-    parts = [f"{len(found)} direction(s) found"]
+    parts = [f"{len(found)} distinct direction(s) found"]
     if new:
         parts.append(f"{len(new)} new (aligned with no declared axis; strongest label: {_tokens(new[0].promoted[:4])})")
     matched = sorted({d.matches for d in found if d.matches})
@@ -31,12 +34,16 @@ def _summary(record: DiscoveryRecord) -> str:
     return "; ".join(parts) + "."
 
 
+def _same(a: DiscoveredDirection, b: DiscoveredDirection) -> bool:
+    return a.promoted[:4] == b.promoted[:4] and a.matches == b.matches
+
+
 def discovery_view(record: DiscoveryRecord) -> dict[str, Any]:
     rows = []
     for d in record.directions:
         rows.append({
             "name": d.name, "reading": d.reading, "share": f"{d.share:.0%}",
-            "strength": f"{d.strength:+.3f} ({d.relative_strength:.1%} of a hidden state)",
+            "strength": f"{d.strength:.3f} ({d.relative_strength:.1%} of a hidden state)",
             "promoted": _tokens(d.promoted), "suppressed": _tokens(d.suppressed),
             "lens_promoted": _tokens(d.lens_promoted), "lens_suppressed": _tokens(d.lens_suppressed),
             "replication": ", ".join(f"{p:.2g}" for p in d.held_out_p),
@@ -50,7 +57,8 @@ def discovery_view(record: DiscoveryRecord) -> dict[str, Any]:
         })
     return {"subject": record.subject.name, "reference": record.reference.name, "prompts": record.prompts,
             "bank": record.prompt_bank, "controls": len(record.controls), "against": record.against,
-            "ratio": f"{record.null_ratio_required:g}", "rows": rows, "summary": _summary(record)}
+            "ratio": f"{record.null_ratio_required:g}", "rows": rows, "summary": _summary(record),
+            "splits": SPLITS, "alpha": f"{REPLICATION_ALPHA:g}", "match": f"{MATCH_COSINE:g}"}
 
 
 def write_discovery_report(record: DiscoveryRecord, out: Path) -> Path:

@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from evalkit.engine.adapters import lora_config
 from evalkit.engine.base import Base, context_limit
+from evalkit.engine.evaluation import tokenizer_key
 from evalkit.errors import EvalkitError
 from evalkit.files import atomic_directory, sha256_text, stable_hash, write_json_atomic
 from evalkit.inputs.scenes import Scene
@@ -144,7 +145,8 @@ def base_general_nll(model: Any, base: Base, autocast: Optional[Any]) -> float:
     base's fingerprint, the sample and the dtype: every adapter on one base compares with the same
     number, and only the first pays for it."""
     key = stable_hash({"base": base.fingerprint, "sample": sha256_text(bundled("general.txt").read_text("utf-8")),
-                       "autocast": str(autocast)})[:24]
+                       "autocast": str(autocast), "weights": str(next(base.model.parameters()).dtype),
+                       "tokenizer": tokenizer_key(base.tokenizer)})[:24]
     path = cache_root() / "general-nll" / f"{key}.json"
     try:
         return float(json.loads(path.read_text(encoding="utf-8"))["nll"])
