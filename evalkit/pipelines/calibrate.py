@@ -32,6 +32,7 @@ from evalkit.kinds.novel_axis import NovelAxisSuite
 from evalkit.paths import adapters_folder, default_folder
 from evalkit.pipelines.discover import discover_adapters
 from evalkit.pipelines.evaluate import evaluate_subjects
+from evalkit.progress import progress_bar
 from evalkit.settings import RunSettings
 from evalkit.training.demo_base import ensure_demo_base
 from evalkit.training.lora import train_adapter, untrained_adapter
@@ -133,9 +134,13 @@ def discovery_null(base: Base, control: tuple[Scene, str], suites: list[LoadedSu
     subject and seeds 3i + 1, 3i + 2 as its controls, so no adapter is in two comparisons and
     they are independent (what the binomial CI assumes). Nothing but a seed differs, so every
     finding is a false positive."""
-    controls = [adapter_subject(train_adapter([control[0]], base, work / f"{control[0].id}-seed{s}",
-                                              command_line={"seed": s}, scene_paths=[control[1]], log=lambda _: None))
-                for s in range(3 * count)]
+    controls = []
+    with progress_bar(f"training {3 * count} control seeds", 3 * count) as advance:
+        for s in range(3 * count):
+            controls.append(adapter_subject(train_adapter([control[0]], base, work / f"{control[0].id}-seed{s}",
+                                                          command_line={"seed": s}, scene_paths=[control[1]],
+                                                          log=lambda _: None)))
+            advance()
     rows, largest = [], 0.0
     for i in range(count):
         subject, others = controls[3 * i], controls[3 * i + 1 : 3 * i + 3]

@@ -4,8 +4,9 @@ discovery section of `evalkit run --discover`."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -157,14 +158,20 @@ def discover_adapters(base: Base, subjects: list[Subject], reference: Optional[S
     attached = AttachedAdapters(base, {n: p for p, n in names.items()})
     model = attached.model
 
+    @contextmanager
+    def wearing(who: Optional[Subject]) -> Iterator[None]:
+        """The model as `who`: the base with every adapter off, or one adapter."""
+        if who is None:
+            with model.disable_adapter():
+                yield
+        else:
+            attached.activate(names[who.path])
+            yield
+
     def measure(who: Optional[Subject]) -> Activations:
         fingerprint = base.fingerprint if who is None else adapter_fingerprint(who.path, base.fingerprint)
         cache = ScoreCache(fingerprint, {"what": "prompt ends"}) if use_cache else None
-        if who is None:
-            with model.disable_adapter():
-                acts = prompt_ends(model, base.tokenizer, prompts, batch_size, cache)
-        else:
-            attached.activate(names[who.path])
+        with wearing(who):
             acts = prompt_ends(model, base.tokenizer, prompts, batch_size, cache)
         if not (np.isfinite(acts.hidden).all() and np.isfinite(acts.logprobs).all()):
             raise EvalkitError("the model's activations hold NaN or infinite values at some prompt's end "
@@ -172,11 +179,8 @@ def discover_adapters(base: Base, subjects: list[Subject], reference: Optional[S
         return acts
 
     def continue_greedily(who: Optional[Subject], texts: list[str]) -> list[str]:
-        if who is None:
-            with model.disable_adapter():
-                return greedy(model, base.tokenizer, texts)
-        attached.activate(names[who.path])
-        return greedy(model, base.tokenizer, texts)
+        with wearing(who):
+            return greedy(model, base.tokenizer, texts)
 
     log(f"discover: {len(prompts)} prompts ({bank_name} and the suites' own), {len(controls)} control adapter(s)")
     try:
