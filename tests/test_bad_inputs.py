@@ -21,6 +21,7 @@ TENSION = ROOT / "probes" / "tension.yaml"
 FILES = {
     "double-space.yaml": "suite: t\nkind: tension\nitems:\n  - {id: a, prompt: 'She decided to', options: [' stay.', ' go.']}\n",
     "few-prompts.txt": "one\ntwo\nthree\n",
+    "long-prompts.txt": "".join(f"Prompt {k} of the bank.\n" for k in range(25)) + "word " * 400 + "\n",
     "no-text.yaml": "id: x\ntitle: T\n",
     "unknown-key.yaml": "id: x\ntitle: T\ntext: hi\nmood: grim\n",
     "not-yaml.yaml": "id: x\ntitle: [T\ntext: : :\n",
@@ -152,6 +153,8 @@ CASES += [
     ("discover --adapter {adapter} --base {base} --suite {tension} --out {out} --reference {adapter}", "an adapter is given twice"),
     ("discover --adapter {adapter} --base {base} --suite {tension} --out {out} --prompts {tmp}/few-prompts.txt", "few-prompts.txt: 3 prompts: discovery needs at least 20"),
     ("discover --adapter {adapter} --base {base} --suite {tension} --out {out} --prompts {tmp}/nope.txt", "nope.txt: no such prompt file"),
+    ("discover --adapter {adapter} --base {base} --suite {tension} --out {out} --prompts {tmp}/long-prompts.txt", "long-prompts.txt: prompt 26: "),
+    ("run --adapter {adapter} --base {base} --suite {tension} --out {out} --discover --control {other_alpha} --prompts {tmp}/long-prompts.txt", "long-prompts.txt: prompt 26: "),
     ("discover --adapter {adapter} --base {base} --suite {tension} --out {user}", "user: holds files evalkit did not write"),
     ("discover --adapter {adapter} --base {base} --suite {tension} --out {out} --control {twin}", "twin: has the same weights as"),
     ("run --checkpoint {base} --base {base} --suite {tension} --out {out} --discover", "--discover looks inside adapters"),
@@ -241,6 +244,7 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
             "pickle_adapter": pickled, "bad_config": bad_config, "wrong_manifest": wrong_manifest,
             "edited_rank": _adapter_copy(tmp, honesty_adapter, "edited-rank", {"r": 4}),
             "twin": _adapter_copy(tmp, honesty_adapter, "twin"),
+            "other_alpha": _adapter_copy(tmp, honesty_adapter, "other-alpha", {"lora_alpha": 1}),
             "edited_type": _adapter_copy(tmp, honesty_adapter, "edited-type", {"peft_type": "IA3"}),
             "edited_targets": _adapter_copy(tmp, honesty_adapter, "edited-targets", {"target_modules": ["q_proj"]}),
             "results": results_json, "bad_weights": bad_weights, "probes_copy": tmp / "probes-copy", "broken_ckpt": broken, **records}

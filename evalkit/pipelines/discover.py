@@ -13,7 +13,7 @@ import numpy as np
 from evalkit.decide.discovery import MATCH_COSINE, NULL_RATIO, REPLICATION_ALPHA, Direction, discover
 from evalkit.engine.activations import Activations, axis_directions, greedy, prompt_ends, unembedding
 from evalkit.engine.adapters import AttachedAdapters, check_adapter_base, check_adapter_weights
-from evalkit.engine.base import Base, load_base
+from evalkit.engine.base import Base, context_limit, load_base
 from evalkit.engine.cache import ScoreCache
 from evalkit.engine.runner import Subject, adapter_fingerprint, adapter_subject, base_of, model_ref
 from evalkit.errors import EvalkitError
@@ -47,11 +47,17 @@ def read_prompts(source: Path) -> list[str]:
 
 def prompt_bank(path: Optional[Path], base: Base) -> tuple[list[str], str]:
     """The prompts and their source: the file given, else the shipped bank for the base's world
-    (the demo base's grammar, or everyday English)."""
+    (the demo base's grammar, or everyday English); each must fit the model's context."""
     marker = Path(base.path) / "evalkit-base.json"
     demo = marker.is_file() and "demo" in marker.read_text(encoding="utf-8", errors="replace")
     source = path or bundled("prompts") / ("demo.txt" if demo else "real.txt")
-    return read_prompts(source), source.name if path is None else str(source)
+    prompts, name = read_prompts(source), source.name if path is None else str(source)
+    limit = context_limit(base.model, base.tokenizer)
+    for k, prompt in enumerate(prompts):
+        length = len(base.tokenizer(prompt)["input_ids"])
+        if length > limit:
+            raise EvalkitError(f"prompt {k + 1}: {length} tokens, more than the model's context of {limit}", where=name)
+    return prompts, name
 
 
 def _reading(d: DiscoveredDirection, controls: int) -> str:

@@ -16,7 +16,13 @@ from evalkit.errors import EvalkitError
 from evalkit.files import check_writable, inside
 from evalkit.inputs.suites import LoadedSuite, load_suites
 from evalkit.paths import cache_root
-from evalkit.pipelines.discover import check_adapters_fit, check_discoverable, discover_adapters, read_prompts
+from evalkit.pipelines.discover import (
+    check_adapters_fit,
+    check_discoverable,
+    discover_adapters,
+    prompt_bank,
+    read_prompts,
+)
 from evalkit.progress import progress_bar
 from evalkit.record import RunRecord, write_record
 from evalkit.report.run_page import write_run_report
@@ -112,6 +118,7 @@ def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[P
     if discovery is not None:
         check_adapters_fit(base, [*(s for s in subjects if s.kind == "adapter"), *controls,
                                   *([ref_subject] if ref_subject else [])])
+        prompt_bank(discovery.prompts, base)  # a bank that cannot be read is refused before the evaluation
     records = evaluate_subjects(base, subjects, suites, settings, reference=ref_subject, log=log, use_cache=use_cache)
     if discovery is not None:
         found = discover_adapters(base, [s for s in subjects if s.kind == "adapter"], ref_subject, controls, suites,
