@@ -135,13 +135,18 @@ def check_discoverable(subjects: list[Subject], reference: Optional[Subject], co
 
 
 def check_adapters_fit(base: Base, adapters: list[Subject]) -> None:
-    """Each adapter fits the loaded base, and no two carry the same weights (two identical controls
-    would make a null of nothing; a control equal to the subject, a comparison of nothing)."""
-    seen: dict[str, Path] = {}
+    """Each adapter fits the loaded base."""
     for s in adapters:
         if isinstance(s.manifest, AdapterManifest):
             check_adapter_base(s.path, s.manifest, base)
         check_adapter_weights(s.path, base.model)
+
+
+def check_distinct(base: Base, adapters: list[Subject]) -> None:
+    """No two adapters carry the same weights: two identical controls would make a null of nothing,
+    a control equal to the subject a comparison of nothing."""
+    seen: dict[str, Path] = {}
+    for s in adapters:
         fingerprint = adapter_fingerprint(s.path, base.fingerprint)
         if fingerprint in seen:
             raise EvalkitError(f"has the same weights as {seen[fingerprint]}: discovery needs different adapters "
@@ -254,7 +259,9 @@ def run_discovery(adapter: Path, base_spec: Optional[Path], reference: Optional[
     if prompts_file is not None:
         read_prompts(prompts_file)
     base = load_base(base_spec or base_of([subject]), log=log)
-    check_adapters_fit(base, [subject, *others, *([ref_subject] if ref_subject else [])])
+    everyone = [subject, *others, *([ref_subject] if ref_subject else [])]
+    check_adapters_fit(base, everyone)
+    check_distinct(base, everyone)
     result = discover_adapters(base, [subject], ref_subject, others, suites, prompts_file, seed, log=log)[subject.path]
     with atomic_directory(out, inputs) as tmp:
         write_text_atomic(tmp / "discovery.json", result.model_dump_json(indent=2) + "\n")

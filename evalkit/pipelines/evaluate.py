@@ -19,6 +19,7 @@ from evalkit.paths import cache_root
 from evalkit.pipelines.discover import (
     check_adapters_fit,
     check_discoverable,
+    check_distinct,
     discover_adapters,
     prompt_bank,
     read_prompts,
@@ -116,8 +117,9 @@ def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[P
             read_prompts(discovery.prompts)
     base = load_base(base_dir, settings.dtype, settings.device)
     if discovery is not None:
-        check_adapters_fit(base, [*(s for s in subjects if s.kind == "adapter"), *controls,
-                                  *([ref_subject] if ref_subject else [])])
+        check_adapters_fit(base, controls)  # the subjects and the reference are checked by the runner
+        check_distinct(base, [*(s for s in subjects if s.kind == "adapter"), *controls,
+                              *([ref_subject] if ref_subject else [])])
         prompt_bank(discovery.prompts, base)  # a bank that cannot be read is refused before the evaluation
     records = evaluate_subjects(base, subjects, suites, settings, reference=ref_subject, log=log, use_cache=use_cache)
     if discovery is not None:
