@@ -57,8 +57,9 @@ def test_packed_scores_equal_lm_eval_unpacked(arch, arch_models, monkeypatch):
 def test_rows_split_at_the_context_limit_score_the_same(arch_models):
     base = load_base(arch_models["llama"])
     context = base.tokenizer("Mira found a coin near the market, and she")["input_ids"]
-    options = [base.tokenizer(" went home to rest by the river.")["input_ids"] for _ in range(3)]
-    options += [base.tokenizer(" kept it.")["input_ids"]]
+    endings = [" went home to rest by the river.", " ran to the harbor before the rain came.",
+               " gave it to the baker at the stall.", " kept it."]
+    options = [base.tokenizer(e)["input_ids"] for e in endings]
     requests = [(context, o) for o in options]
     limit = len(context) + 2 * max(len(o) for o in options)
     packs = build_packs(requests, limit)
@@ -139,3 +140,59 @@ def test_bfloat16_adapters_run_in_the_base_dtype(arch_models, tmp_path):
         scores[dtype] = [s / len(r[2]) for (s, _), r in zip(lm._loglikelihood_tokens(requests), requests)]
     assert scores["float32"] != scores["bfloat16"]
     assert max(abs(a - b) for a, b in zip(*scores.values())) < 0.05  # per token
+
+
+def _sequence_seen(pack, at: int) -> list[int]:
+    """The tokens position `at` of a pack sees, first to last, following parents."""
+    chain = []
+    while at >= 0:
+        chain.append(at)
+        at = pack.parent[at]
+    return [pack.tokens[i] for i in reversed(chain)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_every_request_sees_exactly_its_own_tokens(seed, monkeypatch):
+    """Random requests over a small vocabulary (so they share openings at every depth), packs
+    capped small: each prediction point sees its request's own tokens at its own positions,
+    every request is scored once, and no pack is over the cap."""
+    import random
+
+    from evalkit.engine import packing
+
+    rng = random.Random(seed)
+    monkeypatch.setattr(packing, "PACK_TOKENS", rng.choice([4, 16, 64]))
+    requests = [([rng.randrange(3) for _ in range(rng.randint(1, 12))], [rng.randrange(3) for _ in range(rng.randint(1, 5))])
+                for _ in range(200)]
+    packs = build_packs(requests, max_length=40)
+    cap = max(packing.PACK_TOKENS, max(len(c) + len(t) - 1 for c, t in requests))
+    assert all(len(p.tokens) <= cap for p in packs)
+    scored = sorted(r[0] for p in packs for r in p.requests)
+    assert scored == list(range(len(requests)))
+    for pack in packs:
+        for index, continuation, at in pack.requests:
+            context, _ = requests[index]
+            fed = context + continuation[:-1]
+            assert continuation == requests[index][1]
+            for t, position in enumerate(at):
+                depth = len(context) + t
+                assert _sequence_seen(pack, position) == fed[:depth]
+                assert pack.positions[position] == depth - 1
+    assert sum(len(p.tokens) for p in packs) < sum(len(c) + len(t) - 1 for c, t in requests)
+
+
+def test_items_sharing_an_opening_compute_it_once():
+    opening, a, b = list(range(100, 140)), [7, 8, 9], [5, 6]
+    requests = [(opening + a, [1, 2]), (opening + a, [3]), (opening + b, [4, 4, 4])]
+    packs = build_packs(requests, max_length=1000)
+    assert len(packs) == 1
+    assert len(packs[0].tokens) == len(opening) + len(a) + 1 + len(b) + 2
+
+
+def test_a_long_shared_context_is_split_without_recursion():
+    """A context thousands of tokens deep, shared by options too long to fit one pack together."""
+    context = [11] * 3000
+    requests = [(context, [k] * 200) for k in range(5)]
+    packs = build_packs(requests, max_length=3400)
+    assert len(packs) > 1 and all(len(p.tokens) <= 3199 for p in packs)
+    assert sorted(r[0] for p in packs for r in p.requests) == list(range(5))

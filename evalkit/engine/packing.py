@@ -1,26 +1,30 @@
-"""Shared-prefix scoring: every unique prompt computed once for all of its completions.
+"""Shared-prefix scoring: every token common to several requests computed once for all of them.
 
 A multiple-choice item asks for log p(option | prompt) for each option. Run one sequence per
-(prompt, option) pair, as lm-eval's HF path does, and the prompt is computed once per option.
-Here the prompt and every option's tokens go into one packed row instead,
+(prompt, option) pair, as lm-eval's HF path does, and the prompt is computed once per option;
+templated items computed one by one repeat their common opening too. Here every request's
+fed tokens (its context, then its continuation but the last token) go into one prefix tree
+over all requests, and the tree is laid out in packed rows,
 
-    prompt  | option 1[:-1] | option 2[:-1] | ...
+    shared opening | item 1's rest | option 1[:-1] | option 2[:-1] | item 2's rest | ...
 
-with position ids that restart after the prompt for each option and a 4-D attention mask in
-which an option's tokens see the prompt and their own earlier tokens, never another option's.
-Each token is then computed once, and what each token sees is exactly what it sees in the
-unpacked sequence, so the log-likelihoods are the same up to floating-point summation order.
-Only the positions whose next-token logits are needed go through the output head.
+with each token's position id its depth in the tree and a 4-D attention mask in which a token
+sees exactly its ancestors and itself. Each token is then computed once, and what each token
+sees is what it sees in the unpacked sequence, so the log-likelihoods are the same up to
+floating-point summation order. Only the positions whose next-token logits are needed go
+through the output head.
 
-Short packs then share a row, laid end to end as in packed training, each seeing only itself:
-rows padded out to the longest pack in their batch were a third padding on the shipped suites.
+A tree larger than a pack may hold is split below its root: each pack repeats the path it
+hangs from. Short packs then share a row, laid end to end as in packed training, each seeing
+only itself: rows padded out to the longest pack in their batch were a third padding on the
+shipped suites.
 """
 
 from __future__ import annotations
 
-import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
@@ -28,58 +32,141 @@ if TYPE_CHECKING:
 
 @dataclass
 class Pack:
-    """One packed row: a prompt and the completions (as branches) that follow it."""
+    """One packed run of tokens: a path from the tree's root and the subtrees hanging from it."""
 
     tokens: list[int]
-    positions: list[int]
-    branch: list[int]  # 0 for the prompt, k for the k-th branch in this row
-    # (request index, continuation tokens, row positions whose logits predict them)
+    positions: list[int]  # depth in the tree: the token's position in its own sequence
+    parent: list[int]  # index in this pack of the token before it, -1 for a sequence's first
+    # (request index, continuation tokens, pack indices whose logits predict them)
     requests: list[tuple[int, list[int], list[int]]] = field(default_factory=list)
 
 
+# A pack holds at most this many tokens (or the longest request, if longer): attention inside a
+# pack costs its length squared, and 256 keeps nearly all of the sharing on the shipped suites.
+PACK_TOKENS = 256
+
+
+class _Tree:
+    """Prefix tree of token sequences; node 0 is the empty root."""
+
+    def __init__(self) -> None:
+        self.token = [-1]
+        self.parent = [-1]
+        self.depth = [0]
+        self.children: list[dict[int, int]] = [{}]
+
+    def insert(self, tokens: list[int]) -> list[int]:
+        """The nodes of `tokens`, first to last, added where missing."""
+        node, path = 0, []
+        for t in tokens:
+            child = self.children[node].get(t)
+            if child is None:
+                child = len(self.token)
+                self.token.append(t)
+                self.parent.append(node)
+                self.depth.append(self.depth[node] + 1)
+                self.children.append({})
+                self.children[node][t] = child
+            path.append(child)
+            node = child
+        return path
+
+    def sizes(self) -> list[int]:
+        """Nodes in each node's subtree, itself included (children are numbered after parents)."""
+        size = [1] * len(self.token)
+        for node in range(len(self.token) - 1, 0, -1):
+            size[self.parent[node]] += size[node]
+        return size
+
+    def preorder(self, node: int) -> list[int]:
+        out, stack = [], [node]
+        while stack:
+            n = stack.pop()
+            out.append(n)
+            stack.extend(reversed(list(self.children[n].values())))
+        return out
+
+
 def build_packs(requests: list[tuple[list[int], list[int]]], max_length: int) -> list[Pack]:
-    """Group (context tokens, continuation tokens) requests by context; one row per context,
-    split into several rows only where one would exceed `max_length`."""
-    by_context: dict[tuple[int, ...], list[int]] = {}
-    for index, (context, _) in enumerate(requests):
-        by_context.setdefault(tuple(context), []).append(index)
-    packs = []
-    for prompt, members in by_context.items():
-        context = list(prompt)
+    """Lay (context tokens, continuation tokens) requests out as packs of at most
+    max(PACK_TOKENS, longest request) tokens, never over `max_length`, computing every prefix
+    that requests share once per pack."""
+    tree = _Tree()
+    paths = []
+    for context, continuation in requests:
         if not context:
             raise ValueError("a request with an empty context cannot be scored")
-        pack = _new_pack(context)
-        for index in members:
-            continuation = requests[index][1]
-            if not continuation:
-                raise ValueError("a request with an empty continuation cannot be scored")
-            branch = continuation[:-1]  # the last token is predicted, never fed
-            if len(pack.tokens) + len(branch) > max_length and pack.requests:
-                packs.append(pack)
-                pack = _new_pack(context)
-            if len(context) + len(branch) > max_length:
-                raise ValueError(f"context and continuation ({len(context) + len(continuation)} tokens) "
-                                 f"exceed the model's context of {max_length}")
-            start = len(pack.tokens)
-            k = len(pack.requests) + 1
-            pack.tokens += branch
-            pack.positions += list(range(len(context), len(context) + len(branch)))
-            pack.branch += [k] * len(branch)
-            # Token t of the continuation is predicted at the prompt's last position (t = 0),
-            # else at the branch position holding token t - 1.
-            predicted_at = [len(context) - 1] + list(range(start, start + len(branch)))
-            pack.requests.append((index, list(continuation), predicted_at))
-        packs.append(pack)
-    return packs
+        if not continuation:
+            raise ValueError("a request with an empty continuation cannot be scored")
+        if len(context) + len(continuation) - 1 > max_length:
+            raise ValueError(f"context and continuation ({len(context) + len(continuation)} tokens) "
+                             f"exceed the model's context of {max_length}")
+        paths.append(tree.insert(list(context) + list(continuation[:-1])))  # the last token is never fed
+    longest = max((len(p) for p in paths), default=0)
+    node_lists = _split(tree, min(max(PACK_TOKENS, longest), max_length))
+    packs: list[Pack] = []
+    home: dict[int, tuple[int, int]] = {}  # node -> (pack, index in it): the first pack that holds it
+    for nodes in node_lists:
+        local = {n: i for i, n in enumerate(nodes)}
+        for n, i in local.items():
+            home.setdefault(n, (len(packs), i))
+        packs.append(Pack(tokens=[tree.token[n] for n in nodes], positions=[tree.depth[n] - 1 for n in nodes],
+                          parent=[local.get(tree.parent[n], -1) for n in nodes]))
+    for index, ((context, continuation), path) in enumerate(zip(requests, paths)):
+        p, _ = home[path[-1]]
+        where = {n: i for i, n in enumerate(node_lists[p])}
+        # Token t of the continuation is predicted at the node of the token before it.
+        predicted_at = [where[n] for n in path[len(context) - 1 :]]
+        packs[p].requests.append((index, list(continuation), predicted_at))
+    return [p for p in packs if p.requests]
 
 
-def _new_pack(context: Sequence[int]) -> Pack:
-    return Pack(tokens=list(context), positions=list(range(len(context))), branch=[0] * len(context))
+def _split(tree: _Tree, cap: int) -> list[list[int]]:
+    """The tree as lists of nodes, each a path from the root and whole subtrees below it, at
+    most `cap` nodes each (every root-to-node path fits: cap is at least the longest)."""
+    size = tree.sizes()
+    out: list[list[int]] = []
+    stack: list[tuple[int, list[int]]] = [(0, [])]  # (a node whose subtree does not fit whole, its path)
+    while stack:
+        node, path = stack.pop()
+        room = cap - len(path)
+        bins: list[list[int]] = []
+        free: list[int] = []
+        for child in sorted(tree.children[node].values(), key=lambda c: -size[c]):
+            if size[child] > room:
+                stack.append((child, path + [child]))
+                continue
+            at = next((b for b, f in enumerate(free) if f >= size[child]), None)  # first fit, decreasing
+            if at is None:
+                bins.append([])
+                free.append(room)
+                at = len(bins) - 1
+            bins[at] += tree.preorder(child)
+            free[at] -= size[child]
+        if node and not bins:
+            bins.append([])  # the path alone: a request may end at this node
+        out += [path + b for b in bins]
+    return out
 
 
-def _supports_logits_to_keep(model) -> bool:
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+@contextmanager
+def _head_reads_only(model, flat):
+    """Within: the output head is handed the final hidden states at `flat` (indices into the
+    batch's rows laid end to end) as one row, instead of every position of every row. Yields
+    whether it could be (a model without an output head module computes every position).
+    A hook, not `logits_to_keep`: that keeps the same columns in every row, and rows of several
+    packs need different ones. What the model does after its head (soft-capping, scaling) still
+    applies, to the kept positions."""
+    head = model.get_output_embeddings()
+    if head is None:
+        yield False
+        return
+    handle = head.register_forward_pre_hook(
+        lambda _, args: (args[0].reshape(-1, args[0].shape[-1])[flat][None], *args[1:]))
+    try:
+        yield True
+    finally:
+        handle.remove()
 
 
 @dataclass
@@ -135,31 +222,31 @@ def forward_rows(model, rows: list[list[Pack]], pad_id: int, keep_rows: bool = F
     width = max(sum(len(p.tokens) for p in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
-    segment = torch.full((len(rows), width), -1, dtype=torch.long)  # which pack of the row; -1 padding
-    branch = torch.zeros((len(rows), width), dtype=torch.long)
+    visible = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1)  # padding sees only itself
     placed = []  # (row, offset, pack)
     for r, row in enumerate(rows):
         offset = 0
-        for s, pack in enumerate(row):
+        for pack in row:
             end = offset + len(pack.tokens)
             ids[r, offset:end] = torch.tensor(pack.tokens)
             positions[r, offset:end] = torch.tensor(pack.positions)
-            segment[r, offset:end] = s
-            branch[r, offset:end] = torch.tensor(pack.branch)
+            visible[r, offset:end, offset:end] = torch.from_numpy(_ancestors(pack.parent))
             placed.append((r, offset, pack))
             offset = end
-    needed = sorted({offset + p for _, offset, pack in placed for _, _, at in pack.requests for p in at})
-    keep_arg = _supports_logits_to_keep(model)
-    kwargs = {"logits_to_keep": torch.tensor(needed, device=device)} if keep_arg else {}
-    with torch.no_grad():
-        logits = model(input_ids=ids.to(device), attention_mask=_attention_mask(segment, branch, dtype).to(device),
-                       position_ids=positions.to(device), use_cache=False, **kwargs).logits
-    column = {p: (c if keep_arg else p) for c, p in enumerate(needed)}
-    logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+    mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)[:, None]
+    # Flat (row * width + column) indices of the positions whose logits some request needs.
+    needed = sorted({r * width + offset + p for r, offset, pack in placed for _, _, at in pack.requests for p in at})
+    flat = torch.tensor(needed, device=device)
+    with torch.no_grad(), _head_reads_only(model, flat) as gathered:
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                       position_ids=positions.to(device), use_cache=False).logits
+    logits = logits[0] if gathered else logits.reshape(-1, logits.shape[-1])[flat]
+    logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()  # (needed, V)
+    row_of = {n: k for k, n in enumerate(needed)}
     results: dict[int, PackedLogprobs] = {}
     for r, offset, pack in placed:
         for index, continuation, at in pack.requests:
-            picked_rows = logprobs[r, [column[offset + p] for p in at]]  # (T, V)
+            picked_rows = logprobs[[row_of[r * width + offset + p] for p in at]]  # (T, V)
             target = torch.tensor(continuation)
             picked = picked_rows[torch.arange(len(continuation)), target]
             results[index] = PackedLogprobs(float(picked.sum()), bool((picked_rows.argmax(dim=-1) == target).all()),
@@ -167,18 +254,13 @@ def forward_rows(model, rows: list[list[Pack]], pad_id: int, keep_rows: bool = F
     return results
 
 
-def _attention_mask(segment, branch, dtype):
-    """Additive (B, 1, L, L) mask: query i sees key j when j <= i, both are in the same pack,
-    and j is in that pack's prompt or in i's own branch. Padding (segment -1) sees only itself,
-    so no row of the mask is empty."""
-    import torch
+def _ancestors(parent: list[int]) -> "np.ndarray":
+    """(n, n) booleans: token i sees token j when j is i or one of its ancestors in the pack."""
+    import numpy as np
 
-    length = segment.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
-    same_pack = (segment[:, :, None] == segment[:, None, :]) & (segment[:, :, None] >= 0)
-    q, k = branch[:, :, None], branch[:, None, :]
-    visible = causal & same_pack & ((k == 0) | (k == q))
-    visible |= torch.eye(length, dtype=torch.bool)
-    mask = torch.zeros(visible.shape, dtype=dtype)
-    mask.masked_fill_(~visible, torch.finfo(dtype).min)
-    return mask[:, None]
+    seen = np.zeros((len(parent), len(parent)), dtype=bool)
+    for i, p in enumerate(parent):  # a parent always comes before its children
+        if p >= 0:
+            seen[i] = seen[p]
+        seen[i, i] = True
+    return seen
