@@ -18,7 +18,7 @@ from lm_eval.api.registry import register_model  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
 from evalkit.engine.multi_lora import can_group, grouped  # noqa: E402
-from evalkit.engine.packing import Pack, build_packs, forward_packs, forward_rows  # noqa: E402
+from evalkit.engine.packing import build_packs, forward_packs, forward_rows  # noqa: E402
 
 log = logging.getLogger("evalkit")
 
@@ -73,11 +73,10 @@ class EvalkitLM(HFLM):
         if not (self.backend == "causal" and requests):
             return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
         pairs = [(list(ctx), list(cont)) for _, ctx, cont in requests]
-        packs = build_packs(pairs, self.max_length)
-        if not self._packing_matches(requests, packs):
+        if not self._packing_matches(requests):
             return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
         batch = self.batch_size if isinstance(self.batch_size, int) else 16
-        scored = forward_packs(self.model, packs, batch, self._pad_id())
+        scored = forward_packs(self.model, build_packs(pairs, self.max_length), batch, self._pad_id())
         results = [(scored[i].logprob_sum, scored[i].greedy) for i in range(len(requests))]
         for (request_str, _, _), answer in zip(requests, results):
             if request_str is not None:
@@ -126,32 +125,38 @@ class EvalkitLM(HFLM):
         pad = self.tokenizer.pad_token_id
         return pad if pad is not None else self.eot_token_id
 
-    def _packing_matches(self, requests, packs) -> bool:
-        """Once per architecture and dtype: requests that share their pack with others, packed
-        (after another pack in the same row) and unpacked, must agree. They are the ones a model
-        that ignored the custom mask or position ids would get wrong. bf16 rounds differently in
-        a different layout (per token: median 0.007 nats, 1 in 100 over 0.1 on SmolLM2), so
-        the median of several is held to the tolerance, not each."""
+    def _packing_matches(self, requests) -> bool:
+        """Once per architecture and dtype: requests packed as scoring packs them (a sibling
+        sharing their context, another request's pack before them in the row) and unpacked must
+        agree. A model that ignored the custom mask or position ids would get them wrong. bf16
+        rounds differently in a different layout (per token: median 0.007 nats, 1 in 100 over
+        0.1 on SmolLM2), so the median over several requests is held to the tolerance."""
         inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         key = (type(inner).__name__, str(getattr(inner.config, "_attn_implementation", "")), str(inner.dtype))
         if key in _PACKING_VERIFIED:
             return _PACKING_VERIFIED[key]
-        shared = [p for p in packs if len(p.requests) > 1][:CHECKED_REQUESTS]
-        if not shared:
+        by_context: dict[tuple[int, ...], list[int]] = {}
+        for index, (_, context, _) in enumerate(requests):
+            by_context.setdefault(tuple(context), []).append(index)
+        siblings = [(group[0], group[-1]) for group in by_context.values() if len(group) > 1][:CHECKED_REQUESTS]
+        if not siblings:
             return True  # nothing is shared here, so there is nothing packing could get wrong
-        probes = [(pack, pack.requests[-1][0]) for pack in shared]
-        rows = [[p for p in packs if p is not pack][:1] + [_only(pack, index)] for pack, index in probes]
-        packed = forward_rows(self.model, rows, self._pad_id())
-        plain = super()._loglikelihood_tokens([requests[i] for _, i in probes], disable_tqdm=True)
-        per_token = sorted(abs(packed[i].logprob_sum - unpacked) / len(requests[i][2])
-                           for (_, i), (unpacked, _) in zip(probes, plain))
+        starts = [group[0] for group in by_context.values()]
+        packed = []
+        for sibling, index in siblings:
+            other = [k for k in starts[:2] if requests[k][1] != requests[index][1]][:1]
+            local = build_packs([(list(requests[k][1]), list(requests[k][2])) for k in [*other, sibling, index]],
+                                self.max_length)
+            packed.append(forward_rows(self.model, [local], self._pad_id())[len(other) + 1].logprob_sum)
+        plain = super()._loglikelihood_tokens([requests[i] for _, i in siblings], disable_tqdm=True)
+        per_token = sorted(abs(p - unpacked) / len(requests[i][2])
+                           for p, (_, i), (unpacked, _) in zip(packed, siblings, plain))
+        median = per_token[len(per_token) // 2]
         # fp32 agrees to ~1e-6 per token.
-        tolerance = 2e-5 if str(self.model.dtype) == "torch.float32" else 5e-2
-        ok = per_token[len(per_token) // 2] <= tolerance
+        ok = median <= (2e-5 if str(self.model.dtype) == "torch.float32" else 5e-2)
         if not ok:
             log.warning("shared-prefix scoring disagrees with lm-eval's for %s (median %.4f nats per token over "
-                        "%d requests); using lm-eval's unpacked path", key[0], per_token[len(per_token) // 2],
-                        len(per_token))
+                        "%d requests); using lm-eval's unpacked path", key[0], median, len(per_token))
         _PACKING_VERIFIED[key] = ok
         return ok
 
@@ -170,9 +175,3 @@ def _batch_key(context, attention_mask, max_length: int, stop: list[str], kwargs
     rest = sorted((k, repr(v)) for k, v in kwargs.items() if k != "attention_mask")
     mask = attention_mask.cpu().numpy().tobytes() if attention_mask is not None else b""
     return context.cpu().numpy().tobytes(), mask, max_length, tuple(stop), tuple(rest)
-
-
-def _only(pack: Pack, index: int) -> Pack:
-    """`pack` as it is, scored for one of its requests only."""
-    return Pack(pack.tokens, pack.positions, pack.parent, [r for r in pack.requests if r[0] == index])
-
