@@ -18,7 +18,7 @@ from lm_eval.api.registry import register_model  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
 from evalkit.engine.multi_lora import can_group, grouped  # noqa: E402
-from evalkit.engine.packing import build_packs, forward_packs, forward_rows  # noqa: E402
+from evalkit.engine.packing import build_packs, forward_packs  # noqa: E402
 
 log = logging.getLogger("evalkit")
 
@@ -75,8 +75,7 @@ class EvalkitLM(HFLM):
         pairs = [(list(ctx), list(cont)) for _, ctx, cont in requests]
         if not self._packing_matches(requests):
             return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
-        batch = self.batch_size if isinstance(self.batch_size, int) else 16
-        scored = forward_packs(self.model, build_packs(pairs, self.max_length), batch, self._pad_id())
+        scored = forward_packs(self.model, build_packs(pairs, self.max_length), self._batch(), self._pad_id())
         results = [(scored[i].logprob_sum, scored[i].greedy) for i in range(len(requests))]
         for (request_str, _, _), answer in zip(requests, results):
             if request_str is not None:
@@ -121,16 +120,19 @@ class EvalkitLM(HFLM):
         fits = GROUP_KV_BYTES // max(1, rows * _kv_bytes_per_token(self.model) * max_length)
         return self.schedule[start : start + max(1, fits)]
 
+    def _batch(self) -> int:
+        return self.batch_size if isinstance(self.batch_size, int) else 16
+
     def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
         return pad if pad is not None else self.eot_token_id
 
     def _packing_matches(self, requests) -> bool:
-        """Once per architecture and dtype: requests packed as scoring packs them (a sibling
-        sharing their context, another request's pack before them in the row) and unpacked must
-        agree. A model that ignored the custom mask or position ids would get them wrong. bf16
-        rounds differently in a different layout (per token: median 0.007 nats, 1 in 100 over
-        0.1 on SmolLM2), so the median over several requests is held to the tolerance."""
+        """Once per architecture and dtype: requests packed as scoring packs them (with a sibling
+        sharing their context, small packs sharing a row) and unpacked must agree. A model that
+        ignored the custom mask or position ids would get them wrong. bf16 rounds differently in
+        a different layout (per token: median 0.007 nats, 1 in 100 over 0.1 on SmolLM2), so the
+        median over several requests is held to the tolerance."""
         inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         key = (type(inner).__name__, str(getattr(inner.config, "_attn_implementation", "")), str(inner.dtype))
         if key in _PACKING_VERIFIED:
@@ -141,13 +143,12 @@ class EvalkitLM(HFLM):
         siblings = [(group[0], group[-1]) for group in by_context.values() if len(group) > 1][:CHECKED_REQUESTS]
         if not siblings:
             return True  # nothing is shared here, so there is nothing packing could get wrong
-        starts = [group[0] for group in by_context.values()]
-        packed = []
-        for sibling, index in siblings:
-            other = [k for k in starts[:2] if requests[k][1] != requests[index][1]][:1]
-            local = build_packs([(list(requests[k][1]), list(requests[k][2])) for k in [*other, sibling, index]],
-                                self.max_length)
-            packed.append(forward_rows(self.model, [local], self._pad_id())[len(other) + 1].logprob_sum)
+        # The probes and a request of another context, scored together as the run scores them:
+        # siblings share a pack, and small packs share a row.
+        probe = sorted({*(k for pair in siblings for k in pair), next(iter(by_context.values()))[0]})
+        scored = forward_packs(self.model, build_packs([(list(requests[k][1]), list(requests[k][2])) for k in probe],
+                                                       self.max_length), self._batch(), self._pad_id())
+        packed = [scored[probe.index(i)].logprob_sum for _, i in siblings]
         plain = super()._loglikelihood_tokens([requests[i] for _, i in siblings], disable_tqdm=True)
         per_token = sorted(abs(p - unpacked) / len(requests[i][2])
                            for p, (_, i), (unpacked, _) in zip(packed, siblings, plain))
