@@ -87,6 +87,12 @@ def test_a_model_that_ignores_the_packed_mask_falls_back_to_lm_eval(arch_models,
     monkeypatch.setattr(type(base.model), "forward", ignores_mask)
     monkeypatch.setattr(evalkit_lm, "_PACKING_VERIFIED", {})
     lm = EvalkitLM(pretrained=base.model, tokenizer=base.tokenizer, batch_size=8)
+    # One continuation per context, contexts sharing only an opening: still shared in the tree.
+    opening = "Mira walked along the harbor in the early morning, and"
+    lambada = [(opening + ending, " home") for ending in (" she", " the baker", " a gull", " her friend")]
+    lambada = [((c, t), *lm._encode_pair(c, t)) for c, t in lambada]
+    lm._loglikelihood_tokens(lambada)
+    assert list(evalkit_lm._PACKING_VERIFIED.values()) == [False]
     requests = suite_requests(lm)
     ours = lm._loglikelihood_tokens(requests)
     plain = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
@@ -165,8 +171,7 @@ def test_every_request_sees_exactly_its_own_tokens(seed, monkeypatch):
     requests = [([rng.randrange(3) for _ in range(rng.randint(1, 12))], [rng.randrange(3) for _ in range(rng.randint(1, 5))])
                 for _ in range(200)]
     packs = build_packs(requests, max_length=40)
-    cap = max(packing.PACK_TOKENS, max(len(c) + len(t) - 1 for c, t in requests))
-    assert all(len(p.tokens) <= cap for p in packs)
+    assert all(len(p.tokens) <= 40 for p in packs)  # max_length
     scored = sorted(r[0] for p in packs for r in p.requests)
     assert scored == list(range(len(requests)))
     for pack in packs:
@@ -196,3 +201,10 @@ def test_a_long_shared_context_is_split_without_recursion():
     packs = build_packs(requests, max_length=3400)
     assert len(packs) > 1 and all(len(p.tokens) <= 3199 for p in packs)
     assert sorted(r[0] for p in packs for r in p.requests) == list(range(5))
+
+
+def test_options_after_a_passage_longer_than_a_pack_share_it():
+    passage = list(range(1000, 2000))
+    requests = [(passage, [k] * 10) for k in range(4)]
+    packs = build_packs(requests, max_length=4096)
+    assert len(packs) == 1 and len(packs[0].tokens) == 1000 + 4 * 9

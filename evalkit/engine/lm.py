@@ -18,7 +18,7 @@ from lm_eval.api.registry import register_model  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
 from evalkit.engine.multi_lora import can_group, grouped  # noqa: E402
-from evalkit.engine.packing import build_packs, forward_packs  # noqa: E402
+from evalkit.engine.packing import PACK_TOKENS, build_packs, forward_packs, forward_rows  # noqa: E402
 
 log = logging.getLogger("evalkit")
 
@@ -37,7 +37,6 @@ logging.getLogger("lm_eval.models.huggingface").addFilter(_AccountedFor())
 
 # Per (model class, attention implementation, dtype): did packed scoring match unpacked scoring?
 _PACKING_VERIFIED: dict[tuple[str, str, str], bool] = {}
-CHECKED_REQUESTS = 9  # shared requests compared, packed and unpacked, in that check
 
 
 # KV cache one grouped generation call may hold: a group's size is what fits (at least one
@@ -128,36 +127,37 @@ class EvalkitLM(HFLM):
         return pad if pad is not None else self.eot_token_id
 
     def _packing_matches(self, requests) -> bool:
-        """Once per architecture and dtype: requests packed as scoring packs them (with a sibling
-        sharing their context, small packs sharing a row) and unpacked must agree. A model that
-        ignored the custom mask or position ids would get them wrong. bf16 rounds differently in
-        a different layout (per token: median 0.007 nats, 1 in 100 over 0.1 on SmolLM2), so the
-        median over several requests is held to the tolerance."""
+        """Once per architecture and dtype: the first requests, packed into one row as scoring
+        packs them, against lm-eval's unpacked scores, compared on every request that sees some
+        other request's tokens in that row (the ones a model that ignored the custom mask or
+        position ids would get wrong). fp32 must agree on each; bf16 rounds differently in a
+        different layout (per token: median 0.007 nats, 1 in 100 over 0.1 on SmolLM2), so there
+        the median is held to the tolerance."""
         inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         key = (type(inner).__name__, str(getattr(inner.config, "_attn_implementation", "")), str(inner.dtype))
         if key in _PACKING_VERIFIED:
             return _PACKING_VERIFIED[key]
-        by_context: dict[tuple[int, ...], list[int]] = {}
-        for index, (_, context, _) in enumerate(requests):
-            by_context.setdefault(tuple(context), []).append(index)
-        siblings = [(group[0], group[-1]) for group in by_context.values() if len(group) > 1][:CHECKED_REQUESTS]
-        if not siblings:
-            return True  # nothing is shared here, so there is nothing packing could get wrong
-        # The probes and a request of another context, scored together as the run scores them:
-        # siblings share a pack, and small packs share a row.
-        probe = sorted({*(k for pair in siblings for k in pair), next(iter(by_context.values()))[0]})
-        scored = forward_packs(self.model, build_packs([(list(requests[k][1]), list(requests[k][2])) for k in probe],
-                                                       self.max_length), self._batch(), self._pad_id())
-        packed = [scored[probe.index(i)].logprob_sum for _, i in siblings]
-        plain = super()._loglikelihood_tokens([requests[i] for _, i in siblings], disable_tqdm=True)
-        per_token = sorted(abs(p - unpacked) / len(requests[i][2])
-                           for p, (_, i), (unpacked, _) in zip(packed, siblings, plain))
-        median = per_token[len(per_token) // 2]
-        # fp32 agrees to ~1e-6 per token.
-        ok = median <= (2e-5 if str(self.model.dtype) == "torch.float32" else 5e-2)
+        probe: list[tuple[list[int], list[int]]] = []
+        for _, context, continuation in requests:  # about a pack's worth of tokens
+            if probe and sum(len(c) + len(t) for c, t in probe) + len(context) + len(continuation) > 2 * PACK_TOKENS:
+                break
+            probe.append((list(context), list(continuation)))
+        packs = build_packs(probe, self.max_length)
+        exposed = [index for k, pack in enumerate(packs) for index, _, at in pack.requests
+                   if k > 0 or any(pack.parent[j] != j - 1 for j in range(at[-1] + 1))]
+        if not exposed:
+            return True  # every request is a straight run from its row's start: nothing to get wrong
+        scored = forward_rows(self.model, [packs], self._pad_id())
+        plain = super()._loglikelihood_tokens([requests[i] for i in exposed], disable_tqdm=True)
+        per_token = sorted(abs(scored[i].logprob_sum - unpacked) / len(requests[i][2])
+                           for i, (unpacked, _) in zip(exposed, plain))
+        fp32 = str(self.model.dtype) == "torch.float32"
+        worst = per_token[-1] if fp32 else per_token[len(per_token) // 2]
+        ok = worst <= (2e-5 if fp32 else 5e-2)  # fp32 agrees to ~1e-6 per token
         if not ok:
-            log.warning("shared-prefix scoring disagrees with lm-eval's for %s (median %.4f nats per token over "
-                        "%d requests); using lm-eval's unpacked path", key[0], median, len(per_token))
+            log.warning("shared-prefix scoring disagrees with lm-eval's for %s (%s %.4f nats per token over %d "
+                        "requests); using lm-eval's unpacked path", key[0], "largest" if fp32 else "median",
+                        worst, len(per_token))
         _PACKING_VERIFIED[key] = ok
         return ok
 

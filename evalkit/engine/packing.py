@@ -88,9 +88,8 @@ class _Tree:
 
 
 def build_packs(requests: list[tuple[list[int], list[int]]], max_length: int) -> list[Pack]:
-    """Lay (context tokens, continuation tokens) requests out as packs of at most
-    max(PACK_TOKENS, longest request) tokens, never over `max_length`, computing every prefix
-    that requests share once per pack."""
+    """Lay (context tokens, continuation tokens) requests out as packs (sized as `_split` says),
+    computing every prefix that requests share once per pack."""
     tree = _Tree()
     paths = []
     for context, continuation in requests:
@@ -102,34 +101,38 @@ def build_packs(requests: list[tuple[list[int], list[int]]], max_length: int) ->
             raise ValueError(f"context and continuation ({len(context) + len(continuation)} tokens) "
                              f"exceed the model's context of {max_length}")
         paths.append(tree.insert(list(context) + list(continuation[:-1])))  # the last token is never fed
-    longest = max((len(p) for p in paths), default=0)
-    node_lists = _split(tree, min(max(PACK_TOKENS, longest), max_length))
+    node_lists = _split(tree, max_length)
     packs: list[Pack] = []
-    home: dict[int, tuple[int, int]] = {}  # node -> (pack, index in it): the first pack that holds it
+    places: list[dict[int, int]] = []  # per pack: node -> its index in the pack
+    home: dict[int, int] = {}  # node -> the first pack that holds it
     for nodes in node_lists:
         local = {n: i for i, n in enumerate(nodes)}
-        for n, i in local.items():
-            home.setdefault(n, (len(packs), i))
+        for n in nodes:
+            home.setdefault(n, len(packs))
+        places.append(local)
         packs.append(Pack(tokens=[tree.token[n] for n in nodes], positions=[tree.depth[n] - 1 for n in nodes],
                           parent=[local.get(tree.parent[n], -1) for n in nodes]))
     for index, ((context, continuation), path) in enumerate(zip(requests, paths)):
-        p, _ = home[path[-1]]
-        where = {n: i for i, n in enumerate(node_lists[p])}
+        p = home[path[-1]]
         # Token t of the continuation is predicted at the node of the token before it.
-        predicted_at = [where[n] for n in path[len(context) - 1 :]]
+        predicted_at = [places[p][n] for n in path[len(context) - 1 :]]
         packs[p].requests.append((index, list(continuation), predicted_at))
     return [p for p in packs if p.requests]
 
 
-def _split(tree: _Tree, cap: int) -> list[list[int]]:
-    """The tree as lists of nodes, each a path from the root and whole subtrees below it, at
-    most `cap` nodes each (every root-to-node path fits: cap is at least the longest)."""
+def _split(tree: _Tree, max_length: int) -> list[list[int]]:
+    """The tree as lists of nodes, each a path from the root and whole subtrees below it: at most
+    cap = max(PACK_TOKENS, the longest sequence) nodes, except that a long path gets as much room
+    again below it, up to PACK_TOKENS (so options after a passage near the cap still share it);
+    never over `max_length`."""
     size = tree.sizes()
+    longest = max((tree.depth[n] for n in range(len(tree.token))), default=0)
+    cap = min(max(PACK_TOKENS, longest), max_length)
     out: list[list[int]] = []
     stack: list[tuple[int, list[int]]] = [(0, [])]  # (a node whose subtree does not fit whole, its path)
     while stack:
         node, path = stack.pop()
-        room = cap - len(path)
+        room = min(max(cap - len(path), min(PACK_TOKENS, len(path))), max_length - len(path))
         bins: list[list[int]] = []
         free: list[int] = []
         for child in sorted(tree.children[node].values(), key=lambda c: -size[c]):
@@ -150,21 +153,31 @@ def _split(tree: _Tree, cap: int) -> list[list[int]]:
 
 
 @contextmanager
-def _head_reads_only(model, flat):
+def _head_reads_only(model, flat, positions: int):
     """Within: the output head is handed the final hidden states at `flat` (indices into the
-    batch's rows laid end to end) as one row, instead of every position of every row. Yields
-    whether it could be (a model without an output head module computes every position).
+    batch's `positions` = rows x width) as one row, instead of every position of every row.
+    Yields a list that holds True once the head was handed them; where the head is not called
+    on (rows, width, hidden) states (no head module, or a model that calls it otherwise) it
+    stays empty and the caller indexes the full logits.
     A hook, not `logits_to_keep`: that keeps the same columns in every row, and rows of several
     packs need different ones. What the model does after its head (soft-capping, scaling) still
     applies, to the kept positions."""
+    gathered: list[bool] = []
     head = model.get_output_embeddings()
     if head is None:
-        yield False
+        yield gathered
         return
-    handle = head.register_forward_pre_hook(
-        lambda _, args: (args[0].reshape(-1, args[0].shape[-1])[flat][None], *args[1:]))
+
+    def gather(_, args):
+        hidden = args[0]
+        if gathered or hidden.dim() != 3 or hidden.shape[0] * hidden.shape[1] != positions:
+            return None
+        gathered.append(True)
+        return (hidden.reshape(-1, hidden.shape[-1])[flat][None], *args[1:])
+
+    handle = head.register_forward_pre_hook(gather, prepend=True)  # before the fp32 head's cast
     try:
-        yield True
+        yield gathered
     finally:
         handle.remove()
 
@@ -197,21 +210,22 @@ def fill_rows(packs: list[Pack], width: int) -> list[list[Pack]]:
     return rows
 
 
-# A forward pass takes about batch_size * TOKENS_PER_ROW tokens. Larger passes ran slower on
-# SmolLM2 (the elementwise work of LoRA layers falls out of cache): choice scoring with an adapter
-# took 9.7 s at 1,024 tokens a pass, 10.0 s at 4,096 and 11.9 s at 8,192 in fp32; bf16 4.4, 5.9 s.
-TOKENS_PER_ROW = 32
+# A forward pass takes about batch_size * PASS_TOKENS_PER_BATCH tokens (1,024 at the default
+# --batch-size 32), or one row where a row is wider. Larger passes ran slower on SmolLM2 (LoRA
+# layers' elementwise work falls out of cache): choice scoring with an adapter took 9.7 s at 1,024
+# tokens a pass, 10.0 s at 4,096 and 11.9 s at 8,192 in fp32; bf16 4.4 and 5.9 s.
+PASS_TOKENS_PER_BATCH = 32
 
 
 def forward_packs(model, packs: list[Pack], batch_size: int, pad_id: int,
                 keep_rows: bool = False) -> dict[int, PackedLogprobs]:
     """Request index -> its scores. Packs share rows of max(longest pack, MIN_ROW_TOKENS) tokens,
-    as many rows a pass as hold batch_size * TOKENS_PER_ROW tokens (at least one)."""
+    as many rows a pass as hold batch_size * PASS_TOKENS_PER_BATCH tokens (at least one)."""
     if not packs:
         return {}
     width = max(max(len(p.tokens) for p in packs), MIN_ROW_TOKENS)
     rows = fill_rows(packs, width)
-    per_forward = max(1, batch_size * TOKENS_PER_ROW // width)
+    per_forward = max(1, batch_size * PASS_TOKENS_PER_BATCH // width)
     results: dict[int, PackedLogprobs] = {}
     for start in range(0, len(rows), per_forward):
         results.update(forward_rows(model, rows[start : start + per_forward], pad_id, keep_rows))
@@ -242,10 +256,15 @@ def forward_rows(model, rows: list[list[Pack]], pad_id: int, keep_rows: bool = F
     # Flat (row * width + column) indices of the positions whose logits some request needs.
     needed = sorted({r * width + offset + p for r, offset, pack in placed for _, _, at in pack.requests for p in at})
     flat = torch.tensor(needed, device=device)
-    with torch.no_grad(), _head_reads_only(model, flat) as gathered:
+    with torch.no_grad(), _head_reads_only(model, flat, ids.numel()) as gathered:
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                        position_ids=positions.to(device), use_cache=False).logits
-    logits = logits[0] if gathered else logits.reshape(-1, logits.shape[-1])[flat]
+    if not gathered:
+        logits = logits.reshape(-1, logits.shape[-1])[flat]
+    elif logits.shape[:2] == (1, len(needed)):
+        logits = logits[0]
+    else:
+        raise RuntimeError(f"the model reshaped the head's output to {tuple(logits.shape)}; cannot score packed")
     logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()  # (needed, V)
     row_of = {n: k for k, n in enumerate(needed)}
     results: dict[int, PackedLogprobs] = {}
