@@ -138,8 +138,10 @@ class EvalkitLM(HFLM):
         if key in _PACKING_VERIFIED:
             return _PACKING_VERIFIED[key]
         probe: list[tuple[list[int], list[int]]] = []
-        for _, context, continuation in requests:  # about a pack's worth of tokens
-            if probe and sum(len(c) + len(t) for c, t in probe) + len(context) + len(continuation) > 2 * PACK_TOKENS:
+        tokens = 0
+        for _, context, continuation in requests:  # about two packs' worth of tokens
+            tokens += len(context) + len(continuation)
+            if probe and tokens > 2 * PACK_TOKENS:
                 break
             probe.append((list(context), list(continuation)))
         packs = build_packs(probe, self.max_length)

@@ -126,30 +126,36 @@ def _split(tree: _Tree, max_length: int) -> list[list[int]]:
     again below it, up to PACK_TOKENS (so options after a passage near the cap still share it);
     never over `max_length`."""
     size = tree.sizes()
-    longest = max((tree.depth[n] for n in range(len(tree.token))), default=0)
-    cap = min(max(PACK_TOKENS, longest), max_length)
+    cap = min(max(PACK_TOKENS, max(tree.depth)), max_length)
     out: list[list[int]] = []
     stack: list[tuple[int, list[int]]] = [(0, [])]  # (a node whose subtree does not fit whole, its path)
     while stack:
         node, path = stack.pop()
         room = min(max(cap - len(path), min(PACK_TOKENS, len(path))), max_length - len(path))
-        bins: list[list[int]] = []
-        free: list[int] = []
-        for child in sorted(tree.children[node].values(), key=lambda c: -size[c]):
-            if size[child] > room:
-                stack.append((child, path + [child]))
-                continue
-            at = next((b for b, f in enumerate(free) if f >= size[child]), None)  # first fit, decreasing
-            if at is None:
-                bins.append([])
-                free.append(room)
-                at = len(bins) - 1
-            bins[at] += tree.preorder(child)
-            free[at] -= size[child]
+        children = list(tree.children[node].values())
+        stack += [(c, path + [c]) for c in children if size[c] > room]
+        fitting = [c for c in children if size[c] <= room]
+        bins = [[n for k in b for n in tree.preorder(fitting[k])] for b in first_fit([size[c] for c in fitting], room)]
         if node and not bins:
             bins.append([])  # the path alone: a request may end at this node
         out += [path + b for b in bins]
     return out
+
+
+def first_fit(sizes: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: the indices of `sizes`, largest first, each into the first bin
+    with room for it (a bin is opened for one that fits none)."""
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for k in sorted(range(len(sizes)), key=lambda k: -sizes[k]):
+        at = next((b for b, room in enumerate(free) if room >= sizes[k]), None)
+        if at is None:
+            bins.append([])
+            free.append(capacity)
+            at = len(bins) - 1
+        bins[at].append(k)
+        free[at] -= sizes[k]
+    return bins
 
 
 @contextmanager
@@ -196,18 +202,8 @@ MIN_ROW_TOKENS = 128
 
 
 def fill_rows(packs: list[Pack], width: int) -> list[list[Pack]]:
-    """First-fit decreasing: packs, longest first, each into the first row with room for it."""
-    rows: list[list[Pack]] = []
-    room: list[int] = []
-    for pack in sorted(packs, key=lambda p: -len(p.tokens)):
-        at = next((r for r, free in enumerate(room) if free >= len(pack.tokens)), None)
-        if at is None:
-            rows.append([])
-            room.append(width)
-            at = len(rows) - 1
-        rows[at].append(pack)
-        room[at] -= len(pack.tokens)
-    return rows
+    """Packs into rows of `width` tokens, longest first, each into the first row with room."""
+    return [[packs[k] for k in row] for row in first_fit([len(p.tokens) for p in packs], width)]
 
 
 # A forward pass takes about batch_size * PASS_TOKENS_PER_BATCH tokens (1,024 at the default
