@@ -16,7 +16,7 @@ is that side's own:
                continuation (what KL needs), the same way.
   incremental  an 11th adapter added to the N = 10 set evalkit has already scored.
 
-Every side uses the same dtype, batch size and threads. Times are wall-clock seconds measured
+Every side uses the same dtype, batch size, device and threads. Times are wall-clock seconds measured
 inside each process after the libraries are imported (imports cost every side the same ~5 s);
 each side runs --repeat times, interleaved with the others, and the fastest run is kept
 (this machine's timings wander by 10-20% between runs).
@@ -25,6 +25,7 @@ scored along the reference's continuation) divided by that side's time.
 
     .venv/bin/python benchmarks/bench_run.py                 # N = 1, 5, 10 in fp32 (~8 min)
     .venv/bin/python benchmarks/bench_run.py --sizes 10 --dtype bfloat16
+    python benchmarks/bench_run.py --base smollm2 --sizes 1,5 --repeat 1 --device cuda   # on a GPU
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def build(work: Path, args) -> None:
         if (out / MANIFEST_NAME).is_file():
             continue
         settings = TrainSettings(seed=k)
+        torch.manual_seed(k)  # lora_A's initial draw: the same adapters on every machine
         peft_model = get_peft_model(base.model, lora_config(base, settings))
         generator = torch.Generator().manual_seed(1000 + k)
         for name, param in peft_model.named_parameters():
@@ -115,7 +117,7 @@ def side_evalkit(work: Path, n: int, args) -> dict:
 
     adapters = adapter_dirs(work)
     chosen = [adapters[-1]] if args.side == "incremental" else adapters[:n]
-    settings = RunSettings(batch_size=args.batch_size, dtype=args.dtype)
+    settings = RunSettings(batch_size=args.batch_size, dtype=args.dtype, device=args.device)
     suites = [Path(args.suites)]
     load_suites(suites)  # parsing the YAML is not what is measured
     start = time.perf_counter()
@@ -138,7 +140,7 @@ def side_naive(work: Path, n: int, args) -> dict:
         if adapter is not None:
             model_args["peft"] = str(adapter)
         lm_eval.simple_evaluate(
-            model="hf", model_args=model_args, tasks=names, device="cpu", batch_size=args.batch_size,
+            model="hf", model_args=model_args, tasks=names, device=args.device, batch_size=args.batch_size,
             task_manager=TaskManager(include_path=str(work / "tasks"), include_defaults=False),
             bootstrap_iters=0, log_samples=True, verbosity="ERROR", random_seed=SEED, numpy_random_seed=SEED,
             torch_random_seed=SEED, fewshot_random_seed=SEED,
@@ -153,14 +155,15 @@ def side_floor(work: Path, n: int, args) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir(work, args)))
     items, prompts, gen = floor_requests(tokenizer, Path(args.suites))
-    start = time.perf_counter()
+    clock = _clock(args.device)
+    start = clock()
     model = AutoModelForCausalLM.from_pretrained(str(base_dir(work, args)), dtype=getattr(torch, args.dtype))
     for k, path in enumerate(adapter_dirs(work)[:n]):
         if k == 0:
             model = PeftModel.from_pretrained(model, str(path), adapter_name=path.name)
         else:
             model.load_adapter(str(path), adapter_name=path.name)
-    model = model.to(getattr(torch, args.dtype)).eval()  # peft loads adapter weights in fp32
+    model = model.to(device=args.device, dtype=getattr(torch, args.dtype)).eval()  # peft loads adapters in fp32
     timings = {"choices": 0.0, "generate": 0.0, "along": 0.0}
     reference_gens = None
     for k in range(n + 1):
@@ -170,19 +173,30 @@ def side_floor(work: Path, n: int, args) -> dict:
             model.set_adapter(adapter_dirs(work)[k - 1].name)
             context = _nothing()
         with context, torch.no_grad():
-            t = time.perf_counter()
+            t = clock()
             floor_choices(model, items, args.batch_size)
-            timings["choices"] += time.perf_counter() - t
-            t = time.perf_counter()
+            timings["choices"] += clock() - t
+            t = clock()
             gens = floor_generate(model, tokenizer, prompts, gen, args.batch_size, keep_logits=k == 0)
-            timings["generate"] += time.perf_counter() - t
+            timings["generate"] += clock() - t
             if k == 0:
                 reference_gens = gens
             else:
-                t = time.perf_counter()
+                t = clock()
                 floor_along(model, sorted(prompts, key=len), reference_gens, args.batch_size)
-                timings["along"] += time.perf_counter() - t
-    return {"seconds": time.perf_counter() - start, **{f"{k}_s": round(v, 2) for k, v in timings.items()}}
+                timings["along"] += clock() - t
+    return {"seconds": clock() - start, **{f"{k}_s": round(v, 2) for k, v in timings.items()}}
+
+
+def _clock(device: str):
+    """Wall-clock seconds, after the GPU has finished what was queued (CUDA runs asynchronously)."""
+    import torch
+
+    def now() -> float:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return now
 
 
 class _nothing:
@@ -252,7 +266,8 @@ def floor_forward(model, rows, batch_size: int):
         room[at] -= sizes[i]
     per_forward = max(1, batch_size * max(sizes) // width)
     out = []
-    dtype = next(model.parameters()).dtype
+    first = next(model.parameters())
+    dtype, device = first.dtype, first.device
     for start in range(0, len(bins), per_forward):
         batch = bins[start:start + per_forward]
         ids = torch.zeros((len(batch), width), dtype=torch.long)
@@ -276,8 +291,8 @@ def floor_forward(model, rows, batch_size: int):
         visible |= torch.eye(width, dtype=torch.bool)
         mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)[:, None]
         columns = sorted({p % width for p in keep})
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
-                       logits_to_keep=torch.tensor(columns)).logits
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                       use_cache=False, logits_to_keep=torch.tensor(columns, device=device)).logits
         out.append(torch.log_softmax(logits.float(), dim=-1))
     return out
 
@@ -307,6 +322,7 @@ def floor_generate(model, tokenizer, prompts, gen, batch_size: int, keep_logits:
     order = sorted(prompts, key=len)
     for start in range(0, len(order), batch_size):
         ids, mask = _left_pad(order[start:start + batch_size], tokenizer.eos_token_id)
+        ids, mask = ids.to(model.device), mask.to(model.device)
         result = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=gen["max_new_tokens"],
                                 do_sample=False, eos_token_id=stop_ids, pad_token_id=tokenizer.eos_token_id,
                                 return_dict_in_generate=True, output_logits=keep_logits)
@@ -342,13 +358,16 @@ def child(args) -> None:
     result = SIDES[args.side](work, args.n, args)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["threads"] = torch.get_num_threads()
+    if args.device.startswith("cuda"):
+        result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(args.device) / 2**20)
     print("RESULT " + json.dumps(result))
 
 
 def run_child(work: Path, side: str, n: int, args, cache: Path) -> dict:
     env = {**os.environ, "EVALKIT_CACHE": str(cache)}
     cmd = [sys.executable, __file__, "--child", side, "--n", str(n), "--work", str(work),
-           "--dtype", args.dtype, "--batch-size", str(args.batch_size), "--suites", args.suites]
+           "--dtype", args.dtype, "--batch-size", str(args.batch_size), "--suites", args.suites,
+           "--device", args.device]
     if args.base:
         cmd += ["--base", args.base]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -363,18 +382,23 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,5,10")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for a GPU.")
     parser.add_argument("--repeat", type=int, default=2, help="Runs per side; the fastest is kept.")
     parser.add_argument("--work", default=None, help="Model and adapters folder (default: a new temp folder).")
     parser.add_argument("--base", default=None,
                         help="A real base instead of the built one: a HF folder, a .gguf, or smollm2.")
     parser.add_argument("--suites", default=None,
                         help="Suites folder (default: probes/, or the real-model suites with --base).")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("RUNS_A", "RUNS_B"),
+                        help="Only compare the verdicts of two folders of run records of the same adapters.")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         args.side = args.child
         return child(args)
+    if args.compare:
+        return compare_verdicts(*args.compare, label=f"{args.compare[1]} against {args.compare[0]}")
 
     from transformers import AutoTokenizer
 
@@ -389,7 +413,7 @@ def main() -> None:
     work_tokens = token_work(AutoTokenizer.from_pretrained(str(base_dir(work, args))), Path(args.suites))
     sizes = [int(s) for s in args.sizes.split(",")]
     model = args.base or "Llama, 26M parameters"
-    print(f"model: {model}, {args.dtype}, batch {args.batch_size}; suites: {args.suites} "
+    print(f"model: {model}, {args.dtype}, batch {args.batch_size}, {args.device}; suites: {args.suites} "
           f"(choice tokens {work_tokens['choice_naive']} unpacked, {work_tokens['choice_unique']} unique; "
           f"{work_tokens['prompts']} prompt tokens to continue, up to {work_tokens['generated_max']} generated)")
     rows: dict[tuple[str, int], dict] = {}
@@ -401,7 +425,8 @@ def main() -> None:
                 keep(rows, (side, n), run_child(work, side, n, args, cache))
         for side in ("evalkit", "naive", "floor"):
             row = rows[(side, n)]
-            print(f"  N={n:>2} {side:<8} {row['seconds']:7.2f} s  peak RSS {row['peak_rss_mib']:6.0f} MiB  "
+            gpu = f"  peak GPU {row['peak_gpu_mib']:6.0f} MiB" if "peak_gpu_mib" in row else ""
+            print(f"  N={n:>2} {side:<8} {row['seconds']:7.2f} s  peak RSS {row['peak_rss_mib']:6.0f} MiB{gpu}  "
                   f"{_extra(row)}", flush=True)
     report(rows, sizes, work_tokens)
     compare_dtypes(work, max(sizes))
@@ -457,24 +482,30 @@ def report(rows: dict, sizes: list[int], work_tokens: dict) -> None:
           f"({one / inc:.2f}x); naive loop over all {hi + 2} models {loop:.2f} s ({loop / inc:.1f}x)")
 
 
-def compare_dtypes(work: Path, n: int, near: float = 0.01) -> None:
-    """bf16 verdicts against fp32's, once both runs of N adapters are in `work`: every effect whose
-    verdict (significant or not, and the sign) differs, and how many of those fp32 put within
-    `near` of alpha."""
+def compare_dtypes(work: Path, n: int) -> None:
+    """bf16 verdicts against fp32's, once both runs of N adapters are in `work`."""
+    runs = [work / "runs" / f"evalkit-{d}-n{n}" for d in ("float32", "bfloat16")]
+    if all(folder.is_dir() for folder in runs):
+        compare_verdicts(*runs, label=f"bf16 against fp32 (N={n})")
+
+
+def compare_verdicts(first: Path, second: Path, label: str, near: float = 0.01) -> None:
+    """The verdicts of two runs of the same adapters (folders of run records, e.g. two dtypes or
+    two machines): every effect whose verdict (significant or not, and the sign) differs, and how
+    many of those `first` put within `near` of alpha."""
     from evalkit.record import read_record
 
-    runs = {d: work / "runs" / f"evalkit-{d}-n{n}" for d in ("float32", "bfloat16")}
-    if not all(folder.is_dir() for folder in runs.values()):
-        return
     same = differ = differ_near = near_alpha = 0
-    for folder in sorted(runs["float32"].iterdir()):
-        a, b = read_record(folder / "results.json"), read_record(runs["bfloat16"] / folder.name / "results.json")
+    largest = 0.0
+    for folder in sorted(first.iterdir()):
+        a, b = read_record(folder / "results.json"), read_record(second / folder.name / "results.json")
         alpha = a.stats.alpha
         others = {(f.suite, f.metric, f.scope): f for f in b.effects}
         for e in a.effects:
             f = others[(e.suite, e.metric, e.scope)]
             if e.q_value is None:
                 continue
+            largest = max(largest, abs(e.mean_diff - f.mean_diff))
             close = abs(e.q_value - alpha) <= near
             near_alpha += close
             if (e.significant, e.significant and e.mean_diff > 0) == (f.significant, f.significant and f.mean_diff > 0):
@@ -482,11 +513,11 @@ def compare_dtypes(work: Path, n: int, near: float = 0.01) -> None:
             else:
                 differ += 1
                 differ_near += close
-                print(f"  differs: {folder.name} {e.suite}/{e.metric} [{e.scope}]: fp32 q {e.q_value:.4f} "
-                      f"{e.mean_diff:+.3f}, bf16 q {f.q_value} {f.mean_diff:+.3f}")
-    print(f"bf16 against fp32 (N={n}): {same} of {same + differ} tested effects have the same verdict; "
-          f"{differ} differ, {differ_near} of them with fp32 q within {near} of alpha "
-          f"({near_alpha} effects lie that close in all)")
+                print(f"  differs: {folder.name} {e.suite}/{e.metric} [{e.scope}]: q {e.q_value:.4f} "
+                      f"{e.mean_diff:+.3f}, then q {f.q_value} {f.mean_diff:+.3f}")
+    print(f"{label}: {same} of {same + differ} tested effects have the same verdict; {differ} differ, "
+          f"{differ_near} of them with q within {near} of alpha ({near_alpha} effects lie that close in all); "
+          f"largest change of an effect's mean difference {largest:.4f}")
 
 
 def _off_line(rows: dict, side: str, sizes: list[int]) -> float:
