@@ -28,8 +28,8 @@ def world_tokenizer():
     return train_tokenizer(world.corpus(600, seed=7), vocab_size=400)
 
 
-def build_tiny(arch: str, tokenizer, out: Path, seed: int = 0) -> Path:
-    """A randomly initialised causal LM of hidden size 16 with 2 layers, saved as an HF folder."""
+def build_tiny(arch: str, tokenizer, out: Path, seed: int = 0, layers: int = 2, hidden: int = 16) -> Path:
+    """A randomly initialised causal LM (by default of hidden size 16 with 2 layers), saved as an HF folder."""
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig
 
@@ -37,12 +37,12 @@ def build_tiny(arch: str, tokenizer, out: Path, seed: int = 0) -> Path:
     vocab, eos = len(tokenizer), tokenizer.eos_token_id
     common = dict(vocab_size=vocab, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
     if arch == "llama":
-        config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        config = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=2,
                              num_key_value_heads=2, max_position_embeddings=128, **common)
     elif arch == "gpt2":
-        config = GPT2Config(n_embd=16, n_layer=2, n_head=2, n_positions=128, **common)
+        config = GPT2Config(n_embd=hidden, n_layer=layers, n_head=2, n_positions=128, **common)
     elif arch == "gpt_neox":
-        config = GPTNeoXConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        config = GPTNeoXConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=2,
                                max_position_embeddings=128, **common)
     else:
         raise ValueError(arch)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from evalkit.engine.models import resolve_model
+from evalkit.engine.precision import float32_head, float32_residual
 from evalkit.errors import EvalkitError
 from evalkit.offline import go_offline
 
@@ -79,30 +80,12 @@ def load_base(path: Path, dtype: str = "float32", device: str = "cpu",
         model.config.tie_word_embeddings = False  # else lm-eval's tie_weights() puts the bf16 embedding back
         model.set_output_embeddings(kept)
     model.eval()
+    if dtype != "float32":
+        float32_residual(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Base(model=model, tokenizer=tokenizer, path=str(path), fingerprint=fingerprint,
                 model_type=model.config.model_type)
-
-
-def float32_head(head, device: str):
-    """A float32 copy of the output head (made before the model is cast) that casts its input up.
-
-    bfloat16 logits carry 8 bits of mantissa: a logit near 12 is rounded to 1/16 of a nat,
-    which was most of the bf16-vs-fp32 difference in per-item margins on the demo (median
-    0.019 nats with a bf16 head, 0.004 with this one). The head is the cheapest layer to keep:
-    only the positions being scored go through it.
-    """
-    import torch
-
-    kept = torch.nn.Linear(head.in_features, head.out_features, bias=head.bias is not None,
-                           device=device, dtype=torch.float32)
-    with torch.no_grad():
-        kept.weight.copy_(head.weight)
-        if head.bias is not None:
-            kept.bias.copy_(head.bias)
-    kept.register_forward_pre_hook(lambda _, args: (args[0].float(), *args[1:]))
-    return kept.requires_grad_(False)
 
 
 def context_limit(model, tokenizer) -> int:
