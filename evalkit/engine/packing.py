@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from evalkit.engine.lora_merge import folded_lora
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -225,8 +227,9 @@ def forward_packs(model, packs: list[Pack], batch_size: int, pad_id: int,
     rows = fill_rows(packs, width)
     per_forward = max(1, batch_size * PASS_TOKENS_PER_BATCH // width)
     results: dict[int, PackedLogprobs] = {}
-    for start in range(0, len(rows), per_forward):
-        results.update(forward_rows(model, rows[start : start + per_forward], pad_id, keep_rows))
+    with folded_lora(model):
+        for start in range(0, len(rows), per_forward):
+            results.update(forward_rows(model, rows[start : start + per_forward], pad_id, keep_rows))
     return results
 
 
