@@ -10,6 +10,7 @@ from lm_eval.models.huggingface import HFLM
 from peft import get_peft_model
 from test_packing import suite_requests
 
+from evalkit.engine import packing
 from evalkit.engine.adapters import AttachedAdapters, lora_config
 from evalkit.engine.base import load_base
 from evalkit.engine.lm import EvalkitLM
@@ -30,7 +31,8 @@ def model_and_adapter(tmp_path_factory, world_tokenizer):
     return path, root / "adapter"
 
 
-def test_folded_scores_equal_peft_and_leave_the_base_as_it_was(model_and_adapter):
+def test_folded_scores_equal_peft_and_leave_the_base_as_it_was(model_and_adapter, monkeypatch):
+    monkeypatch.setattr(packing, "FOLD_MIN_TOKENS", 0)
     path, adapter = model_and_adapter
     adapters = AttachedAdapters(load_base(path), {"a": adapter})
     adapters.activate("a")
@@ -44,6 +46,13 @@ def test_folded_scores_equal_peft_and_leave_the_base_as_it_was(model_and_adapter
     assert lm._loglikelihood_tokens(requests) == folded
     hook.remove()
     assert seen and all(seen)
+    monkeypatch.setattr(packing, "FOLD_MIN_TOKENS", 10**9)  # a pass too short to be worth folding
+    seen.clear()
+    hook = _foldable(model)[0].register_forward_pre_hook(lambda module, args: seen.append(module.merged))
+    short = lm._loglikelihood_tokens(requests[:4])
+    assert [s for s, _ in short] == pytest.approx([s for s, _ in folded[:4]], abs=1e-5)
+    hook.remove()
+    assert seen and not any(seen)
     plain = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)  # peft's own LoRA path
     assert len(_foldable(model)) == 14  # 7 projections x 2 layers
     for (f_sum, f_greedy), (p_sum, p_greedy) in zip(folded, plain):
