@@ -74,3 +74,22 @@ def test_nothing_is_folded_when_disabled_or_in_bfloat16(model_and_adapter):
     assert _foldable(low.model) == []
     with folded_lora(low.model):
         assert not any(getattr(m, "merged", False) for m in low.model.modules())
+
+
+def test_an_error_inside_leaves_the_model_as_it_was(model_and_adapter):
+    path, adapter = model_and_adapter
+    adapters = AttachedAdapters(load_base(path), {"a": adapter})
+    adapters.activate("a")
+    before = {n: p for n, p in adapters.model.named_parameters()}
+    with pytest.raises(RuntimeError, match="inside"):
+        with folded_lora(adapters.model):
+            assert all(m.merged for m in _foldable_layers(adapters.model))
+            raise RuntimeError("inside")
+    assert dict(adapters.model.named_parameters()) == before  # the same Parameter objects
+    assert not any(m.merged for m in _foldable_layers(adapters.model))
+
+
+def _foldable_layers(model) -> list:
+    from peft.tuners.lora import Linear
+
+    return [m for m in model.modules() if isinstance(m, Linear)]

@@ -31,7 +31,9 @@ def _dtypes_seen(model, ids) -> dict[str, set]:
     hooks = [_decoder_layers(model)[-1].register_forward_pre_hook(
                  lambda _, args, kwargs: seen["layer input"].add((args[0] if args else kwargs["hidden_states"]).dtype),
                  with_kwargs=True),
-             final.register_forward_pre_hook(lambda _, args: seen["final norm input"].add(args[0].dtype))]
+             # prepend: what reaches the norm, before its own cast to float32
+             final.register_forward_pre_hook(lambda _, args: seen["final norm input"].add(args[0].dtype),
+                                             prepend=True)]
     head = model.get_output_embeddings()
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module is not head:

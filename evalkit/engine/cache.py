@@ -25,8 +25,9 @@ from evalkit.files import cannot_write, stable_hash, write_json_atomic
 from evalkit.paths import cache_root
 from evalkit.versions import __version__
 
-# Bump when what an entry holds changes, so old entries are never read as new ones.
-CACHE_VERSION = 4
+# Bump when what an entry holds changes, so old entries are never read as new ones (5: bf16
+# keeps the residual stream in fp32, and fp32 scoring folds the adapter into the weights).
+CACHE_VERSION = 5
 
 log = logging.getLogger("evalkit")
 

@@ -6,16 +6,23 @@ with one adapter (choices, KL along a continuation) is cheaper on W + scaling * 
 once: on SmolLM2 with an adapter on all seven projections, fp32 choice scoring took 8.49 s
 merged against 9.23 s through peft's path (the base alone: 8.60 s).
 
-The merged weights are new tensors swapped in for the base layer's weight and swapped back on
-exit, so the base's own weights are never changed (peft's merge/unmerge adds and subtracts in
-place, which leaves rounding behind). Float32 only: in bf16, W + delta rounds a small trained
-update away (bf16 keeps 3 significant digits of W). Plain LoRA on linear layers only; anything
-else (DoRA, embeddings, several active adapters, adapters disabled) keeps peft's path.
+The merged weights are new parameters swapped in for the base layer's and swapped back on exit,
+so the base's own weights are never changed (peft's merge/unmerge adds and subtracts in place,
+which leaves rounding behind) and a weight tied to another module (a head tied to the input
+embedding) stays as it is there. That holds a second copy of every adapted weight while it
+lasts, so an adapter whose weights would take more than FOLD_MAX_BYTES is not folded. Float32
+only: in bf16, W + delta rounds a small trained update away (bf16 keeps 3 significant digits of
+W). Plain LoRA on linear layers only; anything else (DoRA and the other variants, a LoRA bias,
+embeddings, several active adapters, adapters disabled) keeps peft's path.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+
+# The second copy of the adapted weights a fold holds, at most (SmolLM2 with every projection
+# adapted: 0.43 GB in fp32; a 7B model's would be 24 GB, where peft's path is the better deal).
+FOLD_MAX_BYTES = 2 * 2**30
 
 
 def _foldable(model) -> list:
@@ -27,12 +34,17 @@ def _foldable(model) -> list:
         if not isinstance(module, Linear) or module.disable_adapters or module.merged:
             continue
         active = module.active_adapters
-        if len(active) != 1 or active[0] not in module.lora_A or module.use_dora.get(active[0], False):
+        if len(active) != 1 or active[0] not in module.lora_A:
+            continue
+        name = active[0]
+        if module.use_dora.get(name, False) or name in module.lora_variant or module.lora_bias.get(name, False):
             continue
         if module.get_base_layer().weight.dtype != torch.float32:
             continue
         layers.append(module)
-    return layers
+    weights: list = [m.get_base_layer().weight for m in layers]
+    size = sum(int(w.numel()) * int(w.element_size()) for w in weights)
+    return layers if size <= FOLD_MAX_BYTES else []
 
 
 @contextmanager
@@ -46,13 +58,16 @@ def folded_lora(model):
         with torch.no_grad():
             for module in layers:
                 name = module.active_adapters[0]
-                weight = module.get_base_layer().weight
-                merged = weight + module.get_delta_weight(name).to(weight.dtype)
-                swapped.append((module, name, weight.data))
-                weight.data = merged
+                base = module.get_base_layer()
+                original = base.weight
+                swapped.append((module, name, original))
+                base.weight = torch.nn.Parameter(original + module.get_delta_weight(name).to(original.dtype),
+                                                 requires_grad=False)
                 module.merged_adapters.append(name)  # peft's forward then runs the base layer only
         yield
     finally:
-        for module, name, original in swapped:
-            module.get_base_layer().weight.data = original
-            module.merged_adapters.remove(name)
+        for module, name, original in swapped:  # every weight back first, whatever peft did inside
+            module.get_base_layer().weight = original
+        for module, name, _ in swapped:
+            if name in module.merged_adapters:
+                module.merged_adapters.remove(name)

@@ -42,10 +42,12 @@ def float32_residual(model) -> bool:
     """Keep a low-precision model's residual stream in float32; False (and the model as it was)
     where its layout is not one this understands or a test forward fails.
 
-    The first decoder layer takes its input in float32, so each layer's sum of its input and its
-    (bf16) attention and MLP outputs stays float32. Every normalisation layer runs in float32 on
-    a float32 copy of its weights; inside the layers it hands its output on in the model's dtype
-    (the next matrix product's input), after the layers in the head's dtype.
+    The first decoder layer takes its input in float32, so in a pre-norm model each layer's sum
+    of its input and its (bf16) attention and MLP outputs stays float32 (a post-norm model's
+    residual is its norm's bf16 output: nothing is gained there, nothing lost). Every
+    normalisation layer's weights are converted to float32 and it runs on float32 input; it hands
+    its output on in the model's dtype (the next matrix product's input), except the norms after
+    the layers, which hand it to the head in the head's dtype.
     """
     import torch
 
@@ -55,16 +57,24 @@ def float32_residual(model) -> bool:
         return False
     low = next(layers[0].parameters()).dtype
     out_dtype = getattr(head, "weight", torch.empty(0, dtype=low)).dtype
-    inside = {id(m) for layer in layers for m in layer.modules()}
-    norms = [m for m in model.modules() if _is_norm(m)]
+    # Modules come in registration order: a norm registered after the last layer's modules feeds
+    # the head (where a model registers its final norm before its layers, as OPT does, the head
+    # gets bf16 input: plain bf16's precision there, nothing broken).
+    after_layers, norms, outputs = False, [], []
+    last = list(layers[-1].modules())[-1]
+    for module in model.modules():
+        if _is_norm(module):
+            norms.append(module)
+            outputs.append(out_dtype if after_layers else low)
+        after_layers = after_layers or module is last
     handles = [layers[0].register_forward_pre_hook(_first_input_in_float32, with_kwargs=True)]
-    for norm in norms:
-        handles += _norm_in_float32(norm, low if id(norm) in inside else out_dtype)
+    for norm, dtype in zip(norms, outputs):
+        handles += _norm_in_float32(norm, dtype)
     try:
         with torch.no_grad():
-            probe = torch.tensor([[1, 2, 3, 4]], device=head.weight.device)
+            probe = torch.tensor([[1, 2, 3, 4]], device=next(model.parameters()).device)
             ok = bool(torch.isfinite(model(input_ids=probe, use_cache=False).logits).all())
-    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+    except Exception as exc:  # any failure of an architecture this does not fit: plain bf16 instead
         ok, reason = False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     else:
         reason = "non-finite logits"
