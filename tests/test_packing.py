@@ -98,6 +98,11 @@ def test_a_model_that_ignores_the_packed_mask_falls_back_to_lm_eval(arch_models,
     plain = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
     assert list(evalkit_lm._PACKING_VERIFIED.values()) == [False]
     assert [round(s, 6) for s, _ in ours] == [round(s, 6) for s, _ in plain]
+    # Continuations' distributions (KL, NLL) are then scored one sequence at a time too.
+    from evalkit.engine.distributions import along_continuations
+
+    along = along_continuations(base.model, base.tokenizer, [(list(c), list(t)) for _, c, t in requests[:20]], 8)
+    assert [-a.nll_sum for a in along] == pytest.approx([s for s, _ in plain[:20]], abs=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
@@ -208,3 +213,37 @@ def test_options_after_a_passage_longer_than_a_pack_share_it():
     requests = [(passage, [k] * 10) for k in range(4)]
     packs = build_packs(requests, max_length=4096)
     assert len(packs) == 1 and len(packs[0].tokens) == 1000 + 4 * 9
+
+
+def test_a_model_that_cannot_take_the_packed_layout_is_scored_one_sequence_at_a_time(world_tokenizer, tmp_path,
+                                                                                      monkeypatch, caplog):
+    """Bloom builds its alibi from a 2-D mask, so a packed 4-D mask raises inside it: choices fall
+    back to lm-eval's unpacked path and continuations' distributions to one sequence at a time,
+    with one warning, and the numbers are the unpacked ones."""
+    import logging
+
+    import torch
+    from transformers import AutoModelForCausalLM, BloomConfig
+
+    from evalkit.engine.distributions import along_continuations
+
+    eos = world_tokenizer.eos_token_id
+    torch.manual_seed(0)
+    config = BloomConfig(vocab_size=len(world_tokenizer), hidden_size=16, n_layer=2, n_head=2,
+                         bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "bloom")
+    world_tokenizer.save_pretrained(tmp_path / "bloom")
+    base = load_base(tmp_path / "bloom")
+    monkeypatch.setattr(evalkit_lm, "_PACKING_VERIFIED", {})
+    lm = EvalkitLM(pretrained=base.model, tokenizer=base.tokenizer, batch_size=8)
+    requests = suite_requests(lm)[:40]
+    pairs = [(list(c), list(t)) for _, c, t in requests]
+    with caplog.at_level(logging.WARNING, logger="evalkit"):
+        along = along_continuations(base.model, base.tokenizer, pairs, batch_size=8)  # before any check
+        ours = lm._loglikelihood_tokens(requests)
+    assert "shared-prefix scoring cannot run on BloomForCausalLM" in caplog.text
+    assert list(evalkit_lm._PACKING_VERIFIED.values()) == [False]
+    plain = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
+    assert [s for s, _ in ours] == pytest.approx([s for s, _ in plain], abs=1e-5)
+    assert [-a.nll_sum for a in along] == pytest.approx([s for s, _ in plain], abs=1e-4)
+    assert all(a.logprobs.shape == (len(t), len(world_tokenizer)) for a, (_, t) in zip(along, pairs))

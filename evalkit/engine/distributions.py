@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from evalkit.engine.base import context_limit
-from evalkit.engine.packing import build_packs, forward_packs
+from evalkit.engine.lm import packing_failed, record_packing_failure
+from evalkit.engine.packing import build_packs, forward_packs, forward_unpacked
 
 # What a decoder shows for the bytes of a character it has only part of.
 PARTIAL = "\ufffd"
@@ -35,14 +36,22 @@ def along_continuations(model, tokenizer, pairs: list[tuple[list[int], list[int]
     """Log-softmax over the vocabulary at every continuation token of each (prompt ids, continuation ids).
 
     Scored with the same shared-prefix packing as lm-eval's requests (`evalkit/engine/packing.py`):
-    only the continuation positions go through the output head.
+    only the continuation positions go through the output head. A model on which packing failed
+    its check, or cannot run, is scored one sequence at a time.
     """
     vocab = model.get_output_embeddings().weight.shape[0]
     requests = [(list(prompt), list(cont)) for prompt, cont in pairs if cont]
     which = [k for k, (_, cont) in enumerate(pairs) if cont]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    scored = forward_packs(model, build_packs(requests, context_limit(model, tokenizer)), batch_size, pad,
-                           keep_rows=True)
+    scored = None
+    if not packing_failed(model):
+        try:
+            scored = forward_packs(model, build_packs(requests, context_limit(model, tokenizer)), batch_size, pad,
+                                   keep_rows=True)
+        except Exception as exc:  # a model that cannot take the packed layout (see EvalkitLM's check)
+            record_packing_failure(model, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if scored is None:
+        scored = forward_unpacked(model, requests, keep_rows=True)
     out = [Along([], np.zeros((0, vocab), dtype=np.float32), 0.0, []) for _ in pairs]
     for r, k in enumerate(which):
         s = scored[r]

@@ -39,6 +39,22 @@ logging.getLogger("lm_eval.models.huggingface").addFilter(_AccountedFor())
 _PACKING_VERIFIED: dict[tuple[str, str, str], bool] = {}
 
 
+def packing_key(model) -> tuple[str, str, str]:
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(inner).__name__, str(getattr(inner.config, "_attn_implementation", "")), str(inner.dtype)
+
+
+def packing_failed(model) -> bool:
+    """The packing check found packed scoring wrong, or unable to run, on this kind of model."""
+    return _PACKING_VERIFIED.get(packing_key(model)) is False
+
+
+def record_packing_failure(model, reason: str) -> None:
+    _PACKING_VERIFIED[packing_key(model)] = False
+    log.warning("shared-prefix scoring cannot run on %s (%s); scoring one sequence at a time",
+                packing_key(model)[0], reason)
+
+
 # KV cache one grouped generation call may hold: a group's size is what fits (at least one
 # model). Eleven models' rows at once ran fastest on the benchmark but cost 290 MiB more peak
 # memory than one model at a time; four fit in this and keep most of the gain.
@@ -133,8 +149,7 @@ class EvalkitLM(HFLM):
         position ids would get wrong). fp32 must agree on each; bf16 rounds differently in a
         different layout (per token: median 0.007 nats, 1 in 100 over 0.1 on SmolLM2), so there
         the median is held to the tolerance."""
-        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        key = (type(inner).__name__, str(getattr(inner.config, "_attn_implementation", "")), str(inner.dtype))
+        key = packing_key(self.model)
         if key in _PACKING_VERIFIED:
             return _PACKING_VERIFIED[key]
         probe: list[tuple[list[int], list[int]]] = []
@@ -149,7 +164,11 @@ class EvalkitLM(HFLM):
                    if k > 0 or any(pack.parent[j] != j - 1 for j in range(at[-1] + 1))]
         if not exposed:
             return True  # every request is a straight run from its row's start: nothing to get wrong
-        scored = forward_rows(self.model, [packs], self._pad_id())
+        try:
+            scored = forward_rows(self.model, [packs], self._pad_id())
+        except Exception as exc:  # Bloom, for one, builds its alibi from a 2-D mask and cannot take a 4-D one
+            record_packing_failure(self.model, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return False
         plain = super()._loglikelihood_tokens([requests[i] for i in exposed], disable_tqdm=True)
         per_token = sorted(abs(scored[i].logprob_sum - unpacked) / len(requests[i][2])
                            for i, (unpacked, _) in zip(exposed, plain))

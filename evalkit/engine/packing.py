@@ -292,6 +292,26 @@ def forward_rows(model, rows: list[list[Pack]], pad_id: int, keep_rows: bool = F
     return results
 
 
+def forward_unpacked(model, requests: list[tuple[list[int], list[int]]],
+                     keep_rows: bool = False) -> dict[int, PackedLogprobs]:
+    """Each (context, continuation) as its own sequence, one at a time: for a model that cannot
+    take the packed layout (no custom mask or position ids)."""
+    import torch
+
+    device = next(model.parameters()).device
+    results: dict[int, PackedLogprobs] = {}
+    for index, (context, continuation) in enumerate(requests):
+        ids = torch.tensor([context + continuation[:-1]], device=device)
+        with torch.no_grad():
+            logits = model(input_ids=ids, use_cache=False).logits[0, len(context) - 1 :].float()
+        rows = torch.log_softmax(logits, dim=-1).cpu()
+        target = torch.tensor(continuation)
+        picked = rows[torch.arange(len(continuation)), target]
+        results[index] = PackedLogprobs(float(picked.sum()), bool((rows.argmax(dim=-1) == target).all()),
+                                        picked.tolist(), rows.numpy() if keep_rows else None)
+    return results
+
+
 def _ancestors(parent: list[int]) -> "np.ndarray":
     """(n, n) booleans: token i sees token j when j is i or one of its ancestors in the pack."""
     import numpy as np
