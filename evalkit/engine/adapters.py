@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from evalkit.engine.base import Base
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, first_line
 from evalkit.record import MANIFEST_NAME, AdapterManifest, read_manifest
 from evalkit.settings import TrainSettings
 
@@ -105,7 +105,7 @@ def _adapter_config(adapter_dir: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise EvalkitError(f"not valid JSON: {str(exc).splitlines()[0]}", where=str(path)) from None
+        raise EvalkitError(f"not valid JSON: {first_line(exc)}", where=str(path)) from None
     if not isinstance(config, dict):
         raise EvalkitError("expected a JSON object", where=str(path))
     if config.get("peft_type") != "LORA":
@@ -147,7 +147,7 @@ def check_adapter_weights(adapter_dir: Path, model: Any) -> None:
         with safe_open(str(weights), framework="pt") as f:
             shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
     except (OSError, SafetensorError) as exc:
-        raise EvalkitError(f"unreadable adapter weights: {str(exc).splitlines()[0]}", where=str(weights)) from None
+        raise EvalkitError(f"unreadable adapter weights: {first_line(exc)}", where=str(weights)) from None
     # keys look like base_model.model.<module path>.lora_A.weight
     trained = {k.split(".lora_A")[0].removeprefix("base_model.model.") for k in shapes if ".lora_A" in k}
     modules = {name for name, module in model.named_modules() if not list(module.children())}

@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 
 from evalkit.engine.models import resolve_model
 from evalkit.engine.precision import float32_head, float32_residual
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, first_line
 from evalkit.offline import go_offline
 
 
@@ -71,7 +71,7 @@ def load_base(path: Path, dtype: str = "float32", device: str = "cpu",
         # adapter trained on the fp32 base is still accepted when run in bfloat16.
         model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto")
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
-        raise EvalkitError(f"cannot load the model: {str(exc).splitlines()[0]}", where=str(path)) from None
+        raise EvalkitError(f"cannot load the model: {first_line(exc)}", where=str(path)) from None
     fingerprint = weights_fingerprint(model)
     head = model.get_output_embeddings()
     kept = float32_head(head, device) if dtype != "float32" and isinstance(head, torch.nn.Linear) else None

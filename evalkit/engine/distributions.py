@@ -17,6 +17,7 @@ import numpy as np
 from evalkit.engine.base import context_limit
 from evalkit.engine.lm import packing_failed, record_packing_failure
 from evalkit.engine.packing import build_packs, forward_packs, forward_unpacked
+from evalkit.errors import first_line
 
 # What a decoder shows for the bytes of a character it has only part of.
 PARTIAL = "\ufffd"
@@ -49,7 +50,7 @@ def along_continuations(model, tokenizer, pairs: list[tuple[list[int], list[int]
             scored = forward_packs(model, build_packs(requests, context_limit(model, tokenizer)), batch_size, pad,
                                    keep_rows=True)
         except Exception as exc:  # a model that cannot take the packed layout (see EvalkitLM's check)
-            record_packing_failure(model, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            record_packing_failure(model, first_line(exc))
     if scored is None:
         scored = forward_unpacked(model, requests, keep_rows=True)
     out = [Along([], np.zeros((0, vocab), dtype=np.float32), 0.0, []) for _ in pairs]

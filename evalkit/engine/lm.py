@@ -19,6 +19,7 @@ from lm_eval.models.huggingface import HFLM  # noqa: E402
 
 from evalkit.engine.multi_lora import can_group, grouped  # noqa: E402
 from evalkit.engine.packing import PACK_TOKENS, build_packs, forward_packs, forward_rows  # noqa: E402
+from evalkit.errors import first_line  # noqa: E402
 
 log = logging.getLogger("evalkit")
 
@@ -167,7 +168,7 @@ class EvalkitLM(HFLM):
         try:
             scored = forward_rows(self.model, [packs], self._pad_id())
         except Exception as exc:  # Bloom, for one, builds its alibi from a 2-D mask and cannot take a 4-D one
-            record_packing_failure(self.model, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            record_packing_failure(self.model, first_line(exc))
             return False
         plain = super()._loglikelihood_tokens([requests[i] for i in exposed], disable_tqdm=True)
         per_token = sorted(abs(scored[i].logprob_sum - unpacked) / len(requests[i][2])

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, first_line
 from evalkit.files import atomic_directory, write_json_atomic
 from evalkit.offline import go_offline
 from evalkit.paths import cache_root
@@ -77,7 +77,7 @@ def converted_gguf(path: Path, log: Callable[[str], None]) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         quantized = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as exc:  # noqa: BLE001 - gguf and transformers raise many kinds for a bad file
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise EvalkitError(f"not a GGUF model transformers can read: {first}", where=str(path)) from None
     # from_pretrained keeps the model marked as quantized, and save_pretrained refuses it: a fresh
     # model of the same architecture without quantization_config takes its de-quantized weights.

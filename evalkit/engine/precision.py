@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 
+from evalkit.errors import first_line
+
 log = logging.getLogger("evalkit")
 
 
@@ -75,7 +77,7 @@ def float32_residual(model) -> bool:
             probe = torch.tensor([[1, 2, 3, 4]], device=next(model.parameters()).device)
             ok = bool(torch.isfinite(model(input_ids=probe, use_cache=False).logits).all())
     except Exception as exc:  # any failure of an architecture this does not fit: plain bf16 instead
-        ok, reason = False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        ok, reason = False, first_line(exc)
     else:
         reason = "non-finite logits"
     if not ok:
