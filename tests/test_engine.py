@@ -176,7 +176,7 @@ def test_generations_grouped_across_adapters_equal_one_model_at_a_time(arch, arc
                         or real_grouped(model, groups))
     grouped = run()
     assert calls and all(len(g) == 3 for g in calls), calls  # the base and both adapters together
-    monkeypatch.setattr(evalkit.engine.lm, "GROUP_KV_BYTES", 1)  # groups of one model: one at a time
+    monkeypatch.setattr(evalkit.engine.lm, "group_kv_budget", lambda model: 1)  # groups of one model: one at a time
     held = []  # adapters on the model right after each switch: a scored one is detached
     activate = AttachedAdapters.activate
     monkeypatch.setattr(AttachedAdapters, "activate", lambda self, name: activate(self, name)
@@ -189,3 +189,16 @@ def test_generations_grouped_across_adapters_equal_one_model_at_a_time(arch, arc
                 assert getattr(x, side)["generation"] == getattr(y, side)["generation"], (arch, x.item_id)
                 assert getattr(x, side)["kl"] == pytest.approx(getattr(y, side)["kl"], abs=1e-5)
     assert any(i.subject["generation"] != i.reference["generation"] for r in grouped for i in r.items)
+
+
+def test_vocabulary_key_is_remembered_until_tokens_are_added(world_tokenizer):
+    import copy
+
+    from evalkit.engine.evaluation import vocabulary_key
+
+    tokenizer = copy.deepcopy(world_tokenizer)
+    before = vocabulary_key(tokenizer)
+    assert vocabulary_key(tokenizer) == before == vocabulary_key(world_tokenizer)
+    tokenizer.add_tokens(["qqzx-new-token"])
+    assert vocabulary_key(tokenizer) != before
+    assert vocabulary_key(world_tokenizer) == before
