@@ -202,3 +202,14 @@ def test_vocabulary_key_is_remembered_until_tokens_are_added(world_tokenizer):
     tokenizer.add_tokens(["qqzx-new-token"])
     assert vocabulary_key(tokenizer) != before
     assert vocabulary_key(world_tokenizer) == before
+
+
+def test_generation_groups_grow_with_the_weights():
+    """A decode step reads every weight, so a larger model may hold more models' KV cache at once."""
+    import torch
+
+    from evalkit.engine.lm import GROUP_KV_BYTES, group_kv_budget
+
+    assert group_kv_budget(torch.nn.Linear(16, 16)) == GROUP_KV_BYTES
+    big = torch.nn.Linear(16384, 16384, bias=False, device="meta")  # 1 GiB of fp32 weights
+    assert group_kv_budget(big) == 2**28
