@@ -66,8 +66,7 @@ GROUP_KV_WEIGHT_SHARE = 0.25
 
 
 def group_kv_budget(model) -> int:
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return max(GROUP_KV_BYTES, int(GROUP_KV_WEIGHT_SHARE * weights))
+    return max(GROUP_KV_BYTES, int(GROUP_KV_WEIGHT_SHARE * sum(p.nbytes for p in model.parameters())))
 
 
 @register_model("evalkit-hf")

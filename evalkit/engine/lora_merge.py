@@ -19,6 +19,7 @@ embeddings, several active adapters, adapters disabled) keeps peft's path.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Any
 
 # The second copy of the adapted weights a fold holds, at most (SmolLM2 with every projection
 # adapted: 0.43 GB in fp32; a 7B model's would be 24 GB, where peft's path is the better deal).
@@ -29,7 +30,7 @@ def _foldable(model) -> list:
     import torch
     from peft.tuners.lora import Linear
 
-    layers = []
+    layers: list[Any] = []  # peft LoRA layers (untyped: their base layer's weight is what is read)
     for module in model.modules():
         if not isinstance(module, Linear) or module.disable_adapters or module.merged:
             continue
@@ -42,8 +43,7 @@ def _foldable(model) -> list:
         if module.get_base_layer().weight.dtype != torch.float32:
             continue
         layers.append(module)
-    weights: list = [m.get_base_layer().weight for m in layers]
-    size = sum(int(w.numel()) * int(w.element_size()) for w in weights)
+    size = sum(m.get_base_layer().weight.nbytes for m in layers)
     return layers if size <= FOLD_MAX_BYTES else []
 
 

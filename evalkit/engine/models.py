@@ -77,8 +77,7 @@ def converted_gguf(path: Path, log: Callable[[str], None]) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         quantized = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as exc:  # noqa: BLE001 - gguf and transformers raise many kinds for a bad file
-        first = first_line(exc)
-        raise EvalkitError(f"not a GGUF model transformers can read: {first}", where=str(path)) from None
+        raise EvalkitError(f"not a GGUF model transformers can read: {first_line(exc)}", where=str(path)) from None
     # from_pretrained keeps the model marked as quantized, and save_pretrained refuses it: a fresh
     # model of the same architecture without quantization_config takes its de-quantized weights.
     config = quantized.config

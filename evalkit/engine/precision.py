@@ -101,8 +101,7 @@ def _decoder_layers(model):
 def _is_norm(module) -> bool:
     import torch
 
-    name = type(module).__name__
-    return isinstance(module, torch.nn.LayerNorm) or name.endswith(("Norm", "RMSNorm", "LayerNorm"))
+    return isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("Norm")  # RMSNorm, LayerNorm, ...
 
 
 def _first_input_in_float32(_, args, kwargs):
