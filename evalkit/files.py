@@ -16,16 +16,15 @@ from typing import Any, Iterable, Iterator
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, first_line
 
 # Ids of scenes, suites, items, plans and named stacks: they name folders and files, so nothing
 # that could leave the folder they are written in (no '/', no '..', no leading dot), and short
 # enough for any file system.
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-# Written into every folder evalkit writes whole: only such a folder is ever replaced.
+# Written into every folder evalkit writes whole: only such a folder is ever replaced. (A file
+# evalkit also writes, such as evalkit.json, is no mark: a user's folder may hold one.)
 MARK = ".evalkit"
-# Folders an earlier evalkit wrote, before the mark: they hold one of these.
-EARLIER_MARKS = ("evalkit.json", "evalkit-base.json")
 
 
 # Characters that show nothing: text made only of these (and spaces) is empty.
@@ -46,20 +45,43 @@ def not_blank(text: str) -> str:
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error, not a
-    silent overwrite (a second `text:` in a scene would be the one trained)."""
+    silent overwrite (a second `text:` in a scene would be the one trained), a key must be a plain
+    value, and a date-like value stays text (`2024-02-30` is a string, not a failed date)."""
+
+
+_MERGE = "tag:yaml.org,2002:merge"
 
 
 def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE:  # `<<: *defaults`: merged below, and overridden by the keys given here
+            continue
         key = loader.construct_object(key_node, deep=deep)
-        if isinstance(key, (str, int, float, bool)) and key in seen:
+        if not isinstance(key, (str, int, float, bool, type(None))):
+            raise yaml.constructor.ConstructorError(None, None, f"a key must be a plain value, not a "
+                                                    f"{type(key).__name__}", key_node.start_mark)
+        if key in seen:
             raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice", key_node.start_mark)
         seen.add(key)
     return loader.construct_mapping(node, deep)
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file's contents; unreadable or not text is one line naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise EvalkitError("not a UTF-8 text file", where=str(path)) from None
+    except OSError as exc:
+        raise EvalkitError(f"cannot read: {exc.strerror or exc}", where=str(path)) from None
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
@@ -68,17 +90,55 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise EvalkitError("no such file", where=str(path))
     if not path.is_file():
         raise EvalkitError("not a file", where=str(path))
+    text = read_text(path)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise EvalkitError(f"not valid YAML{at}: {getattr(exc, 'problem', exc)}", where=str(path)) from None
-    except UnicodeDecodeError:
-        raise EvalkitError("not a UTF-8 text file", where=str(path)) from None
+    except RecursionError:
+        raise EvalkitError("not valid YAML: nested too deeply", where=str(path)) from None
+    except (ValueError, OverflowError, TypeError) as exc:  # a tagged value its type refuses (`!!float hi`)
+        raise EvalkitError(f"not valid YAML: {first_line(exc)}", where=str(path)) from None
     if not isinstance(data, dict):
         raise EvalkitError(f"expected a YAML mapping at the top, found {type(data).__name__}", where=str(path))
+    if _expands_beyond(data, MAX_YAML_VALUES):
+        raise EvalkitError(f"holds more than {MAX_YAML_VALUES:,} values once its aliases are expanded",
+                           where=str(path))
     return data
+
+
+# Values a YAML input may hold with its aliases expanded. An alias is one reference when loaded,
+# but everything after (templates, hashing, validation) walks it whole: ten nested aliases of ten
+# make 10^10 values from a dozen lines.
+MAX_YAML_VALUES = 2_000_000
+
+
+def _expands_beyond(data: Any, limit: int) -> bool:
+    """Whether walking `data` as a tree (each alias as often as it is used) visits over `limit` values."""
+    stack, seen = [data], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; unreadable, not text or not JSON is one line naming it."""
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise EvalkitError("not valid JSON: nested too deeply", where=str(path)) from None
+    except ValueError as exc:
+        raise EvalkitError(f"not valid JSON: {first_line(exc)}", where=str(path)) from None
 
 
 def validation_error(path: Path, exc: ValidationError, item: str | None = None, skip: int = 0) -> EvalkitError:
@@ -197,7 +257,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def made_by_evalkit(folder: Path) -> bool:
-    return any((folder / mark).is_file() for mark in (MARK, *EARLIER_MARKS))
+    return (folder / MARK).is_file()
 
 
 def check_replaceable(final: Path, inputs: Iterable[Path] = ()) -> None:
@@ -226,6 +286,41 @@ def check_replaceable(final: Path, inputs: Iterable[Path] = ()) -> None:
         raise EvalkitError("holds files evalkit did not write; refusing to replace it", where=str(final),
                            hint="choose a new or empty folder")
     check_writable(final.parent / f".{final.name}.new")  # the new folder is made beside it
+
+
+# What each single file evalkit writes carries near its start, so only such a file is replaced.
+HTML_SIGNATURE = '<meta name="generator" content="evalkit">'
+JUNIT_SIGNATURE = 'name="evalkit gate"'
+SCHEMA_SIGNATURE = '"$comment": "written by evalkit schema"'
+
+
+def check_file_replaceable(path: Path, signature: str, inputs: Iterable[Path] = ()) -> None:
+    """Before any work: a single file evalkit writes (a report, a schema, JUnit XML) may replace
+    only a file it wrote (one carrying `signature` near its start), and never an input."""
+    resolved = path.resolve()
+    for source in inputs:
+        if Path(source).resolve() == resolved:
+            raise EvalkitError(f"is an input of this command ({source}); choose another file", where=str(path))
+    try:
+        mode: int | None = path.lstat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise EvalkitError("is a folder; give a file", where=str(path))
+    if mode is not None and (stat.S_ISLNK(mode) or not stat.S_ISREG(mode)):
+        raise EvalkitError("is not a plain file; refusing to replace it", where=str(path))
+    if mode is not None and not _carries(path, signature):
+        raise EvalkitError("exists and was not written by evalkit; refusing to replace it", where=str(path),
+                           hint="choose a new file name")
+    check_writable(path)
+
+
+def _carries(path: Path, signature: str) -> bool:
+    try:
+        with path.open("rb") as fh:
+            return signature.encode() in fh.read(4096)
+    except OSError:
+        return False
 
 
 def _foreign(final: Path) -> bool:

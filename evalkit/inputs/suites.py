@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Union
@@ -54,6 +55,9 @@ class LoadedSuite(BaseModel):
 
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
+# Items (or groups) one suite may expand to: far beyond any probe set a run can score, and a
+# bound on what a few lines of fills can make.
+MAX_ITEMS = 100_000
 
 
 def expand_templates(data: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -69,7 +73,10 @@ def expand_templates(data: dict[str, Any], path: Path) -> dict[str, Any]:
         raise EvalkitError("fields 'templates' and 'fills': a list of items, and lists of words by name",
                            where=str(path))
     listing = "groups" if data.get("kind") == "consistency" else "items"
-    expanded = list(data.get(listing) or [])
+    existing = data.get(listing) or []
+    if not isinstance(existing, list):
+        raise EvalkitError(f"field '{listing}': expected a list", where=str(path))
+    expanded = list(existing)
     for k, template in enumerate(templates):
         if not isinstance(template, dict) or not isinstance(template.get("id"), str):
             raise EvalkitError(f"field 'templates.{k}': a template needs an 'id'", where=str(path))
@@ -78,6 +85,10 @@ def expand_templates(data: dict[str, Any], path: Path) -> dict[str, Any]:
         if unknown:
             raise EvalkitError(f"field 'templates.{k}': {{{unknown[0]}}} has no fill; fills: "
                                f"{', '.join(fills) or 'none'}", where=f"{path} [{template['id']}]")
+        count = math.prod(len(fills[u]) for u in used)
+        if len(expanded) + count > MAX_ITEMS:
+            raise EvalkitError(f"field 'templates.{k}': its fills make {count:,} {listing}; a suite holds at most "
+                               f"{MAX_ITEMS:,}", where=f"{path} [{template['id']}]")
         for n, values in enumerate(itertools.product(*(fills[u] for u in used)), start=1):
             fill = dict(zip(used, values))
             item = _fill(template, fill)
@@ -106,8 +117,8 @@ def _fill(value: Any, fill: dict[str, str]) -> Any:
 def load_suite(path: Path) -> LoadedSuite:
     data = expand_templates(read_yaml_mapping(path), path)
     kind = data.get("kind")
-    if kind not in KINDS:
-        shown = "missing" if kind is None else f"'{kind}'"
+    if not isinstance(kind, str) or kind not in KINDS:
+        shown = "missing" if kind is None else repr(kind)
         raise EvalkitError(f"field 'kind' is {shown}; allowed: {', '.join(KINDS)}", where=str(path))
     listing = "groups" if kind == "consistency" else "items"
     entries = data.get(listing)
@@ -147,7 +158,7 @@ def _check_unique_ids(path: Path, entries: list, nested: str | None) -> None:
         children = entry.get(nested) if nested else None
         for child in [entry, *(children if isinstance(children, list) else [])]:
             item_id = child.get("id") if isinstance(child, dict) else None
-            if item_id is None:
+            if not isinstance(item_id, str):  # absent or not text: the schema names it
                 continue
             if item_id in seen:
                 raise EvalkitError("field 'id': duplicate id", where=f"{path} [{item_id}]")
