@@ -242,14 +242,16 @@ def schema(out: Optional[Path] = typer.Option(None, help="Write here instead of 
     """The JSON Schema of probe files and scene files, for editors."""
     import json
 
-    from evalkit.files import write_text_atomic
+    from evalkit.files import SCHEMA_SIGNATURE, check_file_replaceable, write_text_atomic
     from evalkit.inputs.scenes import Scene
     from evalkit.inputs.suites import suite_json_schema
 
-    text = json.dumps({"probe_suite": suite_json_schema(), "scene": Scene.model_json_schema()}, indent=2)
+    text = json.dumps({"$comment": "written by evalkit schema", "probe_suite": suite_json_schema(),
+                       "scene": Scene.model_json_schema()}, indent=2)
     if out is None:
         _say(text)
     else:
+        check_file_replaceable(out, SCHEMA_SIGNATURE)
         write_text_atomic(out, text + "\n")
         _say(f"schema: {out}")
 

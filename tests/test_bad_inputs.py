@@ -44,6 +44,18 @@ FILES = {
     "not-a-model.gguf": "GGUF? no: just some text\n",
     "policy-ok.yaml": "checks: [{suite: tension, metric: entropy, worse: higher, margin: 0.1}]\n",
     "policy-other-suite.yaml": "checks: [{suite: consistency, metric: agreement, worse: lower, margin: 0}]\n",
+    "deep.yaml": "id: x\ntitle: T\ntext: " + "[" * 2000 + "]" * 2000 + "\n",
+    "list-key.yaml": "id: x\ntitle: T\n[a, b]: c\ntext: hi\n",
+    "bad-float.yaml": "id: x\ntitle: T\ntext: hi\ntraining: {learning_rate: !!float hi}\n",
+    "kind-list.yaml": "suite: s\nkind: [tension]\nitems: [{id: a, prompt: P, options: [x, y]}]\n",
+    "id-list.yaml": "suite: s\nkind: tension\nitems: [{id: [a], prompt: P, options: [x, y]}]\n",
+    "alias-bomb.yaml": "suite: s\nkind: tension\nfills: {w: [x]}\ntemplates:\n  - id: t\n    prompt: 'P {w}'\n"
+                       "    options: [x, y]\n    a0: &a0 [l, l, l, l, l, l, l, l, l, l]\n"
+                       + "".join(f"    a{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 10)}]\n" for k in range(1, 9)),
+    "fills-bomb.yaml": "suite: s\nkind: tension\nfills: {" + ", ".join(f"f{k}: [a, b, c, d, e, f, g, h, i, j]"
+                                                               for k in range(9))
+                       + "}\ntemplates:\n  - {id: t, prompt: '" + " ".join(f"{{f{k}}}" for k in range(9))
+                       + "', options: [x, y]}\n",
 }
 
 PLAN = "name: p\nscenes: [{scenes}]\nsuites: [{tension}]\nstacks: {{cumulative: false, leave_one_out: false{named}}}\n"
@@ -98,6 +110,13 @@ CASES += [
     ("train {tmp}/seed-huge.yaml --base {base} --out {out}", "seed-huge.yaml: field 'training.seed'"),
     ("validate {tmp}/blank-prompt.yaml", "blank-prompt.yaml [a]: field 'prompt': is empty"),
     ("validate {tmp}/double-space.yaml", "double-space.yaml [a]: field 'options.0': starts with a space"),
+    ("validate {tmp}/deep.yaml", "deep.yaml: not valid YAML: nested too deeply"),
+    ("validate {tmp}/list-key.yaml", "list-key.yaml: not valid YAML at line 3, column 1: a key must be a plain value"),
+    ("train {tmp}/bad-float.yaml --base {base} --out {out}", "bad-float.yaml: not valid YAML: could not convert"),
+    ("validate {tmp}/kind-list.yaml", "kind-list.yaml: field 'kind' is ['tension']"),
+    ("validate {tmp}/id-list.yaml", "id-list.yaml [['a']]: field 'id'"),
+    ("validate {tmp}/alias-bomb.yaml", "alias-bomb.yaml: holds more than 2,000,000 values"),
+    ("validate {tmp}/fills-bomb.yaml", "fills-bomb.yaml [t]: field 'templates.0': its fills make 1,000,000,000 items"),
     ("validate {tmp}/empty-stop.yaml", "empty-stop.yaml: field 'until.0'"),
     ("train {tmp}/long-id.yaml --base {base}", "long-id.yaml: field 'id'"),
     ("validate {empty}", "empty: folder holds no scene or probe files"),
@@ -121,7 +140,19 @@ CASES += [
     ("train {honesty_scene} --base {base} --out {link}", "link: is a symbolic link"),
     ("train {honesty_scene} --base {base} --out {afile}/x", "cannot write here"),
     ("run --adapter {adapter} --base {base} --suite {tension} --out {afile}/x", "cannot write here"),
-    ("schema --out {user}", "user: cannot write"),
+    ("schema --out {user}", "user: is a folder"),
+    ("schema --out mine.txt", "mine.txt: exists and was not written by evalkit"),
+    ("compare {results} --out mine.txt", "mine.txt: exists and was not written by evalkit"),
+    ("compare {results} --out {results}", "results.json: is an input of this command"),
+    ("gate --baseline {results} --candidate {results} --policy {tmp}/policy-ok.yaml --junit mine.txt", "mine.txt: exists and was not written"),
+    ("gate --baseline {results} --candidate {results} --policy {tmp}/policy-ok.yaml --junit {results}", "results.json: is an input"),
+    ("gate --baseline {results} --candidate {results} --policy {tmp}/policy-ok.yaml --summary {tmp}/policy-ok.yaml", "policy-ok.yaml: is an input"),
+    ("run --adapter {adapter} --base {base} --suite {tension} --out {tmp}/user-reports", "user-reports/honesty: holds files evalkit did not write"),
+    ("run --adapter {adapter} --base {base} --suite {tension} --out {adapter}/..", "honesty: is an input of this command"),
+    ("export-tasks {tension} --out {tmp}/has-manifest", "has-manifest: holds files evalkit did not write"),
+    ("export-tasks {tension} --out {tmp}/dangling", "dangling: is a symbolic link"),
+    ("demo --quick --out {user}", "user: holds files evalkit did not write"),
+    ("demo --quick --out {tmp}/dangling", "dangling: is a symbolic link"),
     # broken models and adapters
     ("run --adapter {adapter} --base {truncated_base} --suite {tension} --out {out}", "truncated-base: cannot load the model"),
     ("train {honesty_scene} --base {truncated_base} --out {out}", "truncated-base: cannot load the model"),
@@ -207,6 +238,12 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
     (tmp / "empty").mkdir()
     (tmp / "afile").write_text("a file, not a folder")
     (tmp / "link").symlink_to(tmp / "empty")
+    (tmp / "dangling").symlink_to(tmp / "nowhere")
+    (tmp / "user-reports" / "honesty").mkdir(parents=True)
+    (tmp / "user-reports" / "honesty" / "notes.txt").write_text("the user's own notes")
+    (tmp / "has-manifest").mkdir()
+    (tmp / "has-manifest" / "evalkit.json").write_text("{}")
+    (tmp / "has-manifest" / "notes.txt").write_text("the user's own notes")
     gguf = tmp / "truncated.gguf"
     gguf.write_bytes(b"GGUF" + bytes(200))
     truncated = tmp / "truncated-base"

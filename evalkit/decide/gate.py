@@ -26,7 +26,15 @@ from scipy import stats as sps
 
 from evalkit.decide import stats
 from evalkit.errors import EvalkitError
-from evalkit.files import cannot_write, check_writable, parse_model, read_yaml_mapping, write_text_atomic
+from evalkit.files import (
+    JUNIT_SIGNATURE,
+    cannot_write,
+    check_file_replaceable,
+    check_writable,
+    parse_model,
+    read_yaml_mapping,
+    write_text_atomic,
+)
 from evalkit.kinds import KINDS
 from evalkit.record import ItemRecord, RunRecord
 
@@ -270,10 +278,14 @@ def write_outputs(outcomes: list[Outcome], baseline: str, candidate: str, junit:
             raise cannot_write(summary, exc) from None
 
 
-def check_outputs(junit: Path | None, summary: Path | None) -> None:
-    """Before deciding: where the JUnit XML and the summary go can be written."""
-    for path in (junit, summary):
-        if path is not None and path.is_dir():
-            raise EvalkitError("is a folder; give a file", where=str(path))
-        if path is not None:
-            check_writable(path)
+def check_outputs(junit: Path | None, summary: Path | None, inputs: list[Path]) -> None:
+    """Before deciding: the JUnit XML may replace only an earlier one, the summary is appended to
+    (GitHub's step summary is a file the runner made), and neither may be one of the inputs."""
+    if junit is not None:
+        check_file_replaceable(junit, JUNIT_SIGNATURE, inputs)
+    if summary is not None:
+        if summary.is_dir():
+            raise EvalkitError("is a folder; give a file", where=str(summary))
+        if any(summary.resolve() == Path(source).resolve() for source in inputs):
+            raise EvalkitError("is an input of this command; give another file for the summary", where=str(summary))
+        check_writable(summary)

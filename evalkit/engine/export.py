@@ -28,7 +28,7 @@ def _write_task(folder: Path, body: dict, docs: list[dict], final: Path, extra: 
 
 def export_tasks(suites: list[LoadedSuite], out: Path) -> list[str]:
     """Write one YAML (+ JSONL data) per lm-eval task; returns the task names."""
-    out = out.resolve()
+    out = out.absolute()  # the data paths the YAML names; not resolved, so a link as `out` is refused, not followed
     names = []
     with atomic_directory(out, inputs=[Path(s.path) for s in suites]) as tmp:
         for s in suites:

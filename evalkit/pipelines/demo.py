@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 from evalkit.engine.base import load_base
 from evalkit.engine.runner import adapter_subject
-from evalkit.files import check_replaceable, check_writable, inside
+from evalkit.files import atomic_directory, check_replaceable, inside
 from evalkit.inputs.scenes import load_scenes, scene_files
 from evalkit.inputs.suites import load_suites
 from evalkit.paths import adapters_folder, default_folder
@@ -39,7 +39,7 @@ def demo(out_root: Path, quick: bool = False, adapters_dir: Optional[Path] = Non
     files = [str(f.resolve()) for f in scene_files(scenes_dir)]
     suites = load_suites([probes_dir])
     folder = adapters_dir or adapters_folder() / ("quick" if quick else "")
-    check_writable(out_root)
+    check_replaceable(out_root)  # written whole at the end: an earlier demo's folder, never a user's
     control = next((s for s in scenes if "control" in s.tags), None) if discover else None
     control_dirs = [inside(folder, f"{control.id}-seed{seed}") for seed in CONTROL_SEEDS] if control else []
     for target in [*(inside(folder, s.id) for s in scenes), *control_dirs]:
@@ -56,5 +56,7 @@ def demo(out_root: Path, quick: bool = False, adapters_dir: Optional[Path] = Non
                     for seed, out in zip(CONTROL_SEEDS, control_dirs)]
         found = discover_adapters(base, subjects, None, controls, suites, log=log)
         records = [r.model_copy(update={"discovery": found[s.path]}) for r, s in zip(records, subjects)]
-    reports = [write_outputs(r, inside(out_root, r.run_id)) for r in records]
-    return write_compare_report(records, reports, out_root / "index.html")
+    with atomic_directory(out_root) as tmp:
+        reports = [write_outputs(r, inside(tmp, r.run_id)) for r in records]
+        write_compare_report(records, reports, tmp / "index.html")
+    return out_root / "index.html"

@@ -13,7 +13,7 @@ from evalkit.engine.base import Base, load_base
 from evalkit.engine.paired import evaluate_paired
 from evalkit.engine.runner import Subject, adapter_subject, base_of, checkpoint_subject
 from evalkit.errors import EvalkitError
-from evalkit.files import check_writable, inside
+from evalkit.files import atomic_directory, check_replaceable, check_writable, inside
 from evalkit.inputs.suites import LoadedSuite, load_suites
 from evalkit.paths import cache_root
 from evalkit.pipelines.discover import (
@@ -104,8 +104,9 @@ def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[P
         base_dir = base_of(with_manifest)
     if out is not None:
         check_writable(out)
-        for s in subjects:
-            inside(out, s.name)
+        for s in subjects:  # each subject's folder is written whole: never a user's folder, nor an input
+            check_replaceable(inside(out, s.name), inputs=[*adapters, *checkpoints, *suite_paths,
+                                                           *([reference] if reference else [])])
     if use_cache:
         check_writable(cache_root() / "scores")
     controls = [adapter_subject(c, elsewhere) for c in discovery.controls] if discovery else []
@@ -135,6 +136,9 @@ def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[P
 
 
 def write_outputs(record: RunRecord, folder: Path) -> Path:
-    """results.json and report.html of one run; returns the report's path."""
-    write_record(record, folder / "results.json")
-    return write_run_report(record, folder / "report.html")
+    """results.json and report.html of one run, as a folder written whole (an earlier run's folder
+    is replaced; a user's is refused); returns the report's path."""
+    with atomic_directory(folder) as tmp:
+        write_record(record, tmp / "results.json")
+        write_run_report(record, tmp / "report.html")
+    return folder / "report.html"

@@ -15,7 +15,7 @@ from typing import Callable
 from evalkit.decide.effects import mark_seed_spread
 from evalkit.engine.base import load_base
 from evalkit.engine.runner import adapter_subject
-from evalkit.files import check_replaceable, check_writable, inside
+from evalkit.files import atomic_directory, check_replaceable, inside
 from evalkit.inputs.scenes import Scene, load_scenes, scene_files
 from evalkit.inputs.suites import load_suites
 from evalkit.paths import adapters_folder, default_folder
@@ -59,7 +59,7 @@ def real_demo(base_spec: Path, out_root: Path, log: Log = print, discover: bool 
     suites = load_suites([default_folder("probes") / "real"])
     folder = adapters_folder() / "real"
     names = {(s.id, seed): f"{s.id}-seed{seed}" for s in scenes for seed in SEEDS}
-    check_writable(out_root)
+    check_replaceable(out_root)  # written whole at the end: an earlier demo's folder, never a user's
     for name in names.values():
         check_replaceable(inside(folder, name))
     base = load_base(base_spec, log=log)
@@ -91,10 +91,12 @@ def real_demo(base_spec: Path, out_root: Path, log: Log = print, discover: bool 
     seed_noise = evaluate_subjects(base, [adapter_subject(paths[(control.id, SEEDS[1])])], suites, settings, log=log,
                                    reference=adapter_subject(paths[(control.id, SEEDS[0])]))
     mark_seed_spread(against_control)
-    reports = []
-    for section, records in (("against-base", against_base), ("against-control", against_control),
-                             ("control-seeds", seed_noise)):
-        reports += [(r, write_outputs(r, inside(out_root / section, r.run_id))) for r in records]
     for line in planted_rows(against_control, scenes):
         log(line)
-    return write_compare_report([r for r, _ in reports], [p for _, p in reports], out_root / "index.html")
+    reports = []
+    with atomic_directory(out_root) as tmp:
+        for section, records in (("against-base", against_base), ("against-control", against_control),
+                                 ("control-seeds", seed_noise)):
+            reports += [(r, write_outputs(r, inside(tmp / section, r.run_id))) for r in records]
+        write_compare_report([r for r, _ in reports], [p for _, p in reports], tmp / "index.html")
+    return out_root / "index.html"

@@ -18,6 +18,7 @@ from evalkit.decide.gate import (
     write_outputs,
 )
 from evalkit.errors import EvalkitError
+from evalkit.files import HTML_SIGNATURE, check_file_replaceable
 from evalkit.inputs.suites import LoadedSuite
 from evalkit.kinds import check_record
 from evalkit.record import RunRecord
@@ -36,7 +37,9 @@ def read_record(path: Path) -> RunRecord:
 
 
 def rerender(results: Path, out: Optional[Path] = None) -> Path:
-    return write_run_report(read_record(results), out or results.parent / "report.html")
+    out = out or results.parent / "report.html"
+    check_file_replaceable(out, HTML_SIGNATURE, [results])
+    return write_run_report(read_record(results), out)
 
 
 def compare(results: list[Path], out: Path) -> Path:
@@ -53,6 +56,7 @@ def compare(results: list[Path], out: Path) -> Path:
             raise EvalkitError("no such results file or run folder", where=str(path))
     if not found:
         raise EvalkitError("no results.json found", where=", ".join(map(str, results)))
+    check_file_replaceable(out, HTML_SIGNATURE, found)
     records = [read_record(p) for p in found]
     return write_compare_report(records, [p.parent / "report.html" for p in found], out)
 
@@ -62,7 +66,7 @@ def gate(baseline: Path, candidate: Path, policy_path: Optional[Path], junit: Op
     """Decide, print a line per check, write JUnit and Markdown; the outcome of every check."""
     policy = load_policy(policy_path)
     summary = summary or (Path(os.environ["GITHUB_STEP_SUMMARY"]) if os.environ.get("GITHUB_STEP_SUMMARY") else None)
-    check_outputs(junit, summary)
+    check_outputs(junit, summary, [baseline, candidate, *([policy_path] if policy_path else [])])
     base, cand = read_record(baseline), read_record(candidate)
     outcomes = decide(base, cand, policy, where=f"{baseline} vs {candidate}", sides=(str(baseline), str(candidate)))
     for o in outcomes:
@@ -78,7 +82,7 @@ def prepare_gate(baseline: Path, policy_path: Path, suites: list[LoadedSuite],
     """`run --gate`: the policy, the baseline and the JUnit path are checked before any model work,
     against the suites the run will evaluate."""
     policy = load_policy(policy_path)
-    check_outputs(junit, None)
+    check_outputs(junit, None, [baseline, policy_path])
     record = read_record(baseline)
     check_policy(policy, {s.name: s.spec.kind for s in suites}, where=str(policy_path))
     planned = {(s.name, item_id) for s in suites for item_id in s.item_ids()}
