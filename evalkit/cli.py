@@ -306,9 +306,11 @@ def power(
     target: float = typer.Option(0.8, "--power", help="The power wanted (1 - beta)."),
 ) -> None:
     """How many items (or clusters) each effect would need to find a given shift, from a run's spread."""
+    import math
+
     from evalkit.pipelines.reports import power as do_power
 
-    if not (shift > 0 and 0 < target < 1):
+    if not (0 < shift < math.inf and 0 < target < 1):
         raise EvalkitError(f"--shift must be above 0 and --power between 0 and 1, not {shift:g} and {target:g}")
     for line in do_power(results, shift, target):
         _say(line)

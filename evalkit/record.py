@@ -7,14 +7,14 @@ Modelled on inspect_ai's log: `version` first, every field documented where it i
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evalkit.errors import EvalkitError
-from evalkit.files import validation_error, write_text_atomic
+from evalkit.files import read_json, validation_error, write_text_atomic
 
 RECORD_VERSION = 2
 # Version 1 lacks the fields version 2 added as optional; it reads as it is.
@@ -64,11 +64,11 @@ class SuiteRef(_Record):
 
 
 class StatsRef(_Record):
-    alpha: float
+    alpha: float = Field(gt=0, lt=1)
     test: str
     resamples: int
     seed: int
-    power: float
+    power: float = Field(gt=0, lt=1)
     ci: str = "t"
     multiple_comparisons: str = "benjamini-hochberg over every testable effect of the run"
     neutral_margin: float | None = None
@@ -258,13 +258,25 @@ def write_record(record: RunRecord, path: Path) -> None:
     write_text_atomic(path, record.model_dump_json(indent=2) + "\n")
 
 
+def _not_finite(data: Any) -> tuple[str, float] | None:
+    """The first NaN or infinity in parsed JSON (Python's json reads NaN and Infinity), with where it is."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        at, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return at, value
+        children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        stack.extend((f"{at}.{key}" if at else str(key), child) for key, child in reversed(list(children)))
+    return None
+
+
 def read_record(path: Path) -> RunRecord:
     if not path.is_file():
         raise EvalkitError("no such results file", where=str(path))
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise EvalkitError(f"not valid JSON: {exc}", where=str(path)) from None
+    data = read_json(path)
+    odd = _not_finite(data)
+    if odd is not None:
+        raise EvalkitError(f"field '{odd[0]}': {odd[1]} is not a finite number", where=str(path))
     if isinstance(data, dict) and data.get("version") not in READABLE_VERSIONS:
         raise EvalkitError(f"record version {data.get('version')!r} is not one of "
                            f"{', '.join(map(str, READABLE_VERSIONS))}", where=str(path))
@@ -366,10 +378,7 @@ def read_manifest(folder: Path) -> Optional[TrainedManifest]:
     path = folder / MANIFEST_NAME
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise EvalkitError(f"not valid JSON: {exc}", where=str(path)) from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise EvalkitError("expected a JSON object", where=str(path))
     model = CheckpointManifest if data.get("kind") == "checkpoint" else AdapterManifest

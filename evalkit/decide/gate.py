@@ -52,8 +52,8 @@ class Check(BaseModel):
     """A per-item score (e.g. nll, entropy, margin) or a consistency group score (agreement, margin_variance)."""
     worse: Literal["lower", "higher"]
     """Which direction is a regression."""
-    margin: float = Field(ge=0)
-    """Tolerated worsening, in the metric's unit."""
+    margin: float = Field(ge=0, allow_inf_nan=False, strict=True)
+    """Tolerated worsening, in the metric's unit (a number: `true` or "0.1" is refused, not read as one)."""
     alpha: float | None = Field(default=None, gt=0, lt=1)
     """Overrides the policy's alpha for this check."""
 
@@ -177,7 +177,8 @@ def _values(pairs: list[tuple[ItemRecord, ItemRecord]], check: Check,
 def _group_scores(scores: Callable, items: list[ItemRecord], side: str) -> dict[str, dict[str, float]]:
     """Per-group scores of one side; a group whose item scores are not numbers is an input error."""
     try:
-        table = scores(items, "subject")
+        with np.errstate(over="ignore", invalid="ignore"):  # a non-finite group score is refused below
+            table = scores(items, "subject")
     except (KeyError, TypeError, ValueError) as exc:
         raise EvalkitError(f"item scores cannot make group scores: {exc!r}", where=side) from None
     for group, values in table.items():
@@ -197,8 +198,14 @@ def decide(baseline: RunRecord, candidate: RunRecord, policy: Policy, where: str
         if len(base) == 0:
             raise EvalkitError(f"no scores for {check.suite}/{check.metric} in both runs", where=where,
                                hint="check the suite and metric names against results.json")
-        worse = (cand - base) if check.worse == "higher" else (base - cand)  # positive = worse
-        spread = stats.interval_spread(worse, clusters)
+        with np.errstate(over="ignore", invalid="ignore"):  # scores near the float limit: refused below
+            worse = (cand - base) if check.worse == "higher" else (base - cand)  # positive = worse
+            spread = stats.interval_spread(worse, clusters)
+            finite = bool(np.isfinite(worse).all() and np.isfinite(worse.mean())
+                          and (spread.se is None or np.isfinite(spread.se)))
+        if not finite:
+            raise EvalkitError(f"{check.suite}/{check.metric}: the scores are too large to compare (their "
+                               "differences are not finite numbers)", where=where)
         measured.append((check, base, cand, worse, unit, spread, _p_worse_than(float(worse.mean()), check.margin,
                                                                               spread)))
     outcomes = []

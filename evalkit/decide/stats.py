@@ -255,7 +255,8 @@ def minimum_detectable_effect(spread: Spread, alpha: float, power: float) -> flo
 
 def items_needed(var_d: float, delta: float, alpha: float = 0.05, power: float = 0.8) -> int:
     """Items for a paired test to detect a mean difference delta: (z_{1-a/2}+z_{1-b})^2 var(d)/delta^2."""
-    return int(np.ceil(z_sum(alpha, power) ** 2 * var_d / delta**2))
+    # delta * delta, not delta**2: a huge delta then gives inf, not an OverflowError
+    return int(np.ceil(z_sum(alpha, power) ** 2 * var_d / (delta * delta)))
 
 
 def bh_qvalues(pvalues: Sequence[float]) -> list[float]:

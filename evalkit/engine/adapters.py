@@ -3,13 +3,13 @@ must pass before a run uses it, and attaching, switching and detaching adapters 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from evalkit.engine.base import Base
 from evalkit.errors import EvalkitError, first_line
+from evalkit.files import read_json
 from evalkit.record import MANIFEST_NAME, AdapterManifest, read_manifest
 from evalkit.settings import TrainSettings
 
@@ -102,10 +102,7 @@ def check_adapter_base(adapter_dir: Path, manifest: AdapterManifest, base: Base)
 
 def _adapter_config(adapter_dir: Path) -> dict[str, Any]:
     path = adapter_dir / "adapter_config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise EvalkitError(f"not valid JSON: {first_line(exc)}", where=str(path)) from None
+    config = read_json(path)
     if not isinstance(config, dict):
         raise EvalkitError("expected a JSON object", where=str(path))
     if config.get("peft_type") != "LORA":

@@ -168,6 +168,14 @@ class Kind:
             value = scores.get(name)
             if isinstance(value, bool) or not isinstance(value, kind):
                 return f"field '{name}': {value!r} is missing or not a {getattr(kind, '__name__', 'number')}"
+            odd = [v for v in value if not _finite(v)] if isinstance(value, list) else []
+            if odd:
+                return f"field '{name}': holds {odd[0]!r}, not a finite number"
+        tested = {m.name for m in self.tested}
+        for name in (*(n for n, _ in self.scores), *tested):  # every number, and every tested metric given
+            value = scores.get(name)
+            if name in scores and (_number(value) or name in tested) and not _finite(value):
+                return f"field '{name}': {value!r} is not a finite number"
         winner = scores.get("winner")
         if winner is not None and not (isinstance(winner, int) and 0 <= winner < len(options)):
             return f"field 'winner': {winner!r} is not the index of one of {len(options)} options"
@@ -175,3 +183,11 @@ class Kind:
 
     def metric(self, name: str) -> Optional[Metric]:
         return next((m for m in (*self.tested, *self.group_tested) if m.name == name), None)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return _number(value) and math.isfinite(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -113,7 +114,7 @@ def power(results: Path, shift: float, power: float = 0.8) -> list[str]:
     """From a run: per effect, its units, SE and MDE now, and how many units (items, or clusters
     where items share them) a true shift of `shift` would need to be found with `power` at the
     run's alpha: n = (z_{1-a/2} + z_power)^2 var / shift^2, var = SE^2 x units measured here."""
-    from evalkit.decide.stats import items_needed
+    from evalkit.decide.stats import items_needed, z_sum
 
     record = read_record(results)
     alpha = record.stats.alpha
@@ -121,10 +122,14 @@ def power(results: Path, shift: float, power: float = 0.8) -> list[str]:
              f"{'needed for ' + format(shift, 'g'):>16s}"]
     for e in record.effects:
         units = e.units or e.n
-        if e.se is None or units < 2:
+        variance = e.se * e.se * units if e.se is not None else math.nan  # a product, so huge is inf, not an error
+        count = z_sum(alpha, power) ** 2 * variance / (shift * shift) if shift * shift > 0 else math.inf
+        if units < 2 or not math.isfinite(variance):
             needed = "untestable"
+        elif count < 1e15:
+            needed = str(items_needed(variance, shift, alpha, power))
         else:
-            needed = str(items_needed(e.se ** 2 * units, shift, alpha, power))
+            needed = "over 1e15"
         mde = f"{e.mde:.3f}" if e.mde is not None else "-"
         se = f"{e.se:.3f}" if e.se is not None else "-"
         lines.append(f"{e.suite:20s} {e.metric:16s} {e.scope:22s} {units:5d} {se:>8s} {mde:>8s} {needed:>16s}")
