@@ -4,8 +4,9 @@ must pass before a run uses it, and attaching, switching and detaching adapters 
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from evalkit.engine.base import Base
 from evalkit.errors import EvalkitError, first_line
@@ -111,10 +112,26 @@ def _adapter_config(adapter_dir: Path) -> dict[str, Any]:
     rank = config.get("r")
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise EvalkitError(f"field 'r': {rank!r} is not a positive whole number", where=str(path))
+    alpha = config.get("lora_alpha", 8)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1e6:
+        raise EvalkitError(f"field 'lora_alpha': {alpha!r} is not a number between 0 and 1e6", where=str(path))
+    dropout = config.get("lora_dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise EvalkitError(f"field 'lora_dropout': {dropout!r} is not a number in [0, 1)", where=str(path))
+    for name in ("modules_to_save", "trainable_token_indices"):
+        if config.get(name):
+            raise EvalkitError(f"field '{name}': {config[name]!r}: evalkit runs LoRA layers only, not whole modules "
+                               "saved beside them", where=str(path))
     targets = config.get("target_modules")
     if not (isinstance(targets, str) or (isinstance(targets, list) and targets
                                          and all(isinstance(t, str) for t in targets))):
         raise EvalkitError(f"field 'target_modules': {targets!r} is not a module name list", where=str(path))
+    if isinstance(targets, str):
+        try:
+            re.compile(targets)
+        except re.error as exc:
+            raise EvalkitError(f"field 'target_modules': {targets!r} is not a regular expression ({exc})",
+                               where=str(path)) from None
     return config
 
 
@@ -143,7 +160,13 @@ def check_adapter_weights(adapter_dir: Path, model: Any) -> None:
     try:
         with safe_open(str(weights), framework="pt") as f:
             shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
-    except (OSError, SafetensorError) as exc:
+            for key in f.keys():  # LoRA weights are small: every one is read, so none is NaN or not a float
+                tensor = f.get_tensor(key)
+                if not tensor.is_floating_point():
+                    raise EvalkitError(f"weights '{key}' are {tensor.dtype}, not floating point", where=str(weights))
+                if not bool(tensor.isfinite().all()):
+                    raise EvalkitError(f"weights '{key}' hold NaN or infinite values", where=str(weights))
+    except (OSError, SafetensorError, RuntimeError) as exc:
         raise EvalkitError(f"unreadable adapter weights: {first_line(exc)}", where=str(weights)) from None
     # keys look like base_model.model.<module path>.lora_A.weight
     trained = {k.split(".lora_A")[0].removeprefix("base_model.model.") for k in shapes if ".lora_A" in k}
@@ -181,6 +204,20 @@ def _sizes(module: Any) -> tuple[int | None, int | None]:
     return (int(weight.shape[0]), int(weight.shape[1])) if weight is not None and weight.dim() == 2 else (None, None)
 
 
+@contextmanager
+def _attaching(path: Path) -> Iterator[None]:
+    """peft's own refusal of an adapter the checks above let through (a rank pattern, layers to
+    transform, ...) as one line naming the folder."""
+    try:
+        yield
+    except EvalkitError:
+        raise
+    except Exception as exc:  # whatever peft raises on a folder it cannot attach
+        said = " ".join(str(exc).split())  # peft's size errors name the weight on their second line
+        raise EvalkitError(f"peft cannot attach this adapter: {said[:300] or type(exc).__name__}",
+                           where=str(path)) from None
+
+
 class AttachedAdapters:
     """A run's adapters on its one base, each attached when first needed and detached once it is
     scored, so a run over hundreds of adapters holds only the few it is working on.
@@ -196,7 +233,9 @@ class AttachedAdapters:
 
         self.paths = paths
         first = next(iter(paths))
-        self.model = PeftModel.from_pretrained(base.model, str(paths[first]), adapter_name=first, is_trainable=False)
+        with _attaching(paths[first]):
+            self.model = PeftModel.from_pretrained(base.model, str(paths[first]), adapter_name=first,
+                                                   is_trainable=False)
         self.model.eval()
         self._in_model_dtype(first)
         self.attached = [first]
@@ -217,7 +256,8 @@ class AttachedAdapters:
         """Make sure the named adapters (None, the base, is skipped) are on the model."""
         for name in names:
             if name is not None and name not in self.attached:
-                self.model.load_adapter(str(self.paths[name]), adapter_name=name, is_trainable=False)
+                with _attaching(self.paths[name]):
+                    self.model.load_adapter(str(self.paths[name]), adapter_name=name, is_trainable=False)
                 self._in_model_dtype(name)
                 self.attached.append(name)
 

@@ -9,6 +9,7 @@ checkpoint is a separate model, loaded when its turn comes and released after.
 from __future__ import annotations
 
 import hashlib
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,18 @@ def check_inputs(base: Base, suites: list[LoadedSuite], adapters: list[Subject])
         check_adapter_weights(a.path, base.model)
 
 
+def check_finite(evaluated: Evaluated, path: Path) -> None:
+    """A model whose outputs overflow (weights of 1e38, a broken checkpoint) is named, not tested."""
+    for suite, items in evaluated.scores.items():
+        for item_id, scores in items.items():
+            for name, value in scores.items():
+                odd = [v for v in (value if isinstance(value, list) else [value])
+                       if isinstance(v, float) and not math.isfinite(v)]
+                if odd:
+                    raise EvalkitError(f"its outputs are not finite numbers ('{name}' of {suite}/{item_id} is "
+                                       f"{odd[0]})", where=str(path))
+
+
 class Runner:
     """Holds the one loaded base for a run (with the adapters it is working on attached), and
     the lm-eval model that serves it."""
@@ -201,6 +214,7 @@ class Runner:
             fp = ckpt.fingerprint
             evaluated = evaluate_model(ckpt.model, ckpt.tokenizer, lm, suites, cache=self._cache(fp, ckpt.tokenizer),
                                        **kwargs)
+            check_finite(evaluated, subject.path)
             return evaluated, fp, counts
         fp = self._fingerprint(subject)
         if subject is None:
@@ -220,6 +234,7 @@ class Runner:
                                        **kwargs)
         if subject is not None and self.adapters is not None:
             self.adapters.finish(self.adapter_names[subject.path])
+        check_finite(evaluated, subject.path if subject is not None else Path(self.base.path))
         return evaluated, fp, counts
 
     def evaluate_subjects(self, subjects: list[Subject],
