@@ -13,6 +13,14 @@ from typer.core import TyperGroup
 from evalkit.errors import EvalkitError
 from evalkit.offline import go_offline, quiet_progress_bars
 
+# typer vendors click; its UsageError (bad values, unknown options and commands) is BadParameter's base.
+_UsageError: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _usage_line(exc: Any) -> str:
+    command = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) is not None else ""
+    return " ".join(f"{command}{exc.format_message()} (see --help)".split())
+
 
 class _Commands(TyperGroup):
     """Every command's input errors become one line on stderr and exit code 2, whether evalkit
@@ -22,8 +30,25 @@ class _Commands(TyperGroup):
         try:
             return super().invoke(ctx)
         except EvalkitError as exc:
-            typer.echo(f"evalkit: error: {exc.line()}", err=True)
-            ctx.exit(2)
+            _fail(ctx, exc.line())
+        except _UsageError as exc:  # a bad option value, an unknown option: one line, not click's usage block
+            _fail(ctx, _usage_line(exc))
+        except OSError as exc:  # a path the system refuses (too long a name, no permission, a device error)
+            if exc.filename is None:
+                raise
+            _fail(ctx, f"{exc.filename}: {exc.strerror or exc}")
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:  # the group's own options (`evalkit --bogus`)
+        try:
+            return super().make_context(*args, **kwargs)
+        except _UsageError as exc:
+            typer.echo(f"evalkit: error: {_usage_line(exc)}", err=True)
+            raise SystemExit(2) from None
+
+
+def _fail(ctx: Any, line: str) -> None:
+    typer.echo(f"evalkit: error: {' '.join(line.split())}", err=True)
+    ctx.exit(2)
 
 
 app = typer.Typer(cls=_Commands, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -107,8 +132,8 @@ def scratch(
     from evalkit.training.scratch import read_corpus, train_scratch
 
     settings = _settings(ScratchSettings, steps=steps, seed=seed)
-    if demo_stories < 0:
-        raise EvalkitError(f"--demo-stories {demo_stories}: must be 0 or more")
+    if not 0 <= demo_stories <= 1_000_000:  # the plan's bound: a million stories is hours of training already
+        raise EvalkitError(f"--demo-stories {demo_stories}: must be between 0 and 1,000,000")
     loaded = load_scenes(scenes)
     texts = read_corpus(corpus) if corpus is not None else None
     check_replaceable(out, inputs=[scenes, *([corpus] if corpus is not None else [])])

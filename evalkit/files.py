@@ -106,6 +106,10 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     if _expands_beyond(data, MAX_YAML_VALUES):
         raise EvalkitError(f"holds more than {MAX_YAML_VALUES:,} values once its aliases are expanded",
                            where=str(path))
+    broken = _not_text(data)
+    if broken is not None:
+        raise EvalkitError(f"not valid YAML: {broken!r} holds a lone surrogate escape, which is no character",
+                           where=str(path))
     return data
 
 
@@ -113,6 +117,25 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
 # but everything after (templates, hashing, validation) walks it whole: ten nested aliases of ten
 # make 10^10 values from a dozen lines.
 MAX_YAML_VALUES = 2_000_000
+
+
+def _not_text(data: Any) -> str | None:
+    """The first string (key or value) that cannot be written as UTF-8: YAML's "\\ud800" escape
+    makes one, and a tokenizer refuses it far from the file."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return value[:40]
+    return None
 
 
 def _expands_beyond(data: Any, limit: int) -> bool:

@@ -104,7 +104,7 @@ class TrainSettings(_Settings):
     """AdamW learning rate (constant)."""
     rank: int = Field(default=8, ge=1, le=4096)
     """LoRA rank r."""
-    alpha: float = Field(default=16.0, gt=0)
+    alpha: float = Field(default=16.0, gt=0, le=1e6)
     """LoRA alpha: the update is scaled by alpha / r."""
     dropout: float = Field(default=0.0, ge=0, lt=1)
     """LoRA dropout."""

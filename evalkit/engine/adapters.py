@@ -53,13 +53,21 @@ def uses_conv1d(model) -> bool:
 def lora_config(base: Base, settings: TrainSettings) -> Any:
     """peft's LoraConfig for this base: the settings' targets, else those of its architecture;
     GPT-2's Conv1D handled."""
+    import torch
     from peft import LoraConfig
+    from transformers.pytorch_utils import Conv1D
 
     targets = settings.targets or lora_targets(base.model)
+    head = base.model.get_output_embeddings()
     leaves = {name.rsplit(".", 1)[-1] for name, _ in base.model.named_modules()}
-    missing = [t for t in targets if t not in leaves]
-    if missing:
-        raise EvalkitError(f"field 'targets': the base has no module '{missing[0]}'", where=base.path)
+    linear = {name.rsplit(".", 1)[-1] for name, module in base.model.named_modules()
+              if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head}
+    for target in targets:
+        if target not in leaves:
+            raise EvalkitError(f"field 'targets': the base has no module '{target}'", where=base.path)
+        if target not in linear:  # norms, embeddings, the output head: nothing evalkit runs LoRA on
+            raise EvalkitError(f"field 'targets': '{target}' is not a linear layer of the model's blocks; LoRA goes "
+                               f"on those ({', '.join(sorted(linear)[:8])})", where=base.path)
     alpha: Any = settings.alpha  # peft annotates it int; a float scales the same way
     return LoraConfig(r=settings.rank, lora_alpha=alpha, lora_dropout=settings.dropout, target_modules=targets,
                       task_type="CAUSAL_LM", fan_in_fan_out=uses_conv1d(base.model))

@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 from evalkit.engine.models import resolve_model
 from evalkit.engine.precision import float32_head, float32_residual
 from evalkit.errors import EvalkitError, first_line
+from evalkit.files import read_json
 from evalkit.offline import go_offline
 
 
@@ -65,6 +66,9 @@ def load_base(path: Path, dtype: str = "float32", device: str = "cpu",
     path = resolve_model(Path(path), log).resolve()
     if not (path / "config.json").is_file():
         raise EvalkitError("not a Hugging Face model folder (no config.json)", where=str(path))
+    if not isinstance(read_json(path / "config.json"), dict):
+        raise EvalkitError("expected a JSON object", where=str(path / "config.json"))
+    check_device(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         # Load as stored, fingerprint, then cast: the fingerprint names the weights on disk, so an
@@ -86,6 +90,19 @@ def load_base(path: Path, dtype: str = "float32", device: str = "cpu",
         tokenizer.pad_token = tokenizer.eos_token
     return Base(model=model, tokenizer=tokenizer, path=str(path), fingerprint=fingerprint,
                 model_type=model.config.model_type)
+
+
+def check_device(device: str) -> None:
+    """A CUDA device this torch can use, or one line saying it cannot (before anything loads)."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise EvalkitError(f"--device {device}: this torch sees no CUDA GPU (torch {torch.__version__})")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise EvalkitError(f"--device {device}: there are {torch.cuda.device_count()} CUDA GPUs")
 
 
 def context_limit(model, tokenizer) -> int:

@@ -103,6 +103,10 @@ def _expand(name: str, named: dict[str, list[str]], ids: set[str], trail: list[s
             out.append(member)
         else:
             raise EvalkitError(f"field 'stacks.named.{name}': unknown scene or stack '{member}'", where=where)
+        if len(out) > len(ids):  # some scene is in twice: said now, before stacks of stacks double it further
+            twice = next(m for m in out if out.count(m) > 1)
+            raise EvalkitError(f"field 'stacks.named.{trail[0] if trail else name}': scene '{twice}' appears twice",
+                               where=where)
     return out
 
 
@@ -144,6 +148,9 @@ def load_plan(path: Path) -> Resolved:
         unknown = [s for s in (spec.scenes or []) if s not in by_id]
         if unknown:
             raise EvalkitError(f"field 'scratch.{k}.scenes': unknown scene '{unknown[0]}'", where=where)
+        if spec.scenes and len(set(spec.scenes)) < len(spec.scenes):
+            twice = next(s for s in spec.scenes if spec.scenes.count(s) > 1)
+            raise EvalkitError(f"field 'scratch.{k}.scenes': scene '{twice}' is listed twice", where=where)
         scratch[spec.name] = [by_id[s] for s in spec.scenes] if spec.scenes else list(scenes)
     if plan.reference != "base" and plan.reference not in by_id:
         raise EvalkitError(f"field 'reference': '{plan.reference}' is neither 'base' nor a scene id", where=where)

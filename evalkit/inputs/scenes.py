@@ -82,6 +82,8 @@ class Scene(BaseModel):
             raise ValueError("give exactly one of 'text' or 'turns'")
         if not visible(self.body):
             raise ValueError("the scene's text is empty (only spaces or invisible characters)")
+        if self.chat is not None and not any(t.role == "assistant" for t in self.chat):
+            raise ValueError("a chat scene needs an assistant turn: the loss is on the assistant's turns only")
         return self
 
     @property

@@ -3,8 +3,11 @@ LoRA adapters and models trained from scratch both run through it."""
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any, Callable, Optional
+
+from evalkit.errors import EvalkitError
 
 # Early stopping looks at the mean loss of this many last steps (one step's loss is noisy).
 STOP_WINDOW = 5
@@ -61,6 +64,9 @@ def train_loop(model: Any, params: list, data: Any, *, block: int, batch_size: i
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
+        if not math.isfinite(loss.item()):  # diverged: every later step, and the adapter, would be NaN
+            raise EvalkitError(f"training diverged: the loss is {loss.item()} at step {step + 1}",
+                               hint="lower the learning rate or LoRA alpha")
         losses.append(round(loss.item(), 5))
         if on_step is not None:
             on_step(step, losses[-1])

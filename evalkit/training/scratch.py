@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from evalkit.errors import EvalkitError
-from evalkit.files import atomic_directory, stable_hash, write_json_atomic
+from evalkit.files import atomic_directory, read_text, stable_hash, write_json_atomic
 from evalkit.inputs.scenes import Scene
 from evalkit.record import CheckpointManifest, SceneRef, write_manifest
 from evalkit.settings import ScratchSettings
@@ -68,13 +68,14 @@ def train_causal_lm(ids: list[int], tokenizer: Any, s: ScratchSettings, out: Pat
 
 
 def read_corpus(path: Path) -> list[str]:
+    """Paragraphs of a .txt file, or of the .txt files of a folder (not its sub-folders)."""
     if not path.exists():
         raise EvalkitError("no such corpus file or folder", where=str(path))
-    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
-    try:
-        return [t for f in files for t in f.read_text(encoding="utf-8").split("\n\n") if t.strip()]
-    except UnicodeDecodeError:
-        raise EvalkitError("corpus is not UTF-8 text", where=str(path)) from None
+    files = sorted(f for f in path.glob("*.txt") if f.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if not f.is_file():  # a pipe or a device would block or never end
+            raise EvalkitError("not a plain file", where=str(f))
+    return [t for f in files for t in read_text(f).split("\n\n") if t.strip()]
 
 
 def scratch_key(scenes: list[Scene], tokenizer_dir: Path, settings: ScratchSettings, corpus: list[str] | None,
