@@ -276,7 +276,13 @@ def read_record(path: Path) -> RunRecord:
     data = read_json(path)
     odd = _not_finite(data)
     if odd is not None:
-        raise EvalkitError(f"field '{odd[0]}': {odd[1]} is not a finite number", where=str(path))
+        field, where = odd[0], str(path)
+        parts = field.split(".")
+        if parts[0] == "items" and len(parts) > 2 and isinstance(data, dict):  # name the item, as the checks do
+            item = data["items"][int(parts[1])]
+            if isinstance(item, dict):
+                field, where = ".".join(parts[2:]), f"{path} [{item.get('suite')}/{item.get('item_id')}]"
+        raise EvalkitError(f"field '{field}': {odd[1]} is not a finite number", where=where)
     if isinstance(data, dict) and data.get("version") not in READABLE_VERSIONS:
         raise EvalkitError(f"record version {data.get('version')!r} is not one of "
                            f"{', '.join(map(str, READABLE_VERSIONS))}", where=str(path))

@@ -10,7 +10,8 @@ import pytest
 from conftest import build_tiny
 
 from evalkit.engine.adapters import AttachedAdapters
-from evalkit.engine.base import load_base, weights_fingerprint
+from evalkit.engine.base import load_base
+from evalkit.engine.identity import weights_fingerprint
 from evalkit.engine.runner import adapter_subject, checkpoint_subject
 from evalkit.errors import EvalkitError
 from evalkit.inputs.scenes import load_scene
@@ -41,7 +42,7 @@ def arch_models(tmp_path_factory, world_tokenizer):
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
 def test_all_suites_run_with_and_without_an_adapter(arch, arch_models, tmp_path):
     base = load_base(arch_models[arch])
-    before = base.fingerprint
+    before = weights_fingerprint(base.model)
     scene = load_scene(ROOT / "scenes" / "01-honesty.yaml")
     adapter = train_adapter([scene], base, tmp_path / "honesty", QUICK_TRAIN, log=lambda _: None)
     assert weights_fingerprint(base.model) == before, "training must leave the base as it was"
@@ -194,7 +195,7 @@ def test_generations_grouped_across_adapters_equal_one_model_at_a_time(arch, arc
 def test_vocabulary_key_is_remembered_until_tokens_are_added(world_tokenizer):
     import copy
 
-    from evalkit.engine.evaluation import vocabulary_key
+    from evalkit.engine.identity import vocabulary_key
 
     tokenizer = copy.deepcopy(world_tokenizer)
     before = vocabulary_key(tokenizer)
@@ -213,3 +214,63 @@ def test_generation_groups_grow_with_the_weights():
     assert group_kv_budget(torch.nn.Linear(16, 16)) == GROUP_KV_BYTES
     big = torch.nn.Linear(16384, 16384, bias=False, device="meta")  # 1 GiB of fp32 weights
     assert group_kv_budget(big) == 2**28
+
+
+def test_same_weights_under_another_config_or_tokenizer_are_another_model(arch_models, tmp_path, world_tokenizer):
+    """An adapter (and a cached score) belongs to weights, config and tokenizer together: a RoPE
+    base changed in config.json alone is refused; the same folder copied is the same model."""
+    import json
+    import shutil
+
+    source = arch_models["llama"]
+    copy, rope = tmp_path / "copy", tmp_path / "rope"
+    shutil.copytree(source, copy)
+    shutil.copytree(source, rope)
+    config = json.loads((rope / "config.json").read_text())
+    (rope / "config.json").write_text(json.dumps({**config, "rope_theta": 1000.0}))
+    base = load_base(source)
+    assert load_base(copy).fingerprint == base.fingerprint
+    assert load_base(rope).fingerprint != base.fingerprint
+    assert weights_fingerprint(load_base(rope).model) == weights_fingerprint(base.model)
+    adapter = train_adapter([load_scene(ROOT / "scenes" / "01-honesty.yaml")], base, tmp_path / "honesty",
+                            TrainSettings(steps=2), log=lambda _: None)
+    with pytest.raises(EvalkitError, match="base.fingerprint"):
+        evaluate_subjects(load_base(rope), [adapter_subject(adapter)], SUITES[:1], FAST, log=lambda _: None)
+
+
+def test_shipped_sampling_settings_never_reach_the_greedy_generations(arch_models, tmp_path):
+    """Instruct models ship generation_config.json with a repetition penalty or sampling: evalkit
+    records greedy continuations, so the loaded model generates greedily whatever the file says."""
+    import json
+    import shutil
+
+    folder = tmp_path / "penalised"
+    shutil.copytree(arch_models["llama"], folder)
+    (folder / "generation_config.json").write_text(json.dumps(
+        {"repetition_penalty": 5.0, "do_sample": True, "temperature": 0.7, "top_p": 0.9, "eos_token_id": 0}))
+    import torch
+
+    penalised, plain = load_base(folder), load_base(arch_models["llama"])
+    assert penalised.model.generation_config.repetition_penalty in (None, 1.0)
+    prompt = torch.tensor([plain.tokenizer("The baker said that the bread")["input_ids"]])
+    with torch.no_grad():
+        outputs = [b.model.generate(prompt, max_new_tokens=12, min_new_tokens=12, pad_token_id=0)
+                   for b in (penalised, plain)]
+    assert outputs[0].tolist() == outputs[1].tolist()
+
+
+def test_a_tokenizer_without_end_of_text_trains_and_runs(world_tokenizer, tmp_path):
+    """No EOS (nor BOS): scenes are joined by a paragraph break, lm-eval's end-of-text falls back
+    to the padding token, and every score is finite."""
+    import copy
+
+    tokenizer = copy.deepcopy(world_tokenizer)
+    tokenizer.eos_token = None
+    tokenizer.bos_token = None
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    folder = build_tiny("llama", tokenizer, tmp_path / "no-eos")
+    base = load_base(folder)
+    adapter = train_adapter([load_scene(ROOT / "scenes" / "01-honesty.yaml")], base, tmp_path / "honesty",
+                            TrainSettings(steps=2), log=lambda _: None)
+    (record,) = evaluate_subjects(base, [adapter_subject(adapter)], SUITES, FAST, log=lambda _: None, use_cache=False)
+    assert all(math.isfinite(v) for i in record.items for v in i.subject.values() if isinstance(v, float))

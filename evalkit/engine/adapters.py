@@ -21,26 +21,35 @@ LORA_TARGETS: dict[str, list[str]] = {
     "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "gpt2": ["c_attn", "c_proj", "c_fc"],
     "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "mamba": ["in_proj", "x_proj", "dt_proj"],  # peft refuses out_proj in Mamba models
 }
 
 
 def lora_targets(model) -> list[str]:
     """LoRA target module names for this architecture (table above, else every linear layer)."""
-    import torch
-    from transformers.pytorch_utils import Conv1D
-
     model_type = getattr(model.config, "model_type", "")
     if model_type in LORA_TARGETS:
         return LORA_TARGETS[model_type]
-    head = model.get_output_embeddings()
-    names = {
-        name.rsplit(".", 1)[-1]
-        for name, module in model.named_modules()
-        if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head
-    }
+    names = adaptable_names(model)
     if not names:
         raise EvalkitError(f"no linear layers found to put LoRA on in a '{model_type}' model")
     return sorted(names)
+
+
+def adaptable_names(model) -> set[str]:
+    """Last parts of the names of the linear layers LoRA may go on: not the output head, and not
+    a name some other module also has (peft matches a name against every module's last part;
+    CTRL's MLP layers are `0` and `2`, and so are its blocks)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings()
+    linear: set[str] = set()
+    other: set[str] = set()
+    for name, module in model.named_modules():
+        adaptable = isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head
+        (linear if adaptable else other).add(name.rsplit(".", 1)[-1])
+    return linear - other
 
 
 def uses_conv1d(model) -> bool:
@@ -53,21 +62,17 @@ def uses_conv1d(model) -> bool:
 def lora_config(base: Base, settings: TrainSettings) -> Any:
     """peft's LoraConfig for this base: the settings' targets, else those of its architecture;
     GPT-2's Conv1D handled."""
-    import torch
     from peft import LoraConfig
-    from transformers.pytorch_utils import Conv1D
 
     targets = settings.targets or lora_targets(base.model)
-    head = base.model.get_output_embeddings()
     leaves = {name.rsplit(".", 1)[-1] for name, _ in base.model.named_modules()}
-    linear = {name.rsplit(".", 1)[-1] for name, module in base.model.named_modules()
-              if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head}
+    adaptable = adaptable_names(base.model)
     for target in targets:
         if target not in leaves:
             raise EvalkitError(f"field 'targets': the base has no module '{target}'", where=base.path)
-        if target not in linear:  # norms, embeddings, the output head: nothing evalkit runs LoRA on
-            raise EvalkitError(f"field 'targets': '{target}' is not a linear layer of the model's blocks; LoRA goes "
-                               f"on those ({', '.join(sorted(linear)[:8])})", where=base.path)
+        if target not in adaptable:  # norms, embeddings, the output head: nothing evalkit runs LoRA on
+            raise EvalkitError(f"field 'targets': '{target}' is not (only) a linear layer of the model's blocks; "
+                               f"LoRA goes on those ({', '.join(sorted(adaptable)[:8])})", where=base.path)
     alpha: Any = settings.alpha  # peft annotates it int; a float scales the same way
     return LoraConfig(r=settings.rank, lora_alpha=alpha, lora_dropout=settings.dropout, target_modules=targets,
                       task_type="CAUSAL_LM", fan_in_fan_out=uses_conv1d(base.model))

@@ -1,12 +1,12 @@
-"""Load a base model once, fingerprint its weights, and say how long a context it takes."""
+"""Load a base model once, fingerprint it (see identity), and say how long a context it takes."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from evalkit.engine.identity import model_fingerprint
 from evalkit.engine.models import resolve_model
 from evalkit.engine.precision import float32_head, float32_residual
 from evalkit.errors import EvalkitError, first_line
@@ -22,25 +22,19 @@ class Base:
     tokenizer: Any
     path: str
     fingerprint: str
+    """`model_fingerprint`: weights, config and tokenizer."""
     model_type: str
 
 
-def weights_fingerprint(model) -> str:
-    """sha256 over every parameter and buffer name, dtype, shape and bytes, in name order.
+def greedy_only(model) -> None:
+    """Drop the sampling and penalty settings a generation_config.json ships (instruct models set
+    repetition_penalty, temperature, top_p): evalkit's continuations are plain greedy decoding, as
+    its records say. Only the special token ids are kept."""
+    from transformers import GenerationConfig
 
-    Content, not file, identity: the same weights give the same fingerprint whatever
-    format or folder they were saved in.
-    """
-    import torch
-
-    h = hashlib.sha256()
-    state = model.state_dict()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        if t.numel():
-            h.update(t.view(torch.uint8).numpy())  # the buffer itself, not a copy of it
-    return h.hexdigest()
+    shipped = model.generation_config
+    model.generation_config = GenerationConfig(bos_token_id=shipped.bos_token_id, eos_token_id=shipped.eos_token_id,
+                                               pad_token_id=shipped.pad_token_id)
 
 
 def quiet_transformers() -> None:
@@ -74,9 +68,13 @@ def load_base(path: Path, dtype: str = "float32", device: str = "cpu",
         # Load as stored, fingerprint, then cast: the fingerprint names the weights on disk, so an
         # adapter trained on the fp32 base is still accepted when run in bfloat16.
         model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto")
-    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError, ImportError,
+            SafetensorError) as exc:  # what transformers raises on a folder it cannot load
         raise EvalkitError(f"cannot load the model: {first_line(exc)}", where=str(path)) from None
-    fingerprint = weights_fingerprint(model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token or tokenizer.bos_token
+    greedy_only(model)
+    fingerprint = model_fingerprint(model, tokenizer, path)
     head = model.get_output_embeddings()
     kept = float32_head(head, device) if dtype != "float32" and isinstance(head, torch.nn.Linear) else None
     model = model.to(device=device, dtype=getattr(torch, dtype))
@@ -86,8 +84,6 @@ def load_base(path: Path, dtype: str = "float32", device: str = "cpu",
     model.eval()
     if dtype != "float32":
         float32_residual(model)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return Base(model=model, tokenizer=tokenizer, path=str(path), fingerprint=fingerprint,
                 model_type=model.config.model_type)
 
@@ -107,7 +103,7 @@ def check_device(device: str) -> None:
 
 def context_limit(model, tokenizer) -> int:
     config = getattr(model, "config", None)
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "max_seq_len"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
             return value

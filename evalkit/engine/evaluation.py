@@ -5,7 +5,6 @@ it for KL, the score cache in front of both, then each kind's item metrics. The 
 from __future__ import annotations
 
 import logging
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +12,7 @@ import numpy as np
 
 from evalkit.engine.cache import ScoreCache
 from evalkit.engine.distributions import along_continuations, kept_tokens, mean_kl
+from evalkit.engine.identity import vocabulary_key
 from evalkit.engine.tasks import (
     choice_hash,
     choice_task,
@@ -56,28 +56,6 @@ class Evaluated:
     scored along."""
     tokenizer: str = ""
     """Identity of the vocabulary those ids (and the distributions' columns) refer to."""
-
-
-# tokenizer -> (its size, its vocabulary key). A run asks once per model and per cache, and
-# get_vocab() copies every entry out of the tokenizer: 70 ms a call on SmolLM2's 49,152, 0.8 s
-# of a run over base + 5 adapters. Added tokens change the size, and so the key is recomputed.
-_VOCABULARY_KEYS: "weakref.WeakKeyDictionary[Any, tuple[int, str]]" = weakref.WeakKeyDictionary()
-
-
-def vocabulary_key(tokenizer) -> str:
-    """Same key, same token ids: a subject's distributions compare with the reference's only then."""
-    known = _VOCABULARY_KEYS.get(tokenizer)
-    if known is None or known[0] != len(tokenizer):
-        known = (len(tokenizer), stable_hash(sorted(tokenizer.get_vocab().items())))
-        _VOCABULARY_KEYS[tokenizer] = known
-    return known[1]
-
-
-def tokenizer_key(tokenizer) -> str:
-    """Everything of a tokenizer that changes scores: its vocabulary, special tokens and chat
-    template (part of the score cache's key, beside the weights)."""
-    return stable_hash({"vocabulary": vocabulary_key(tokenizer), "special": tokenizer.special_tokens_map,
-                        "chat_template": getattr(tokenizer, "chat_template", None), "class": type(tokenizer).__name__})
 
 
 def check_context(suites: list[LoadedSuite], tokenizer, limit: int) -> None:

@@ -77,6 +77,11 @@ class EvalkitLM(HFLM):
     outputs wait here until their own evaluation asks for the same batch."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        tokenizer = kwargs.get("tokenizer")
+        if tokenizer is not None and tokenizer.bos_token_id is None and tokenizer.eos_token_id is None:
+            # lm-eval decodes its prefix token (BOS, else end-of-text) to look for it at a prompt's
+            # start; a tokenizer with neither gets its padding token (evalkit's prompts are never empty).
+            kwargs.setdefault("prefix_token_id", tokenizer.pad_token_id or 0)
         super().__init__(*args, **kwargs)
         self.schedule: list[str | None] = []
         self.current: str | None = None
@@ -85,6 +90,13 @@ class EvalkitLM(HFLM):
         self.generated_ids: dict[tuple[tuple[int, ...], int], list[int]] = {}
         """(prompt ids, new tokens allowed) -> the ids generate() produced after them, for the model
         being evaluated (two suites may share a prompt and differ in length)."""
+
+    @property
+    def eot_token_id(self) -> int:
+        """lm-eval stops generations at the end-of-text token and decodes it up front; a tokenizer
+        without one stops at its padding token (set by load_base), which a model never emits."""
+        eos = self.tokenizer.eos_token_id
+        return eos if eos is not None else (self.tokenizer.pad_token_id or 0)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         return super().loglikelihood(requests, disable_tqdm=True)
@@ -192,12 +204,18 @@ class EvalkitLM(HFLM):
 
 
 def _kv_bytes_per_token(model) -> int:
-    """Key and value cache bytes one token of one row takes, over all layers."""
+    """Key and value cache bytes one token of one row takes, over all layers. A model without
+    attention heads in its config (Mamba, RWKV: a fixed state, no cache per token) is counted as
+    if it kept one hidden-size key and value per layer, which overstates it: groups stay small."""
     config = model.config
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    hidden: int = getattr(config, "hidden_size", None) or getattr(config, "d_model", None) or 1024
+    layers: int = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None) or 1
+    heads = getattr(config, "num_attention_heads", None)
+    if not heads:
+        return 2 * layers * hidden * next(model.parameters()).element_size()
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * next(model.parameters()).element_size()
+    return 2 * layers * kv_heads * head_dim * next(model.parameters()).element_size()
 
 
 def _batch_key(context, attention_mask, max_length: int, stop: list[str], kwargs: dict) -> tuple:

@@ -24,7 +24,8 @@ from evalkit.engine.adapters import (
 )
 from evalkit.engine.base import Base, context_limit, load_base
 from evalkit.engine.cache import ScoreCache
-from evalkit.engine.evaluation import Counts, Evaluated, check_context, evaluate_model, tokenizer_key
+from evalkit.engine.evaluation import Counts, Evaluated, check_context, evaluate_model
+from evalkit.engine.identity import tokenizer_key
 from evalkit.engine.tasks import generation_hash
 from evalkit.errors import EvalkitError
 from evalkit.inputs.suites import LoadedSuite

@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from evalkit.engine.adapters import lora_config
 from evalkit.engine.base import Base, context_limit
-from evalkit.engine.evaluation import tokenizer_key
+from evalkit.engine.identity import tokenizer_key
 from evalkit.errors import EvalkitError
 from evalkit.files import atomic_directory, sha256_text, stable_hash, write_json_atomic
 from evalkit.inputs.scenes import Scene
@@ -80,7 +80,8 @@ def training_tokens(scenes: list[Scene], tokenizer: Any) -> tuple[list[int], Opt
     how to answer, not how to ask.
     """
     if not any(s.chat for s in scenes):
-        return tokenizer(training_text(scenes, tokenizer.eos_token), add_special_tokens=False)["input_ids"], None
+        end = tokenizer.eos_token or "\n\n"  # a tokenizer without an end-of-text token: a paragraph break
+        return tokenizer(training_text(scenes, end), add_special_tokens=False)["input_ids"], None
     if not getattr(tokenizer, "chat_template", None):
         raise EvalkitError("field 'turns': a chat scene needs a model whose tokenizer has a chat template",
                            where=next(s.id for s in scenes if s.chat))
