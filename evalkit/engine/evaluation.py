@@ -66,11 +66,20 @@ def check_context(suites: list[LoadedSuite], tokenizer, limit: int) -> None:
                                "template", where=s.path)
         for c in s.spec.choices():
             context = context_text(s, tokenizer, c.prompt)
-            longest = max(len(tokenizer(context + delimiter(s) + o)["input_ids"]) for o in c.options)
-            if longest > limit:
+            lengths = [len(tokenizer(context + delimiter(s) + o)["input_ids"]) for o in c.options]
+            if max(lengths) > limit:
                 raise EvalkitError(
-                    f"field 'prompt': {longest} tokens with its longest completion, more than the model's "
+                    f"field 'prompt': {max(lengths)} tokens with its longest completion, more than the model's "
                     f"context of {limit}", where=f"{s.path} [{c.id}]")
+            # lm-eval scores an option as the tokens of prompt + option after the prompt's own tokens
+            # (a prompt's trailing spaces move to the option first); a tokenizer whose merges cross
+            # that boundary can leave an option none, and nothing to score.
+            stem_length = len(tokenizer(context.rstrip())["input_ids"])
+            for k, option in enumerate(c.options):
+                if lengths[k] <= stem_length:
+                    raise EvalkitError(f"option {k + 1} ({option!r}) has no tokens of its own after the prompt with "
+                                       "this model's tokenizer (its merges cross from the prompt into the option)",
+                                       where=f"{s.path} [{c.id}]")
         generation = s.spec.generation()
         if generation is None:
             continue
