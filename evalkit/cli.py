@@ -18,7 +18,8 @@ _UsageError: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c._
 
 
 def _usage_line(exc: Any) -> str:
-    command = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) is not None else ""
+    ctx = getattr(exc, "ctx", None)
+    command = f"{ctx.info_name}: " if ctx is not None and ctx.parent is not None else ""  # the subcommand
     return " ".join(f"{command}{exc.format_message()} (see --help)".split())
 
 

@@ -52,6 +52,10 @@ FILES = {
     "alias-bomb.yaml": "suite: s\nkind: tension\nfills: {w: [x]}\ntemplates:\n  - id: t\n    prompt: 'P {w}'\n"
                        "    options: [x, y]\n    a0: &a0 [l, l, l, l, l, l, l, l, l, l]\n"
                        + "".join(f"    a{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 10)}]\n" for k in range(1, 9)),
+    "policy-inf-margin.yaml": "checks: [{suite: tension, metric: entropy, worse: higher, margin: .inf}]\n",
+    "policy-text-margin.yaml": "checks: [{suite: tension, metric: entropy, worse: higher, margin: '0.1'}]\n",
+    "chat-no-assistant.yaml": "id: x\ntitle: T\nturns:\n  - {role: user, content: hello}\n",
+    "surrogate.yaml": "id: x\ntitle: T\ntext: \"a \\ud800 b\"\n",
     "fills-bomb.yaml": "suite: s\nkind: tension\nfills: {" + ", ".join(f"f{k}: [a, b, c, d, e, f, g, h, i, j]"
                                                                for k in range(9))
                        + "}\ntemplates:\n  - {id: t, prompt: '" + " ".join(f"{{f{k}}}" for k in range(9))
@@ -153,6 +157,25 @@ CASES += [
     ("export-tasks {tension} --out {tmp}/dangling", "dangling: is a symbolic link"),
     ("demo --quick --out {user}", "user: holds files evalkit did not write"),
     ("demo --quick --out {tmp}/dangling", "dangling: is a symbolic link"),
+    ("run --adapter {adapter} --reference {adapter} --base {base} --suite {tension} --out {out}", "is both the reference and a subject"),
+    # option values click refuses: one line too, not its usage block
+    ("run --adapter {adapter} --batch-size abc --out {out}", "error: run: Invalid value for '--batch-size'"),
+    ("run --adapter {adapter} --bogus --out {out}", "error: run: No such option: --bogus"),
+    ("power {results} --shift 1e-300 --power 2", "--shift must be above 0 and --power between 0 and 1"),
+    # adapters whose config or weights peft would trip over mid-run
+    ("run --adapter {alpha_text} --base {base} --suite {tension} --out {out}", "field 'lora_alpha': 'sixteen'"),
+    ("run --adapter {dropout_two} --base {base} --suite {tension} --out {out}", "field 'lora_dropout': 2"),
+    ("run --adapter {saves_head} --base {base} --suite {tension} --out {out}", "field 'modules_to_save'"),
+    ("run --adapter {bad_regex} --base {base} --suite {tension} --out {out}", "field 'target_modules': '(' is not a regular expression"),
+    ("run --adapter {nan_weights} --base {base} --suite {tension} --out {out}", "hold NaN or infinite values"),
+    ("train {honesty_scene} --base {base} --out {out} --targets lm_head", "'lm_head' is not (only) a linear layer"),
+    ("train {honesty_scene} --base {base} --out {out} --targets input_layernorm", "'input_layernorm' is not (only) a linear layer"),
+    ("train {honesty_scene} --base {base} --out {out} --alpha 1e308", "--alpha 1e+308"),
+    ("train {tmp}/chat-no-assistant.yaml --base {base} --out {out}", "chat-no-assistant.yaml: a chat scene needs an assistant turn"),
+    ("train {tmp}/surrogate.yaml --base {base} --out {out}", "surrogate.yaml: not valid YAML: 'a \\ud800 b' holds a lone surrogate"),
+    ("gate --baseline {results} --candidate {results} --policy {tmp}/policy-inf-margin.yaml", "field 'checks.0.margin': Input should be a finite number"),
+    ("gate --baseline {results} --candidate {results} --policy {tmp}/policy-text-margin.yaml", "field 'checks.0.margin'"),
+    ("report {nan_effect_results}", "field 'effects.0.se': nan is not a finite number"),
     # broken models and adapters
     ("run --adapter {adapter} --base {truncated_base} --suite {tension} --out {out}", "truncated-base: cannot load the model"),
     ("train {honesty_scene} --base {truncated_base} --out {out}", "truncated-base: cannot load the model"),
@@ -190,6 +213,9 @@ CASES += [
     ("discover --adapter {adapter} --base {base} --suite {tension} --out {out} --control {twin}", "twin: has the same weights as"),
     ("run --checkpoint {base} --base {base} --suite {tension} --out {out} --discover", "--discover looks inside adapters"),
 ]
+if not __import__("torch").cuda.is_available():
+    CASES.append(("run --adapter {adapter} --base {base} --suite {tension} --device cuda --out {out}",
+                  "--device cuda: this torch sees no CUDA GPU"))
 if not importlib.util.find_spec("vllm"):
     CASES.append(("run --adapter {adapter} --suite {tension} --backend vllm --out {out}",
                   "--backend vllm needs vllm and a GPU"))
@@ -201,6 +227,16 @@ def _adapter_copy(tmp: Path, source: Path, name: str, config: dict | None = None
     if config is not None:
         path = folder / "adapter_config.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
+    return folder
+
+
+def _nan_weights(folder: Path) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "adapter_model.safetensors")
+    first = sorted(weights)[0]
+    weights[first][0, 0] = float("nan")
+    save_file(weights, folder / "adapter_model.safetensors")
     return folder
 
 
@@ -273,6 +309,8 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
                                          lambda d: d["items"][0].update(kind="riddle")),
         "winner7_results": _results(tmp, results_json, "winner7.json", _set_score("winner", 7)),
         "twice_results": _results(tmp, results_json, "twice.json", lambda d: d["items"].append(d["items"][0])),
+        "nan_effect_results": _results(tmp, results_json, "nan-effect.json",
+                                       lambda d: d["effects"][0].update(se=float("nan"))),
         "broken_results": tmp / "twice-text.yaml",
     }
     return {"tmp": tmp, "adapter": honesty_adapter, "base": tiny_llama, "other": other_tiny_llama,
@@ -284,6 +322,11 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
             "other_alpha": _adapter_copy(tmp, honesty_adapter, "other-alpha", {"lora_alpha": 1}),
             "edited_type": _adapter_copy(tmp, honesty_adapter, "edited-type", {"peft_type": "IA3"}),
             "edited_targets": _adapter_copy(tmp, honesty_adapter, "edited-targets", {"target_modules": ["q_proj"]}),
+            "alpha_text": _adapter_copy(tmp, honesty_adapter, "alpha-text", {"lora_alpha": "sixteen"}),
+            "dropout_two": _adapter_copy(tmp, honesty_adapter, "dropout-two", {"lora_dropout": 2}),
+            "saves_head": _adapter_copy(tmp, honesty_adapter, "saves-head", {"modules_to_save": ["lm_head"]}),
+            "bad_regex": _adapter_copy(tmp, honesty_adapter, "bad-regex", {"target_modules": "("}),
+            "nan_weights": _nan_weights(_adapter_copy(tmp, honesty_adapter, "nan-weights")),
             "results": results_json, "bad_weights": bad_weights, "probes_copy": tmp / "probes-copy", "broken_ckpt": broken, **records}
 
 

@@ -97,6 +97,9 @@ def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[P
             log(f"note: {s.path.name}: {UNVERIFIED}")
     name_apart(subjects)
     ref_subject = reference_subject(reference, elsewhere) if reference is not None else None
+    if ref_subject is not None and any(s.path.resolve() == ref_subject.path.resolve() for s in subjects):
+        raise EvalkitError("is both the reference and a subject: it would be compared with itself",
+                           where=str(ref_subject.path))
     if base_dir is None:
         with_manifest = [s for s in subjects if s.kind == "adapter"]
         if not with_manifest:
