@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from evalkit.cli import app
@@ -213,7 +214,7 @@ CASES += [
     ("discover --adapter {adapter} --base {base} --suite {tension} --out {out} --control {twin}", "twin: has the same weights as"),
     ("run --checkpoint {base} --base {base} --suite {tension} --out {out} --discover", "--discover looks inside adapters"),
 ]
-if not __import__("torch").cuda.is_available():
+if not torch.cuda.is_available():
     CASES.append(("run --adapter {adapter} --base {base} --suite {tension} --device cuda --out {out}",
                   "--device cuda: this torch sees no CUDA GPU"))
 if not importlib.util.find_spec("vllm"):
