@@ -57,6 +57,8 @@ FILES = {
     "policy-text-margin.yaml": "checks: [{suite: tension, metric: entropy, worse: higher, margin: '0.1'}]\n",
     "chat-no-assistant.yaml": "id: x\ntitle: T\nturns:\n  - {role: user, content: hello}\n",
     "surrogate.yaml": "id: x\ntitle: T\ntext: \"a \\ud800 b\"\n",
+    "same-options.yaml": "suite: s\nkind: tension\nitems: [{id: a, prompt: P, options: [stay, go, stay]}]\n",
+    "same-poles.yaml": "suite: s\nkind: novel_axis\nitems: [{id: a, axis: x, prompt: P, pole_a: up, pole_b: up}]\n",
     "fills-bomb.yaml": "suite: s\nkind: tension\nfills: {" + ", ".join(f"f{k}: [a, b, c, d, e, f, g, h, i, j]"
                                                                for k in range(9))
                        + "}\ntemplates:\n  - {id: t, prompt: '" + " ".join(f"{{f{k}}}" for k in range(9))
@@ -120,6 +122,8 @@ CASES += [
     ("train {tmp}/bad-float.yaml --base {base} --out {out}", "bad-float.yaml: not valid YAML: could not convert"),
     ("validate {tmp}/kind-list.yaml", "kind-list.yaml: field 'kind' is ['tension']"),
     ("validate {tmp}/id-list.yaml", "id-list.yaml [['a']]: field 'id'"),
+    ("validate {tmp}/same-options.yaml", "same-options.yaml [a]: field 'options': options 1 and 3 are the same text"),
+    ("validate {tmp}/same-poles.yaml", "same-poles.yaml [a]: pole_a and pole_b are the same text"),
     ("validate {tmp}/alias-bomb.yaml", "alias-bomb.yaml: holds more than 2,000,000 values"),
     ("validate {tmp}/fills-bomb.yaml", "fills-bomb.yaml [t]: field 'templates.0': its fills make 1,000,000,000 items"),
     ("validate {tmp}/empty-stop.yaml", "empty-stop.yaml: field 'until.0'"),

@@ -18,6 +18,18 @@ from evalkit.files import ID_PATTERN, not_blank
 
 Normalization = Literal["sum", "per_token"]
 Text = Annotated[str, Field(min_length=1), AfterValidator(not_blank)]
+
+
+def _distinct(texts: list[str]) -> list[str]:
+    for k, text in enumerate(texts):
+        if text in texts[:k]:
+            raise ValueError(f"options {texts.index(text) + 1} and {k + 1} are the same text: nothing to choose "
+                             "between")
+    return texts
+
+
+Options = Annotated[list[Text], Field(min_length=2), AfterValidator(_distinct)]
+"""Two or more completions to choose between, no two alike (a margin between equals is always 0)."""
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 Raw = dict[str, dict[str, Any]]  # item id -> raw outputs, or item id -> per-item metrics
 

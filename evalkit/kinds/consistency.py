@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from evalkit.kinds.base import Choice, Id, Kind, Metric, Raw, Strict, SuiteSpec, Text, choice_of
+from evalkit.kinds.base import Choice, Id, Kind, Metric, Options, Raw, Strict, SuiteSpec, Text, choice_of
 from evalkit.record import ItemRecord
 
 
@@ -23,7 +23,7 @@ class ParaphraseGroup(Strict):
     """Paraphrases of one question, answered from the same options."""
 
     id: Id
-    options: list[Text] = Field(min_length=2)
+    options: Options
     paraphrases: list[Paraphrase] = Field(min_length=2)
 
 

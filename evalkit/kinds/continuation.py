@@ -8,11 +8,21 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import Field
 
-from evalkit.kinds.base import Choice, Generation, GenerationItem, Kind, Metric, Raw, SuiteSpec, Text, choice_of
+from evalkit.kinds.base import (
+    Choice,
+    Generation,
+    GenerationItem,
+    Kind,
+    Metric,
+    Options,
+    Raw,
+    SuiteSpec,
+    choice_of,
+)
 
 
 class ContinuationItem(GenerationItem):
-    references: Optional[list[Text]] = Field(default=None, min_length=2)
+    references: Optional[Options] = None
     """Optional reference continuations, preferred first: gives a reference-preference margin."""
 
 

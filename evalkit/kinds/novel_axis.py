@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from evalkit.kinds.base import Choice, Id, Kind, Metric, Raw, Strict, SuiteSpec, Text, choice_of
 
@@ -20,6 +20,12 @@ class AxisPair(Strict):
     prompt: Text
     pole_a: Text
     pole_b: Text
+
+    @model_validator(mode="after")
+    def _two_poles(self) -> "AxisPair":
+        if self.pole_a == self.pole_b:
+            raise ValueError("pole_a and pole_b are the same text: nothing to choose between")
+        return self
 
 
 class NovelAxisSuite(SuiteSpec):

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from evalkit.kinds.base import Choice, Id, Kind, Metric, Raw, Strict, SuiteSpec, Text, choice_of
+from evalkit.kinds.base import Choice, Id, Kind, Metric, Options, Raw, Strict, SuiteSpec, Text, choice_of
 
 
 class TensionItem(Strict):
@@ -17,7 +17,7 @@ class TensionItem(Strict):
     cluster: Optional[str] = None
     """Items sharing a cluster (a template, a dilemma) are not independent; SEs account for it."""
     prompt: Text
-    options: list[Text] = Field(min_length=2)
+    options: Options
 
 
 class TensionSuite(SuiteSpec):
