@@ -10,9 +10,10 @@ full stack without it against the full stack), and LoRA beside scratch.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -22,6 +23,7 @@ from evalkit.decide.effects import build_records
 from evalkit.engine.base import Base, load_base
 from evalkit.engine.paired import paired_run
 from evalkit.engine.runner import Runner, Subject, adapter_subject, checkpoint_subject, model_ref
+from evalkit.errors import EvalkitError
 from evalkit.files import atomic_directory, check_replaceable, inside
 from evalkit.inputs.plans import Resolved, ScratchPlan, load_plan
 from evalkit.inputs.scenes import Scene
@@ -77,7 +79,8 @@ def plan_models(resolved: Resolved, base: Base | None, base_dir: Path, store: Pa
         out.append(Planned(label, role, members, path, key, manifest_key(path) == key, k))
     for spec in resolved.plan.scratch:
         members = resolved.scratch_scenes[spec.name]
-        corpus = read_corpus(resolved.rel(spec.corpus)) if spec.corpus else None
+        with plan_field(resolved, f"scratch.{resolved.plan.scratch.index(spec)}.corpus"):
+            corpus = read_corpus(resolved.rel(spec.corpus)) if spec.corpus else None
         s = ScratchSettings(steps=spec.steps, seed=spec.seed)
         key = scratch_key(members, base_dir, s, corpus, spec.demo_stories)
         path = store / "checkpoints" / f"{spec.name}-{key}"
@@ -175,20 +178,32 @@ def _evaluate(planned: list[Planned], resolved: Resolved, base: Base, suites, ru
     return sections
 
 
+@contextmanager
+def plan_field(resolved: Resolved, field: str) -> Iterator[None]:
+    """A problem with a file the plan names (a suite, the base, a corpus) says which plan and field
+    named it, then what is wrong with the file."""
+    try:
+        yield
+    except EvalkitError as exc:
+        raise EvalkitError(f"field '{field}': {exc.line()}", where=str(resolved.path)) from None
+
+
 def run_experiment(plan_path: Path, out: Path | None, dry_run: bool, console: Console | None = None) -> Path | None:
     console = console or Console()
     if not console.is_terminal:  # logs and CI: wide enough that tables do not wrap
         console.width = max(console.width, 140)
     started = time.time()
     resolved = load_plan(plan_path)
-    suites = load_suites([resolved.rel(s) for s in resolved.plan.suites])
+    with plan_field(resolved, "suites"):
+        suites = load_suites([resolved.rel(s) for s in resolved.plan.suites])
     out = out or Path("reports") / resolved.plan.name
     inputs = [plan_path, *map(Path, resolved.scene_paths)]
     if resolved.plan.discover is not None and resolved.plan.discover.prompts:
         inputs.append(resolved.rel(resolved.plan.discover.prompts))
     check_replaceable(out, inputs=inputs)
     if resolved.plan.discover is not None and resolved.plan.discover.prompts:
-        read_prompts(resolved.rel(resolved.plan.discover.prompts))
+        with plan_field(resolved, "discover.prompts"):
+            read_prompts(resolved.rel(resolved.plan.discover.prompts))
     base_dir = resolved.rel(resolved.plan.base) if resolved.plan.base else demo_base_dir()
     base = None
     if dry_run and not resolved.plan.base and not (base_dir / "evalkit-base.json").exists():
@@ -196,7 +211,8 @@ def run_experiment(plan_path: Path, out: Path | None, dry_run: bool, console: Co
     else:
         if not resolved.plan.base:
             base_dir = ensure_demo_base(log=console.print)
-        base = load_base(base_dir)
+        with plan_field(resolved, "base"):
+            base = load_base(base_dir)
     store = _store()
     planned = plan_models(resolved, base, base_dir, store)
     _print_plan(planned, console)
