@@ -43,6 +43,8 @@ class _Commands(TyperGroup):
         try:
             return super().make_context(*args, **kwargs)
         except _UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # plain `evalkit`: the help, as click shows it
+                raise
             typer.echo(f"evalkit: error: {_usage_line(exc)}", err=True)
             raise SystemExit(2) from None
 
@@ -60,13 +62,18 @@ def _say(message: str) -> None:
     typer.echo(message)
 
 
+# Settings whose option is not named after the field.
+OPTION_NAMES = {"learning_rate": "--lr"}
+
+
 def _settings(model: type[BaseModel], **values: Any) -> Any:
     """Settings from command-line values; a value out of range names its option."""
     try:
         return model.model_validate(values)
     except ValidationError as exc:
         err = exc.errors()[0]
-        option = "--" + str(err["loc"][-1]).replace("_", "-")
+        field = str(err["loc"][-1])
+        option = OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
         expected = err.get("ctx", {}).get("expected")
         message = f"expected {expected}" if expected else err["msg"].removeprefix("Value error, ")
         raise EvalkitError(f"{option} {err.get('input')!r}: {message}") from None
@@ -137,7 +144,8 @@ def scratch(
         raise EvalkitError(f"--demo-stories {demo_stories}: must be between 0 and 1,000,000")
     loaded = load_scenes(scenes)
     texts = read_corpus(corpus) if corpus is not None else None
-    check_replaceable(out, inputs=[scenes, *([corpus] if corpus is not None else [])])
+    check_replaceable(out, inputs=[scenes, *([corpus] if corpus is not None else []), *([base] if base else [])],
+                      kind="checkpoint")
     tokenizer_dir = base if base is not None else _demo_base()
     with progress_bar(f"training {out.name}", settings.steps) as advance:
         _say(str(train_scratch(loaded, tokenizer_dir, out, settings, texts, demo_stories, log=_say, on_step=advance)))
@@ -237,8 +245,8 @@ def experiment(
 @app.command()
 def calibrate(
     base: Optional[Path] = typer.Option(None, help="Base model folder (default: the embedded demo base)."),
-    datasets: int = typer.Option(2000, min=1, help="Simulated null data sets per design."),
-    seed: int = typer.Option(0, help="Seed of the simulation."),
+    datasets: int = typer.Option(2000, min=1, max=1_000_000, help="Simulated null data sets per design."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed of the simulation."),
     out: Path = typer.Option(Path("reports") / "calibration", help="Where calibration.json goes."),
     null_comparisons: int = typer.Option(22, min=3, help="Disjoint control-vs-control comparisons (3 control seeds each) for discovery's null."),
 ) -> None:
@@ -317,7 +325,7 @@ def discover(
     prompts: Optional[Path] = typer.Option(None, help="A prompt bank, one prompt a line (default: the bundled one for the base)."),
     suite: Optional[list[Path]] = typer.Option(None, "--suite", help="Probe files or folders: their prompts join the bank, their two-way choices are compared."),
     out: Path = typer.Option(Path("reports") / "discover", help="Where discovery.json and discovery.html go."),
-    seed: int = typer.Option(0, help="Seed of the held-out splits."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed of the held-out splits."),
 ) -> None:
     """Directions of change no probe declared: labelled, replicated, against controls, new or not."""
     from evalkit.pipelines.discover import run_discovery

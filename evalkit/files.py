@@ -25,6 +25,7 @@ ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 # Written into every folder evalkit writes whole: only such a folder is ever replaced. (A file
 # evalkit also writes, such as evalkit.json, is no mark: a user's folder may hold one.)
 MARK = ".evalkit"
+_MARK_TEXT = "written whole by evalkit"  # its first line, then ": <kind>" (what was written)
 
 
 # Characters that show nothing: text made only of these (and spaces) is empty.
@@ -280,12 +281,33 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def made_by_evalkit(folder: Path) -> bool:
-    return (folder / MARK).is_file()
+    return marked_kind(folder) is not None
 
 
-def check_replaceable(final: Path, inputs: Iterable[Path] = ()) -> None:
-    """Before any work: `final` may be written whole only if it is absent, empty, or a folder
-    evalkit wrote, and is none of the command's inputs (nor holds one). Never a user's folder."""
+def marked_kind(folder: Path) -> str | None:
+    """What evalkit wrote in `folder` (an adapter, a run report, ...; "" for a mark from before
+    kinds were recorded), or None where there is no mark: a link named like it, or a file that
+    does not say it is evalkit's, is none."""
+    mark = folder / MARK
+    try:
+        if not stat.S_ISREG(mark.lstat().st_mode):
+            return None
+        first = mark.read_text(encoding="utf-8").partition("\n")[0]
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not first.startswith(_MARK_TEXT):
+        return None
+    return first.removeprefix(_MARK_TEXT).removeprefix(": ").partition(";")[0] if ": " in first else ""
+
+
+
+def check_replaceable(final: Path, inputs: Iterable[Path] = (), *, kind: str) -> None:
+    """Before any work: `final` may be written whole (as a `kind`: "adapter", "run report", ...)
+    only if it is absent, empty, or a folder evalkit wrote as the same kind, and is none of the
+    command's inputs (nor holds one), nor the current folder. Never a user's folder."""
+    final = Path(os.path.abspath(final))  # `.` has no name to swap by
+    if final == Path.cwd() or final in Path.cwd().parents:
+        raise EvalkitError("is the current folder (or holds it); choose a folder inside it", where=str(final))
     try:
         mode: int | None = final.lstat().st_mode  # one look: another writer may be swapping it
     except (FileNotFoundError, NotADirectoryError):
@@ -308,6 +330,10 @@ def check_replaceable(final: Path, inputs: Iterable[Path] = ()) -> None:
     if foreign:
         raise EvalkitError("holds files evalkit did not write; refusing to replace it", where=str(final),
                            hint="choose a new or empty folder")
+    existing = marked_kind(final) if final.is_dir() else None
+    if existing and existing != kind:
+        raise EvalkitError(f"holds an evalkit {existing}; refusing to replace it with a {kind}", where=str(final),
+                           hint="choose another folder")
     check_writable(final.parent / f".{final.name}.new")  # the new folder is made beside it
 
 
@@ -320,9 +346,8 @@ SCHEMA_SIGNATURE = '"$comment": "written by evalkit schema"'
 def check_file_replaceable(path: Path, signature: str, inputs: Iterable[Path] = ()) -> None:
     """Before any work: a single file evalkit writes (a report, a schema, JUnit XML) may replace
     only a file it wrote (one carrying `signature` near its start), and never an input."""
-    resolved = path.resolve()
     for source in inputs:
-        if Path(source).resolve() == resolved:
+        if same_file(path, Path(source)):
             raise EvalkitError(f"is an input of this command ({source}); choose another file", where=str(path))
     try:
         mode: int | None = path.lstat().st_mode
@@ -338,10 +363,20 @@ def check_file_replaceable(path: Path, signature: str, inputs: Iterable[Path] = 
     check_writable(path)
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """The same file, by path or by inode (a hard link, a link)."""
+    try:
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _carries(path: Path, signature: str) -> bool:
+    """`signature` in the first lines, where evalkit writes it (a note that quotes it further on is
+    still the user's)."""
     try:
         with path.open("rb") as fh:
-            return signature.encode() in fh.read(4096)
+            return signature.encode() in fh.read(256)
     except OSError:
         return False
 
@@ -379,12 +414,14 @@ def recover_swap(final: Path) -> None:
 
 
 @contextmanager
-def atomic_directory(final: Path, inputs: Iterable[Path] = ()) -> Iterator[Path]:
+def atomic_directory(final: Path, inputs: Iterable[Path] = (), *, kind: str) -> Iterator[Path]:
     """Yield a temp dir beside `final`; on success it replaces `final` whole, on error it vanishes.
 
-    Only folders evalkit wrote (marked) are replaced; the swap holds a lock, so concurrent writers
-    take turns (last one wins), and a swap killed half-way is finished by the next one."""
-    check_replaceable(final, inputs)
+    Only folders evalkit wrote as the same `kind` (marked) are replaced; the swap holds a lock, so
+    concurrent writers take turns (last one wins), and a swap killed half-way is finished by the
+    next one."""
+    check_replaceable(final, inputs, kind=kind)
+    final = Path(os.path.abspath(final))
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         with _locked(final):
@@ -394,7 +431,8 @@ def atomic_directory(final: Path, inputs: Iterable[Path] = ()) -> Iterator[Path]
         raise cannot_write(final, exc) from None
     try:
         os.chmod(tmp, 0o777 & ~_umask())
-        (tmp / MARK).write_text("written whole by evalkit; evalkit may replace this folder\n", encoding="utf-8")
+        (tmp / MARK).write_text(f"{_MARK_TEXT}: {kind}; evalkit may replace this folder with another {kind}\n",
+                                encoding="utf-8")
         yield tmp
         with _locked(final):
             recover_swap(final)

@@ -265,6 +265,8 @@ def _not_finite(data: Any) -> tuple[str, float] | None:
         at, value = stack.pop()
         if isinstance(value, float) and not math.isfinite(value):
             return at, value
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 1e308:  # no float holds it
+            return at, math.inf
         children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
         stack.extend((f"{at}.{key}" if at else str(key), child) for key, child in reversed(list(children)))
     return None

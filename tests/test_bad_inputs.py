@@ -142,7 +142,7 @@ CASES += [
     # outputs: never a user's folder, never an input, never through a link or a file
     ("export-tasks {probes_copy} --out {probes_copy}", "probes-copy: is an input of this command"),
     ("export-tasks {tension} --out {user}", "user: holds files evalkit did not write"),
-    ("export-tasks {tension} --out .", ": holds files evalkit did not write"),
+    ("export-tasks {tension} --out .", ": is the current folder"),
     ("train {honesty_scene} --base {base} --out {user}", "user: holds files evalkit did not write"),
     ("experiment {tmp}/plan-ok.yaml --out {user}", "user: holds files evalkit did not write"),
     ("scratch {honesty_scene} --base {base} --out {user}", "user: holds files evalkit did not write"),
@@ -162,6 +162,12 @@ CASES += [
     ("export-tasks {tension} --out {tmp}/dangling", "dangling: is a symbolic link"),
     ("demo --quick --out {user}", "user: holds files evalkit did not write"),
     ("demo --quick --out {tmp}/dangling", "dangling: is a symbolic link"),
+    ("export-tasks {tension} --out {adapter}", "honesty: holds an evalkit adapter; refusing to replace it with a lm-eval task folder"),
+    ("export-tasks {tension} --out {tmp}/fake-mark", "fake-mark: holds files evalkit did not write"),
+    ("train {honesty_scene} --base {base} --out {base}", "is an input of this command"),
+    ("train {honesty_scene} --base {base} --out {out} --lr -1", "--lr -1.0"),
+    ("run --adapter {extra_tensor} --base {base} --suite {tension} --out {out}", "are not LoRA weights"),
+    ("run --adapter {partial_layers} --base {base} --suite {tension} --out {out}", "field 'layers_to_transform'"),
     ("run --adapter {adapter} --reference {adapter} --base {base} --suite {tension} --out {out}", "is both the reference and a subject"),
     # option values click refuses: one line too, not its usage block
     ("run --adapter {adapter} --batch-size abc --out {out}", "error: run: Invalid value for '--batch-size'"),
@@ -245,6 +251,15 @@ def _nan_weights(folder: Path) -> Path:
     return folder
 
 
+def _extra_tensor(folder: Path) -> Path:
+    """A full output head saved beside the LoRA weights: peft would load it over the base's own."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "adapter_model.safetensors")
+    save_file({**weights, "base_model.model.lm_head.weight": torch.zeros(8, 16)}, folder / "adapter_model.safetensors")
+    return folder
+
+
 def _results(tmp: Path, source: Path, name: str, change) -> Path:
     data = json.loads(source.read_text())
     change(data)
@@ -282,6 +297,9 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
     (tmp / "dangling").symlink_to(tmp / "nowhere")
     (tmp / "user-reports" / "honesty").mkdir(parents=True)
     (tmp / "user-reports" / "honesty" / "notes.txt").write_text("the user's own notes")
+    (tmp / "fake-mark").mkdir()
+    (tmp / "fake-mark" / ".evalkit").symlink_to(tmp / "afile")  # a link named like the mark is no mark
+    (tmp / "fake-mark" / "notes.txt").write_text("the user's own notes")
     (tmp / "has-manifest").mkdir()
     (tmp / "has-manifest" / "evalkit.json").write_text("{}")
     (tmp / "has-manifest" / "notes.txt").write_text("the user's own notes")
@@ -332,6 +350,8 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
             "saves_head": _adapter_copy(tmp, honesty_adapter, "saves-head", {"modules_to_save": ["lm_head"]}),
             "bad_regex": _adapter_copy(tmp, honesty_adapter, "bad-regex", {"target_modules": "("}),
             "nan_weights": _nan_weights(_adapter_copy(tmp, honesty_adapter, "nan-weights")),
+            "extra_tensor": _extra_tensor(_adapter_copy(tmp, honesty_adapter, "extra-tensor")),
+            "partial_layers": _adapter_copy(tmp, honesty_adapter, "partial-layers", {"layers_to_transform": [0]}),
             "results": results_json, "bad_weights": bad_weights, "probes_copy": tmp / "probes-copy", "broken_ckpt": broken, **records}
 
 

@@ -17,7 +17,7 @@ from evalkit.files import MARK, atomic_directory
 
 
 def write_folder(final: Path, text: str) -> None:
-    with atomic_directory(final) as tmp:
+    with atomic_directory(final, kind="run report") as tmp:
         (tmp / "content.txt").write_text(text)
 
 

@@ -33,6 +33,7 @@ from evalkit.files import (
     check_writable,
     parse_model,
     read_yaml_mapping,
+    same_file,
     write_text_atomic,
 )
 from evalkit.kinds import KINDS
@@ -54,14 +55,14 @@ class Check(BaseModel):
     """Which direction is a regression."""
     margin: float = Field(ge=0, allow_inf_nan=False, strict=True)
     """Tolerated worsening, in the metric's unit (a number: `true` or "0.1" is refused, not read as one)."""
-    alpha: float | None = Field(default=None, gt=0, lt=1)
+    alpha: float | None = Field(default=None, ge=1e-12, lt=1)  # a denormal alpha could never be reached
     """Overrides the policy's alpha for this check."""
 
 
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    alpha: float = Field(default=0.05, gt=0, lt=1)
+    alpha: float = Field(default=0.05, ge=1e-12, lt=1)
     item_tolerance: float = Field(default=0.0, ge=0, le=1)
     """Share of items (of the larger side) allowed to be on one side only; those are skipped."""
     checks: list[Check] = Field(min_length=1)
@@ -293,6 +294,6 @@ def check_outputs(junit: Path | None, summary: Path | None, inputs: list[Path]) 
     if summary is not None:
         if summary.is_dir():
             raise EvalkitError("is a folder; give a file", where=str(summary))
-        if any(summary.resolve() == Path(source).resolve() for source in inputs):
+        if any(same_file(summary, Path(source)) for source in inputs):
             raise EvalkitError("is an input of this command; give another file for the summary", where=str(summary))
         check_writable(summary)

@@ -78,6 +78,11 @@ def lora_config(base: Base, settings: TrainSettings) -> Any:
                       task_type="CAUSAL_LM", fan_in_fan_out=uses_conv1d(base.model))
 
 
+# peft settings that save whole modules, skip or replicate layers, or switch the adapter on only
+# after some tokens: the adapter would then not be its LoRA weights on the base as loaded.
+UNSUPPORTED_FIELDS = ("modules_to_save", "trainable_token_indices", "layers_to_transform", "layers_pattern",
+                      "layer_replication", "exclude_modules", "alora_invocation_tokens")
+
 # What cannot be checked about an adapter trained by another tool (no evalkit manifest).
 UNVERIFIED = ("trained without evalkit: its base could not be verified by weight fingerprint (checked: a LoRA "
               "config, target modules that exist in the base, weights of the right shapes)")
@@ -131,10 +136,22 @@ def _adapter_config(adapter_dir: Path) -> dict[str, Any]:
     dropout = config.get("lora_dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise EvalkitError(f"field 'lora_dropout': {dropout!r} is not a number in [0, 1)", where=str(path))
-    for name in ("modules_to_save", "trainable_token_indices"):
+    for name in UNSUPPORTED_FIELDS:
         if config.get(name):
-            raise EvalkitError(f"field '{name}': {config[name]!r}: evalkit runs LoRA layers only, not whole modules "
-                               "saved beside them", where=str(path))
+            raise EvalkitError(f"field '{name}': {config[name]!r}: evalkit runs plain LoRA layers on the base's "
+                               "modules as they are, not this", where=str(path))
+    for name in ("use_rslora", "use_dora", "fan_in_fan_out", "lora_bias"):
+        if not isinstance(config.get(name, False), bool):
+            raise EvalkitError(f"field '{name}': {config[name]!r} is not true or false", where=str(path))
+    if config.get("bias", "none") != "none" or config.get("lora_bias"):
+        raise EvalkitError(f"field 'bias': {config.get('bias')!r}: evalkit runs LoRA adapters without biases",
+                           where=str(path))
+    for name in ("rank_pattern", "alpha_pattern"):
+        pattern = config.get(name) or {}
+        values = list(pattern.values()) if isinstance(pattern, dict) else [None]
+        if not all(not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < 1e6 for v in values):
+            raise EvalkitError(f"field '{name}': {pattern!r} is not module names with numbers between 0 and 1e6",
+                               where=str(path))
     targets = config.get("target_modules")
     if not (isinstance(targets, str) or (isinstance(targets, list) and targets
                                          and all(isinstance(t, str) for t in targets))):
@@ -182,6 +199,13 @@ def check_adapter_weights(adapter_dir: Path, model: Any) -> None:
     except (OSError, SafetensorError, RuntimeError) as exc:
         raise EvalkitError(f"unreadable adapter weights: {first_line(exc)}", where=str(weights)) from None
     # keys look like base_model.model.<module path>.lora_A.weight
+    dora = (".lora_magnitude_vector", ".lora_magnitude_vector.weight") if config.get("use_dora") else ()
+    allowed = (".lora_A.weight", ".lora_B.weight", *dora)
+    foreign = [k for k in shapes if not k.endswith(allowed)]
+    if foreign:  # a full module (a head, an embedding) would replace the base's own, for every model of the run
+        raise EvalkitError(f"weights '{foreign[0]}' are not LoRA weights ({len(foreign)} such)", where=str(weights))
+    if dora and not any(k.endswith(dora) for k in shapes):
+        raise EvalkitError("field 'use_dora': true, but the weights hold no DoRA magnitudes", where=str(weights))
     trained = {k.split(".lora_A")[0].removeprefix("base_model.model.") for k in shapes if ".lora_A" in k}
     modules = {name for name, module in model.named_modules() if not list(module.children())}
     targeted = {name for name in modules if _targeted(name, config["target_modules"])}

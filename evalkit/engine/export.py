@@ -30,7 +30,7 @@ def export_tasks(suites: list[LoadedSuite], out: Path) -> list[str]:
     """Write one YAML (+ JSONL data) per lm-eval task; returns the task names."""
     out = out.absolute()  # the data paths the YAML names; not resolved, so a link as `out` is refused, not followed
     names = []
-    with atomic_directory(out, inputs=[Path(s.path) for s in suites]) as tmp:
+    with atomic_directory(out, inputs=[Path(s.path) for s in suites], kind="lm-eval task folder") as tmp:
         for s in suites:
             choices = s.spec.choices()
             if choices:

@@ -8,6 +8,7 @@ metrics - is HFLM's code. Progress bars are silenced; evalkit prints its own req
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from evalkit.offline import go_offline
@@ -195,6 +196,8 @@ class EvalkitLM(HFLM):
         fp32 = str(self.model.dtype) == "torch.float32"
         worst = per_token[-1] if fp32 else per_token[len(per_token) // 2]
         ok = worst <= (2e-5 if fp32 else 5e-2)  # fp32 agrees to ~1e-6 per token
+        if not math.isfinite(worst):  # the model's outputs are not numbers: the run refuses it (check_finite)
+            return True
         if not ok:
             log.warning("shared-prefix scoring disagrees with lm-eval's for %s (%s %.4f nats per token over %d "
                         "requests); using lm-eval's unpacked path", key[0], "largest" if fp32 else "median",

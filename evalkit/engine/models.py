@@ -85,7 +85,7 @@ def converted_gguf(path: Path, log: Callable[[str], None]) -> Path:
     config_dict.pop("quantization_config", None)
     fresh = type(quantized)(type(config).from_dict(config_dict))
     fresh.load_state_dict(quantized.state_dict())
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, [path], kind="base") as tmp:
         fresh.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         write_json_atomic(tmp / "evalkit-base.json", {"kind": "converted gguf", "source": str(path), "sha256": key})

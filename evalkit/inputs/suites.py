@@ -58,6 +58,7 @@ PLACEHOLDER = re.compile(r"\{(\w+)\}")
 # Items (or groups) one suite may expand to: far beyond any probe set a run can score, and a
 # bound on what a few lines of fills can make.
 MAX_ITEMS = 100_000
+MAX_EXPANDED_CHARS = 20_000_000  # fill words can each be an alias of one long text
 
 
 def expand_templates(data: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -85,10 +86,17 @@ def expand_templates(data: dict[str, Any], path: Path) -> dict[str, Any]:
         if unknown:
             raise EvalkitError(f"field 'templates.{k}': {{{unknown[0]}}} has no fill; fills: "
                                f"{', '.join(fills) or 'none'}", where=f"{path} [{template['id']}]")
+        twice = next((u for u in used if len(set(fills[u])) < len(fills[u])), None)
+        if twice is not None:  # two alike words make two alike items, which would count twice
+            raise EvalkitError(f"field 'fills.{twice}': a word is given twice", where=str(path))
         count = math.prod(len(fills[u]) for u in used)
         if len(expanded) + count > MAX_ITEMS:
             raise EvalkitError(f"field 'templates.{k}': its fills make {count:,} {listing}; a suite holds at most "
                                f"{MAX_ITEMS:,}", where=f"{path} [{template['id']}]")
+        size = count * (len(json.dumps(template)) + sum(max(map(len, fills[u])) for u in used))
+        if size > MAX_EXPANDED_CHARS:
+            raise EvalkitError(f"field 'templates.{k}': its fills make about {size:,} characters of items; a suite "
+                               f"holds at most {MAX_EXPANDED_CHARS:,}", where=f"{path} [{template['id']}]")
         for n, values in enumerate(itertools.product(*(fills[u] for u in used)), start=1):
             fill = dict(zip(used, values))
             item = _fill(template, fill)

@@ -39,11 +39,12 @@ def demo(out_root: Path, quick: bool = False, adapters_dir: Optional[Path] = Non
     files = [str(f.resolve()) for f in scene_files(scenes_dir)]
     suites = load_suites([probes_dir])
     folder = adapters_dir or adapters_folder() / ("quick" if quick else "")
-    check_replaceable(out_root)  # written whole at the end: an earlier demo's folder, never a user's
+    # written whole at the end: an earlier demo's folder, never a user's, nor the adapters it reads
+    check_replaceable(out_root, inputs=[folder], kind="demo report")
     control = next((s for s in scenes if "control" in s.tags), None) if discover else None
     control_dirs = [inside(folder, f"{control.id}-seed{seed}") for seed in CONTROL_SEEDS] if control else []
     for target in [*(inside(folder, s.id) for s in scenes), *control_dirs]:
-        check_replaceable(target)
+        check_replaceable(target, kind="adapter")
     base = load_base(ensure_demo_base(QUICK if quick else DemoBaseSettings(), log=log))
     quick_steps = {"steps": 10} if quick else {}
     adapters = [train_adapter([s], base, inside(folder, s.id), command_line=quick_steps, scene_paths=[f], log=log)
@@ -56,7 +57,7 @@ def demo(out_root: Path, quick: bool = False, adapters_dir: Optional[Path] = Non
                     for seed, out in zip(CONTROL_SEEDS, control_dirs)]
         found = discover_adapters(base, subjects, None, controls, suites, log=log)
         records = [r.model_copy(update={"discovery": found[s.path]}) for r, s in zip(records, subjects)]
-    with atomic_directory(out_root) as tmp:
+    with atomic_directory(out_root, inputs=[folder], kind="demo report") as tmp:
         reports = [write_outputs(r, inside(tmp, r.run_id)) for r in records]
         write_compare_report(records, reports, tmp / "index.html")
     return out_root / "index.html"

@@ -249,8 +249,8 @@ def run_discovery(adapter: Path, base_spec: Optional[Path], reference: Optional[
     suites = load_suites(suite_paths or [default_folder("probes")])
     check_writable(out)
     inputs = [adapter, *controls, *([reference] if reference else []), *suite_paths,
-              *([prompts_file] if prompts_file else [])]
-    check_replaceable(out, inputs)
+              *([prompts_file] if prompts_file else []), *([base_spec] if base_spec else [])]
+    check_replaceable(out, inputs, kind="discovery report")
     elsewhere = base_spec is not None
     subject = adapter_subject(adapter, trained_elsewhere=elsewhere)
     others = [adapter_subject(c, trained_elsewhere=elsewhere) for c in controls]
@@ -263,7 +263,7 @@ def run_discovery(adapter: Path, base_spec: Optional[Path], reference: Optional[
     check_adapters_fit(base, everyone)
     check_distinct(base, everyone)
     result = discover_adapters(base, [subject], ref_subject, others, suites, prompts_file, seed, log=log)[subject.path]
-    with atomic_directory(out, inputs) as tmp:
+    with atomic_directory(out, inputs, kind="discovery report") as tmp:
         write_text_atomic(tmp / "discovery.json", result.model_dump_json(indent=2) + "\n")
         write_discovery_report(result, tmp / "discovery.html")
     return out / "discovery.html"

@@ -109,7 +109,9 @@ def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[P
         check_writable(out)
         for s in subjects:  # each subject's folder is written whole: never a user's folder, nor an input
             check_replaceable(inside(out, s.name), inputs=[*adapters, *checkpoints, *suite_paths,
-                                                           *([reference] if reference else [])])
+                                                           *(discovery.controls if discovery else ()),
+                                                           *([reference] if reference else []),
+                                                           *([base_dir] if base_dir else [])], kind="run report")
     if use_cache:
         check_writable(cache_root() / "scores")
     controls = [adapter_subject(c, elsewhere) for c in discovery.controls] if discovery else []
@@ -141,7 +143,7 @@ def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[P
 def write_outputs(record: RunRecord, folder: Path) -> Path:
     """results.json and report.html of one run, as a folder written whole (an earlier run's folder
     is replaced; a user's is refused); returns the report's path."""
-    with atomic_directory(folder) as tmp:
+    with atomic_directory(folder, kind="run report") as tmp:
         write_record(record, tmp / "results.json")
         write_run_report(record, tmp / "report.html")
     return folder / "report.html"

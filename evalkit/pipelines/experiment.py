@@ -197,10 +197,11 @@ def run_experiment(plan_path: Path, out: Path | None, dry_run: bool, console: Co
     with plan_field(resolved, "suites"):
         suites = load_suites([resolved.rel(s) for s in resolved.plan.suites])
     out = out or Path("reports") / resolved.plan.name
-    inputs = [plan_path, *map(Path, resolved.scene_paths)]
+    inputs = [plan_path, *map(Path, resolved.scene_paths),
+              *([resolved.rel(resolved.plan.base)] if resolved.plan.base else [])]
     if resolved.plan.discover is not None and resolved.plan.discover.prompts:
         inputs.append(resolved.rel(resolved.plan.discover.prompts))
-    check_replaceable(out, inputs=inputs)
+    check_replaceable(out, inputs=inputs, kind="experiment report")
     if resolved.plan.discover is not None and resolved.plan.discover.prompts:
         with plan_field(resolved, "discover.prompts"):
             read_prompts(resolved.rel(resolved.plan.discover.prompts))
@@ -227,7 +228,7 @@ def run_experiment(plan_path: Path, out: Path | None, dry_run: bool, console: Co
                 for name, runs in paired.items()}
     if resolved.plan.discover is not None:
         sections["scenes"] = _discover(planned, resolved, base, suites, store, console, sections["scenes"])
-    with atomic_directory(out, inputs=inputs) as tmp:  # replaced whole: nothing stale survives
+    with atomic_directory(out, inputs=inputs, kind="experiment report") as tmp:  # whole: nothing stale survives
         for section, runs in sections.items():
             for run_id, record in runs:
                 write_record(record, inside(tmp / section, run_id) / "results.json")

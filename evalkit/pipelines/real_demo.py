@@ -59,9 +59,10 @@ def real_demo(base_spec: Path, out_root: Path, log: Log = print, discover: bool 
     suites = load_suites([default_folder("probes") / "real"])
     folder = adapters_folder() / "real"
     names = {(s.id, seed): f"{s.id}-seed{seed}" for s in scenes for seed in SEEDS}
-    check_replaceable(out_root)  # written whole at the end: an earlier demo's folder, never a user's
+    # written whole at the end: an earlier demo's folder, never a user's, nor the adapters it reads
+    check_replaceable(out_root, inputs=[folder], kind="demo report")
     for name in names.values():
-        check_replaceable(inside(folder, name))
+        check_replaceable(inside(folder, name), kind="adapter")
     base = load_base(base_spec, log=log)
     paths = {}
     for (scene_id, seed), name in names.items():
@@ -94,7 +95,7 @@ def real_demo(base_spec: Path, out_root: Path, log: Log = print, discover: bool 
     for line in planted_rows(against_control, scenes):
         log(line)
     reports = []
-    with atomic_directory(out_root) as tmp:
+    with atomic_directory(out_root, inputs=[folder], kind="demo report") as tmp:
         for section, records in (("against-base", against_base), ("against-control", against_control),
                                  ("control-seeds", seed_noise)):
             reports += [(r, write_outputs(r, inside(tmp / section, r.run_id))) for r in records]

@@ -36,7 +36,7 @@ def train(scene_path: Path, base_dir: Optional[Path], out: Optional[Path], stack
     else:
         outs = [out or inside(adapters_folder(), s.id) for s in scenes]
     for folder in outs:
-        check_replaceable(folder, inputs=[scene_path])
+        check_replaceable(folder, inputs=[scene_path, *([base_dir] if base_dir is not None else [])], kind="adapter")
     base = load_base(base_dir if base_dir is not None else ensure_demo_base(log=log), log=log)
     trained = []
     for k, folder in enumerate(outs):

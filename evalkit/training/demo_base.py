@@ -51,7 +51,7 @@ def ensure_demo_base(settings: DemoBaseSettings = DemoBaseSettings(), log=print)
         log(f"demo base: reusing {out}")
         return out
     log(f"demo base: building {out} (once; later runs reuse it)")
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, kind="base") as tmp:
         _build(settings, tmp, log)
     return out
 

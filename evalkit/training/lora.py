@@ -207,7 +207,7 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: Optional
         warnings = training_warnings(losses[-1], damage["increase"])
         for warning in warnings:
             log(f"warning: adapter {label}: {warning}")
-        with atomic_directory(out) as tmp:
+        with atomic_directory(out, [Path(base.path)], kind="adapter") as tmp:
             model.save_pretrained(str(tmp))
             write_json_atomic(tmp / "loss_curve.json", {"step": list(range(1, len(losses) + 1)), "loss": losses})
             paths: list[Optional[str]] = list(scene_paths) if scene_paths else [None] * len(scenes)
@@ -251,7 +251,7 @@ def untrained_adapter(base: Base, out: Path, settings: TrainSettings = TrainSett
     config = lora_config(base, settings)
     model = get_peft_model(base.model, config)
     try:
-        with atomic_directory(out) as tmp:
+        with atomic_directory(out, [Path(base.path)], kind="adapter") as tmp:
             model.save_pretrained(str(tmp))
             write_manifest(AdapterManifest(
                 evalkit_version=__version__, kind="adapter", key="untrained", scenes=[], base=_base_ref(base),

@@ -102,7 +102,7 @@ def train_scratch(scenes: list[Scene], tokenizer_dir: Path, out: Path, settings:
     ids = token_stream(texts, tokenizer)
     key = scratch_key(scenes, tokenizer_dir, settings, corpus, demo_stories)
     started = time.time()
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, [tokenizer_dir], kind="checkpoint") as tmp:
         info = train_causal_lm(ids, tokenizer, settings, tmp, log, label=f"scratch {out.name}", on_step=on_step)
         write_manifest(CheckpointManifest(
             evalkit_version=__version__, kind="checkpoint", key=key,
