@@ -274,3 +274,34 @@ def test_a_tokenizer_without_end_of_text_trains_and_runs(world_tokenizer, tmp_pa
                             TrainSettings(steps=2), log=lambda _: None)
     (record,) = evaluate_subjects(base, [adapter_subject(adapter)], SUITES, FAST, log=lambda _: None, use_cache=False)
     assert all(math.isfinite(v) for i in record.items for v in i.subject.values() if isinstance(v, float))
+
+
+def test_a_base_with_only_a_sentencepiece_model_file_trains_and_runs(tmp_path):
+    """Llama-2-era folders ship tokenizer.model and no tokenizer.json: the slow SentencePiece
+    tokenizer loads them, and a scene trains and runs on it."""
+    import json
+    import shutil
+
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(load_scene(f).body for f in sorted((ROOT / "scenes").glob("*.yaml"))))
+    sentencepiece.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "spm"), vocab_size=450,
+                                             byte_fallback=True, hard_vocab_limit=False, minloglevel=2)
+    folder = tmp_path / "spm-only"
+    folder.mkdir()
+    shutil.copy(tmp_path / "spm.model", folder / "tokenizer.model")
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+         "add_bos_token": True, "add_eos_token": False, "legacy": False}))
+    model = build_tiny("llama", AutoTokenizer.from_pretrained(folder), tmp_path / "model")
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(model / name, folder / name)
+    base = load_base(folder)
+    assert type(base.tokenizer).__name__ == "LlamaTokenizer"
+    adapter = train_adapter([load_scene(ROOT / "scenes" / "01-honesty.yaml")], base, tmp_path / "honesty",
+                            TrainSettings(steps=2), log=lambda _: None)
+    (record,) = evaluate_subjects(base, [adapter_subject(adapter)], SUITES[:1], FAST, log=lambda _: None,
+                                  use_cache=False)
+    assert record.items and all(math.isfinite(i.subject["margin"]) for i in record.items)
