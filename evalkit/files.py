@@ -341,6 +341,7 @@ def check_replaceable(final: Path, inputs: Iterable[Path] = (), *, kind: str) ->
 HTML_SIGNATURE = '<meta name="generator" content="evalkit">'
 JUNIT_SIGNATURE = 'name="evalkit gate"'
 SCHEMA_SIGNATURE = '"$comment": "written by evalkit schema"'
+CALIBRATION_SIGNATURE = '"$comment": "written by evalkit calibrate"'
 
 
 def check_file_replaceable(path: Path, signature: str, inputs: Iterable[Path] = ()) -> None:

@@ -163,6 +163,7 @@ CASES += [
     ("demo --quick --out {user}", "user: holds files evalkit did not write"),
     ("demo --quick --out {tmp}/dangling", "dangling: is a symbolic link"),
     ("export-tasks {tension} --out {adapter}", "honesty: holds an evalkit adapter; refusing to replace it with a lm-eval task folder"),
+    ("calibrate --out {tmp}/user-cal", "calibration.json: exists and was not written by evalkit"),
     ("export-tasks {tension} --out {tmp}/fake-mark", "fake-mark: holds files evalkit did not write"),
     ("train {honesty_scene} --base {base} --out {base}", "is an input of this command"),
     ("train {honesty_scene} --base {base} --out {out} --lr -1", "--lr -1.0"),
@@ -297,6 +298,8 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
     (tmp / "dangling").symlink_to(tmp / "nowhere")
     (tmp / "user-reports" / "honesty").mkdir(parents=True)
     (tmp / "user-reports" / "honesty" / "notes.txt").write_text("the user's own notes")
+    (tmp / "user-cal").mkdir()
+    (tmp / "user-cal" / "calibration.json").write_text('{"mine": true}')
     (tmp / "fake-mark").mkdir()
     (tmp / "fake-mark" / ".evalkit").symlink_to(tmp / "afile")  # a link named like the mark is no mark
     (tmp / "fake-mark" / "notes.txt").write_text("the user's own notes")

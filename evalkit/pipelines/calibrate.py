@@ -25,7 +25,7 @@ from evalkit.engine.base import Base, load_base
 from evalkit.engine.paired import evaluate_paired
 from evalkit.engine.runner import Subject, adapter_subject, checkpoint_subject
 from evalkit.errors import EvalkitError
-from evalkit.files import check_writable, write_json_atomic
+from evalkit.files import CALIBRATION_SIGNATURE, check_file_replaceable, write_json_atomic
 from evalkit.inputs.scenes import Scene, load_scenes, scene_files
 from evalkit.inputs.suites import LoadedSuite, load_suites
 from evalkit.kinds.novel_axis import NovelAxisSuite
@@ -187,7 +187,7 @@ def calibrate(base_dir: Optional[Path], datasets: int, seed: int, out: Path, log
               null_comparisons: int = 22) -> bool:
     """(a) null subjects, (b) simulated null data, (c) a planted scene; figures to `out`/calibration.json."""
     suites = load_suites([default_folder("probes")])
-    check_writable(out / "calibration.json")
+    check_file_replaceable(out / "calibration.json", CALIBRATION_SIGNATURE)
     scenes_dir = default_folder("scenes")
     tagged = list(zip(load_scenes(scenes_dir), [str(f.resolve()) for f in scene_files(scenes_dir)]))
     planted = [(s, f) for s, f in tagged if "planted" in s.tags]
@@ -211,6 +211,6 @@ def calibrate(base_dir: Optional[Path], datasets: int, seed: int, out: Path, log
     figures["discovery_planted"] = discovery_planted(base, planted, controls[1:3], suites, work, log)
     ok = (all(f["ok"] for f in figures["null_subjects"].values()) and figures["simulated"]["ok"]
           and figures["planted"]["ok"] and figures["discovery_null"]["ok"] and figures["discovery_planted"]["ok"])
-    write_json_atomic(out / "calibration.json", {"ok": ok, **figures})
+    write_json_atomic(out / "calibration.json", {"$comment": "written by evalkit calibrate", "ok": ok, **figures})
     log(f"calibration {'passed' if ok else 'FAILED'}; figures in {out / 'calibration.json'}")
     return ok
