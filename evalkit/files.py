@@ -104,13 +104,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise EvalkitError(f"not valid YAML: {first_line(exc)}", where=str(path)) from None
     if not isinstance(data, dict):
         raise EvalkitError(f"expected a YAML mapping at the top, found {type(data).__name__}", where=str(path))
-    if _expands_beyond(data, MAX_YAML_VALUES):
-        raise EvalkitError(f"holds more than {MAX_YAML_VALUES:,} values once its aliases are expanded",
-                           where=str(path))
-    broken = _not_text(data)
-    if broken is not None:
-        raise EvalkitError(f"not valid YAML: {broken!r} holds a lone surrogate escape, which is no character",
-                           where=str(path))
+    _check_values(data, path)
     return data
 
 
@@ -120,12 +114,17 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
 MAX_YAML_VALUES = 2_000_000
 
 
-def _not_text(data: Any) -> str | None:
-    """The first string (key or value) that cannot be written as UTF-8: YAML's "\\ud800" escape
-    makes one, and a tokenizer refuses it far from the file."""
-    stack = [data]
+def _check_values(data: Any, path: Path) -> None:
+    """One walk over the parsed file, each alias as often as it is used: refused past
+    MAX_YAML_VALUES values, or at a string (key or value) that is no text - YAML's "\\ud800"
+    escape makes one, and a tokenizer would refuse it far from the file."""
+    stack, seen = [data], 0
     while stack:
         value = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_VALUES:
+            raise EvalkitError(f"holds more than {MAX_YAML_VALUES:,} values once its aliases are expanded",
+                               where=str(path))
         if isinstance(value, dict):
             stack.extend(value.keys())
             stack.extend(value.values())
@@ -135,23 +134,8 @@ def _not_text(data: Any) -> str | None:
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
-                return value[:40]
-    return None
-
-
-def _expands_beyond(data: Any, limit: int) -> bool:
-    """Whether walking `data` as a tree (each alias as often as it is used) visits over `limit` values."""
-    stack, seen = [data], 0
-    while stack:
-        value = stack.pop()
-        seen += 1
-        if seen > limit:
-            return True
-        if isinstance(value, dict):
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-    return False
+                raise EvalkitError(f"not valid YAML: {value[:40]!r} holds a lone surrogate escape, which is no "
+                                   "character", where=str(path)) from None
 
 
 def read_json(path: Path) -> Any:

@@ -60,7 +60,8 @@ def load_base(path: Path, dtype: str = "float32", device: str = "cpu",
     path = resolve_model(Path(path), log).resolve()
     if not (path / "config.json").is_file():
         raise EvalkitError("not a Hugging Face model folder (no config.json)", where=str(path))
-    if not isinstance(read_json(path / "config.json"), dict):
+    config = read_json(path / "config.json")
+    if not isinstance(config, dict):
         raise EvalkitError("expected a JSON object", where=str(path / "config.json"))
     check_device(device)
     try:
@@ -74,7 +75,7 @@ def load_base(path: Path, dtype: str = "float32", device: str = "cpu",
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token or tokenizer.bos_token
     greedy_only(model)
-    fingerprint = model_fingerprint(model, tokenizer, path)
+    fingerprint = model_fingerprint(model, tokenizer, config)
     head = model.get_output_embeddings()
     kept = float32_head(head, device) if dtype != "float32" and isinstance(head, torch.nn.Linear) else None
     model = model.to(device=device, dtype=getattr(torch, dtype))

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from pathlib import Path
 from typing import Any
 
-from evalkit.files import read_json, stable_hash
+from evalkit.files import stable_hash
 
 
 def weights_fingerprint(model) -> str:
@@ -33,11 +32,11 @@ def weights_fingerprint(model) -> str:
 _SAVING_KEYS = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache")
 
 
-def model_fingerprint(model, tokenizer, path: Path) -> str:
-    """The weights, what config.json says the model computes with them (RoPE base, norm epsilon,
-    sliding window, architecture) and the tokenizer: two models alike in one of these are
-    different models, and an adapter or a cached score of one is never used for the other."""
-    config = {k: v for k, v in read_json(path / "config.json").items() if k not in _SAVING_KEYS}
+def model_fingerprint(model, tokenizer, config: dict[str, Any]) -> str:
+    """The weights, what config.json (`config`, as read) says the model computes with them (RoPE
+    base, norm epsilon, sliding window, architecture) and the tokenizer: two models alike in one
+    of these are different models, and an adapter or a cached score of one is never used for the other."""
+    config = {k: v for k, v in config.items() if k not in _SAVING_KEYS}
     return stable_hash({"weights": weights_fingerprint(model), "config": config,
                         "tokenizer": tokenizer_key(tokenizer)})
 
