@@ -179,6 +179,8 @@ CASES += [
     ("run --adapter {dropout_two} --base {base} --suite {tension} --out {out}", "field 'lora_dropout': 2"),
     ("run --adapter {saves_head} --base {base} --suite {tension} --out {out}", "field 'modules_to_save'"),
     ("run --adapter {bad_regex} --base {base} --suite {tension} --out {out}", "field 'target_modules': '(' is not a regular expression"),
+    ("run --adapter {backtracking_regex} --base {base} --suite {tension} --out {out}", "a regular expression did not finish matching"),
+    ("run --adapter {bad_rank_key} --base {base} --suite {tension} --out {out}", "field 'rank_pattern': '(' is not a regular expression"),
     ("run --adapter {nan_weights} --base {base} --suite {tension} --out {out}", "hold NaN or infinite values"),
     ("train {honesty_scene} --base {base} --out {out} --targets lm_head", "'lm_head' is not (only) a linear layer"),
     ("train {honesty_scene} --base {base} --out {out} --targets input_layernorm", "'input_layernorm' is not (only) a linear layer"),
@@ -352,6 +354,9 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
             "dropout_two": _adapter_copy(tmp, honesty_adapter, "dropout-two", {"lora_dropout": 2}),
             "saves_head": _adapter_copy(tmp, honesty_adapter, "saves-head", {"modules_to_save": ["lm_head"]}),
             "bad_regex": _adapter_copy(tmp, honesty_adapter, "bad-regex", {"target_modules": "("}),
+            # peft's re backtracks on nested repeats: this one would take hours on a 30-character module name
+            "backtracking_regex": _adapter_copy(tmp, honesty_adapter, "backtracking", {"target_modules": r"(.*)*z"}),
+            "bad_rank_key": _adapter_copy(tmp, honesty_adapter, "bad-rank-key", {"rank_pattern": {"(": 8}}),
             "nan_weights": _nan_weights(_adapter_copy(tmp, honesty_adapter, "nan-weights")),
             "extra_tensor": _extra_tensor(_adapter_copy(tmp, honesty_adapter, "extra-tensor")),
             "partial_layers": _adapter_copy(tmp, honesty_adapter, "partial-layers", {"layers_to_transform": [0]}),

@@ -3,7 +3,9 @@ without adapters; evalkit's numbers against direct transformers computations and
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -111,6 +113,24 @@ def test_swapped_adapters_score_like_fresh_loads(arch_models, tmp_path):
                     assert a.subject[key] == pytest.approx(b.subject[key], abs=1e-5), (a.item_id, key)
             if "generation" in a.subject:
                 assert a.subject["generation"] == b.subject["generation"]
+
+
+def test_an_adapter_whose_targets_are_a_regular_expression_scores_like_its_list(arch_models, tmp_path):
+    """peft takes target_modules as a regex too; evalkit tries such regexes in a child process
+    (a backtracking one cannot hang it) and must then select exactly peft's modules."""
+    base = load_base(arch_models["llama"])
+    listed = train_adapter([load_scene(ROOT / "scenes" / "01-honesty.yaml")], base, tmp_path / "listed", QUICK_TRAIN,
+                           log=lambda _: None)
+    as_regex = tmp_path / "regex"
+    shutil.copytree(listed, as_regex)
+    config = json.loads((as_regex / "adapter_config.json").read_text())
+    config["target_modules"] = r".*\.(" + "|".join(config["target_modules"]) + ")"
+    config["rank_pattern"] = {r"layers\.0\..*": config["r"]}  # peft's own rank, named by a pattern
+    (as_regex / "adapter_config.json").write_text(json.dumps(config))
+    tension = [s for s in SUITES if s.name == "tension"]
+    a, b = evaluate_subjects(base, [adapter_subject(listed), adapter_subject(as_regex)], tension, FAST,
+                             log=lambda _: None, use_cache=False)
+    assert [i.subject["margin"] for i in a.items] == pytest.approx([i.subject["margin"] for i in b.items], abs=1e-6)
 
 
 def test_exported_tasks_run_under_plain_lm_eval_with_the_same_numbers(arch_models, tmp_path):

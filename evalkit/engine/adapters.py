@@ -3,12 +3,12 @@ must pass before a run uses it, and attaching, switching and detaching adapters 
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 from evalkit.engine.base import Base
+from evalkit.engine.peft_patterns import match_patterns
 from evalkit.errors import EvalkitError, first_line
 from evalkit.files import read_json
 from evalkit.record import MANIFEST_NAME, AdapterManifest, read_manifest
@@ -156,20 +156,14 @@ def _adapter_config(adapter_dir: Path) -> dict[str, Any]:
     if not (isinstance(targets, str) or (isinstance(targets, list) and targets
                                          and all(isinstance(t, str) for t in targets))):
         raise EvalkitError(f"field 'target_modules': {targets!r} is not a module name list", where=str(path))
-    if isinstance(targets, str):
-        try:
-            re.compile(targets)
-        except re.error as exc:
-            raise EvalkitError(f"field 'target_modules': {targets!r} is not a regular expression ({exc})",
-                               where=str(path)) from None
     return config
 
 
-def _targeted(name: str, targets: str | list[str]) -> bool:
+def _targeted(names: set[str], targets: str | list[str], regex_matches: dict[tuple[str, str], set[str]]) -> set[str]:
     """peft's rule: a list names module suffixes; a string is a regular expression over full names."""
     if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
-    return any(name == t or name.endswith(f".{t}") for t in targets)
+        return names & regex_matches["target_modules", targets]
+    return {name for name in names if any(name == t or name.endswith(f".{t}") for t in targets)}
 
 
 def check_adapter_weights(adapter_dir: Path, model: Any) -> None:
@@ -207,9 +201,10 @@ def check_adapter_weights(adapter_dir: Path, model: Any) -> None:
     if dora and not any(k.endswith(dora) for k in shapes):
         raise EvalkitError("field 'use_dora': true, but the weights hold no DoRA magnitudes", where=str(weights))
     trained = {k.split(".lora_A")[0].removeprefix("base_model.model.") for k in shapes if ".lora_A" in k}
-    modules = {name for name, module in model.named_modules() if not list(module.children())}
-    targeted = {name for name in modules if _targeted(name, config["target_modules"])}
     where = str(adapter_dir / "adapter_config.json")
+    regex_matches = match_patterns(config, [name for name, _ in model.named_modules()], where)
+    modules = {name for name, module in model.named_modules() if not list(module.children())}
+    targeted = _targeted(modules, config["target_modules"], regex_matches)
     if not targeted:
         raise EvalkitError(f"field 'target_modules': the base has no module {config['target_modules']!r}", where=where)
     missing, extra = sorted(targeted - trained), sorted(trained - targeted)
