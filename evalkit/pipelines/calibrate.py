@@ -29,7 +29,7 @@ from evalkit.files import CALIBRATION_SIGNATURE, check_file_replaceable, write_j
 from evalkit.inputs.scenes import Scene, load_scenes, scene_files
 from evalkit.inputs.suites import LoadedSuite, load_suites
 from evalkit.kinds.novel_axis import NovelAxisSuite
-from evalkit.paths import adapters_folder, default_folder
+from evalkit.paths import cache_root, default_folder
 from evalkit.pipelines.discover import discover_adapters
 from evalkit.pipelines.evaluate import evaluate_subjects
 from evalkit.progress import progress_bar
@@ -196,7 +196,9 @@ def calibrate(base_dir: Optional[Path], datasets: int, seed: int, out: Path, log
         raise EvalkitError("calibration needs a scene tagged 'planted' and one tagged 'control'", where=str(scenes_dir))
     base = load_base(base_dir or ensure_demo_base(log=log))
     settings = RunSettings()
-    work = adapters_folder() / "calibration"
+    # its ~70 adapters are evalkit's own working material, reused by the next calibration: the
+    # cache holds them, so nothing is written outside --out but calibration.json
+    work = cache_root() / "calibration-adapters"
     log("(a) null subjects: nothing changed, so nothing may be significant")
     figures: dict = {"null_subjects": null_subjects(base, suites, work, settings, log)}
     log(f"(b) {datasets} simulated null data sets per design (seed {seed}); 'ok' = 95% CI covers or lies below alpha")
