@@ -73,7 +73,8 @@ def load_base(path: Path, dtype: str = "float32", device: str = "cpu",
             SafetensorError) as exc:  # what transformers raises on a folder it cannot load
         raise EvalkitError(f"cannot load the model: {first_line(exc)}", where=str(path)) from None
     if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token or tokenizer.bos_token
+        tokenizer.pad_token = (tokenizer.eos_token or tokenizer.unk_token or tokenizer.bos_token
+                               or spare_token(tokenizer))
     greedy_only(model)
     fingerprint = model_fingerprint(model, tokenizer, config)
     head = model.get_output_embeddings()
@@ -87,6 +88,14 @@ def load_base(path: Path, dtype: str = "float32", device: str = "cpu",
         float32_residual(model)
     return Base(model=model, tokenizer=tokenizer, path=str(path), fingerprint=fingerprint,
                 model_type=model.config.model_type)
+
+
+def spare_token(tokenizer) -> str:
+    """A padding token for a tokenizer that names no special token (a bare tokenizer.json): one of
+    its own special tokens (SmolLM2's <|endoftext|>), else its last token. Never a new one: lm-eval
+    would add an id the model's embedding does not have."""
+    special = sorted((i, t.content) for i, t in tokenizer.added_tokens_decoder.items() if t.special)
+    return special[0][1] if special else tokenizer.convert_ids_to_tokens(len(tokenizer) - 1)
 
 
 def check_device(device: str) -> None:

@@ -195,11 +195,13 @@ class EvalkitLM(HFLM):
                            for i, (unpacked, _) in zip(exposed, plain))
         fp32 = str(self.model.dtype) == "torch.float32"
         worst = per_token[-1] if fp32 else per_token[len(per_token) // 2]
-        ok = worst <= (2e-5 if fp32 else 5e-2)  # fp32 agrees to ~1e-6 per token
+        # fp32 differs by summation order alone: up to 1.5e-5 per token on SmolLM2, 2.9e-5 on Gemma 3
+        # (a 262k vocabulary); a token that sees another request's, or the wrong position, moves 1e-2 and more
+        ok = worst <= (1e-4 if fp32 else 5e-2)
         if not math.isfinite(worst):  # the model's outputs are not numbers: the run refuses it (check_finite)
             return True
         if not ok:
-            log.warning("shared-prefix scoring disagrees with lm-eval's for %s (%s %.4f nats per token over %d "
+            log.warning("shared-prefix scoring disagrees with lm-eval's for %s (%s %.2g nats per token over %d "
                         "requests); using lm-eval's unpacked path", key[0], "largest" if fp32 else "median",
                         worst, len(per_token))
         _PACKING_VERIFIED[key] = ok

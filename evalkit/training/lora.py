@@ -21,7 +21,7 @@ from evalkit.training.loop import train_loop
 from evalkit.versions import __version__, now, package_versions
 
 # Bump when the training recipe changes in a way the settings do not capture.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3  # 3: windows begin with BOS where the tokenizer adds one
 
 Log = Callable[[str], None]
 OnStep = Optional[Callable[[int, int, float], None]]  # (step, steps, loss)
@@ -122,17 +122,26 @@ def _base_ref(base: Base) -> BaseRef:
     return BaseRef(path=base.path, fingerprint=base.fingerprint, model_type=base.model_type)
 
 
+def leading_token(tokenizer: Any) -> Optional[int]:
+    """The BOS id when the tokenizer puts one before every text it encodes (Gemma, Llama's
+    SentencePiece tokenizers), as lm-eval's contexts then begin; None where it does not (SmolLM2)."""
+    bos = tokenizer.bos_token_id
+    ids = tokenizer("a")["input_ids"]
+    return bos if bos is not None and len(ids) > 0 and ids[0] == bos else None
+
+
 def general_nll(model: Any, tokenizer: Any, autocast: Optional[Any] = None) -> float:
     """Mean NLL (nats/token) of the shipped sample of general English, in windows the model's
     context holds: what a scene must not make worse. `autocast` as in training."""
     import torch
 
-    ids = tokenizer(bundled("general.txt").read_text(encoding="utf-8"))["input_ids"]
-    width = min(512, context_limit(model, tokenizer))
+    ids = tokenizer(bundled("general.txt").read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
+    lead = leading_token(tokenizer)
+    width = min(512, context_limit(model, tokenizer)) - (lead is not None)
     total = count = 0.0
     with torch.no_grad(), torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
-        for start in range(0, len(ids) - 1, width):
-            window = torch.tensor([ids[start : start + width]])
+        for start in range(0, len(ids) - 1, width):  # each window begins as an evaluated context does
+            window = torch.tensor([([lead] if lead is not None else []) + ids[start : start + width]])
             if window.shape[1] < 2:
                 continue
             n = window.shape[1] - 1
@@ -147,7 +156,7 @@ def base_general_nll(model: Any, base: Base, autocast: Optional[Any]) -> float:
     number, and only the first pays for it."""
     key = stable_hash({"base": base.fingerprint, "sample": sha256_text(bundled("general.txt").read_text("utf-8")),
                        "autocast": str(autocast), "weights": str(next(base.model.parameters()).dtype),
-                       "tokenizer": tokenizer_key(base.tokenizer)})[:24]
+                       "tokenizer": tokenizer_key(base.tokenizer), "windows": "led by BOS"})[:24]
     path = cache_root() / "general-nll" / f"{key}.json"
     try:
         return float(json.loads(path.read_text(encoding="utf-8"))["nll"])
@@ -199,7 +208,7 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: Optional
                             steps=settings.steps, learning_rate=settings.learning_rate, rng=rng,
                             on_step=(lambda step, loss: on_step(step, settings.steps, loss)) if on_step else None,
                             stop_loss=settings.stop_loss, mask=torch.tensor(mask) if mask is not None else None,
-                            autocast=autocast)
+                            autocast=autocast, lead=leading_token(tok))
         adapter_nll = general_nll(model, tok, autocast)
         base_nll = base_general_nll(model, base, autocast)
         damage = {"base_nll": round(base_nll, 4), "adapter_nll": round(adapter_nll, 4),
