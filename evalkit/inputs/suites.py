@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from evalkit.errors import EvalkitError
-from evalkit.files import read_yaml_mapping, stable_hash, validation_error, yaml_files
+from evalkit.files import read_yaml_mapping, seen_as, stable_hash, validation_error, yaml_files
 from evalkit.kinds import KINDS, Kind, SuiteSpec
 
 if TYPE_CHECKING:
@@ -139,7 +139,23 @@ def load_suite(path: Path) -> LoadedSuite:
     except ValidationError as exc:
         raise _item_error(path, data, exc) from None
     _check_spacing(path, spec)
+    _check_no_repeats(path, spec)
     return LoadedSuite(path=str(path), hash=stable_hash(spec.model_dump(mode="json")), spec=spec)
+
+
+def _check_no_repeats(path: Path, spec: Any) -> None:
+    """Items are the units every test counts: one question written twice under two ids would be
+    counted as two independent answers (six copies of one item gave p = 0.03 from one item)."""
+    seen: dict[tuple, str] = {}
+    generation = spec.generation()
+    asked: list[tuple[str, tuple]] = [(c.id, ("choice", seen_as(c.prompt), tuple(seen_as(o) for o in c.options)))
+                                      for c in spec.choices()]
+    asked += [(i.id, ("generation", seen_as(i.prompt))) for i in (generation.items if generation else [])]
+    for item_id, question in asked:
+        if question in seen and seen[question] != item_id:
+            raise EvalkitError(f"field 'prompt': item '{seen[question]}' asks the same (prompt and options); a "
+                               "repeated item would be counted as two answers", where=f"{path} [{item_id}]")
+        seen.setdefault(question, item_id)
 
 
 def _check_spacing(path: Path, spec: Any) -> None:
@@ -201,9 +217,13 @@ def suite_files(path: Path) -> list[Path]:
 
 def load_suites(paths: list[Path]) -> list[LoadedSuite]:
     suites = [load_suite(f) for p in paths for f in suite_files(p)]
-    names: set[str] = set()
+    names: dict[str, str] = {}
     for s in suites:
-        if s.name in names:
-            raise EvalkitError(f"suite name '{s.name}' is used by more than one file", where=s.path)
-        names.add(s.name)
+        task = s.name.replace("-", "_")  # lm-eval task names: 'a-b' and 'a_b' would be one task
+        if task in names:
+            first = names[task]
+            what = f"suite name '{s.name}' is" if first == s.name else \
+                f"suite names '{first}' and '{s.name}' (one lm-eval task: - is written _) are"
+            raise EvalkitError(f"{what} used by more than one file", where=s.path)
+        names[task] = s.name
     return suites

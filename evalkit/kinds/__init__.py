@@ -18,6 +18,10 @@ HEATMAP_ORDER = ("tension", "novel_axis", "consistency", "continuation")
 
 def check_record(record: RunRecord, where: str) -> None:
     """A record read from a file holds what its kinds promise (the schema alone cannot say it)."""
+    for k, suite in enumerate(record.manifest.suites):
+        if suite.kind not in KINDS:
+            raise EvalkitError(f"field 'manifest.suites.{k}.kind': '{suite.kind}' is not one of {', '.join(KINDS)}",
+                               where=f"{where} [{suite.name}]")
     for item in record.items:
         kind = KINDS.get(item.kind)
         at = f"{where} [{item.suite}/{item.item_id}]"

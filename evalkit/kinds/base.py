@@ -14,17 +14,20 @@ from typing import Annotated, Any, Callable, Literal, Optional, Sequence
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from evalkit.files import ID_PATTERN, not_blank
+from evalkit.files import ID_PATTERN, not_blank, seen_as
 
 Normalization = Literal["sum", "per_token"]
 Text = Annotated[str, Field(min_length=1), AfterValidator(not_blank)]
 
 
 def _distinct(texts: list[str]) -> list[str]:
+    seen = [seen_as(t) for t in texts]
     for k, text in enumerate(texts):
-        if text in texts[:k]:
-            raise ValueError(f"options {texts.index(text) + 1} and {k + 1} are the same text: nothing to choose "
-                             "between")
+        if seen[k] in seen[:k]:
+            first = seen.index(seen[k])
+            how = "the same text" if text == texts[first] else \
+                "the same text to a reader (they differ only in spaces, invisible characters or Unicode form)"
+            raise ValueError(f"options {first + 1} and {k + 1} are {how}: nothing to choose between")
     return texts
 
 

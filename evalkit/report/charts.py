@@ -20,14 +20,17 @@ class Scale:
     right: float
 
     @classmethod
-    def covering(cls, values: list[float], left: float, right: float) -> "Scale":
-        lo, hi = min([0.0, *values]), max([0.0, *values])
+    def covering(cls, values: list[float | None], left: float, right: float) -> "Scale":
+        """Untestable effects have no bounds (None); bounds beyond +-1e300 are drawn at the edge."""
+        drawn = [_within(v) for v in values if v is not None and not math.isnan(v)]
+        lo, hi = min([0.0, *drawn]), max([0.0, *drawn])
         if hi - lo < 1e-9:
             lo, hi = lo - 1, hi + 1
         pad = (hi - lo) * 0.08
         return cls(lo - pad, hi + pad, left, right)
 
     def __call__(self, x: float) -> float:
+        x = min(max(_within(x), self.lo), self.hi)
         return round(self.left + (x - self.lo) / (self.hi - self.lo) * (self.right - self.left), 1)
 
     def ticks(self, count: int = 5) -> list[dict]:
@@ -38,6 +41,11 @@ class Scale:
             out.append({"x": self(x), "label": f"{x:g}"})
             x = round(x + step, 10)
         return out
+
+
+def _within(x: float) -> float:
+    """x, brought inside +-1e300 so spans and steps between values stay finite."""
+    return min(max(x, -1e300), 1e300)
 
 
 def _nice_step(raw: float) -> float:

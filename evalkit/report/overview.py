@@ -45,7 +45,7 @@ def stack_trajectory(records: list[RunRecord]) -> dict | None:
         for k, r in sorted(stacks.items()):
             e = next((e for e in r.effects if e.metric == metric and e.scope in ("suite", "groups")
                       and any(s.name == e.suite and s.kind == suite_kind for s in r.manifest.suites)), None)
-            if e is not None:
+            if e is not None and e.ci_low is not None and e.ci_high is not None:  # untestable: no bounds to draw
                 points.append({"k": k, "mean": e.mean_diff, "lo": e.ci_low, "hi": e.ci_high,
                                "title": f"k={k}: {num(e.mean_diff)} [{num(e.ci_low)}, {num(e.ci_high)}]"})
         if points:

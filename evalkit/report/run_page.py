@@ -114,11 +114,12 @@ def axis_forest(record: RunRecord) -> dict | None:
     for e in record.effects:
         if e.verdict is None or e.ci_low is None or e.ci_high is None:
             continue
+        reference = {key: value for key, value in (("ref_mean", e.reference_mean), ("ref_lo", e.reference_ci_low),
+                                                   ("ref_hi", e.reference_ci_high)) if value is not None}
         colour = {"new": "#b3261e", "amplified": "#c77700", "reversed": "#6a1b9a", "attenuated": "#1565c0",
                   "shifted": "#2e7d32"}.get(e.verdict, "#5a6578")
         rows.append({"label": f"{e.suite}: {e.scope.removeprefix('cluster:')}", "shift": e.mean_diff,
-                     "lo": e.ci_low, "hi": e.ci_high, "ref_mean": e.reference_mean,
-                     "ref_lo": e.reference_ci_low, "ref_hi": e.reference_ci_high, "colour": colour,
+                     "lo": e.ci_low, "hi": e.ci_high, **reference, "colour": colour,
                      "note": e.verdict + (" (seed noise)" if e.within_seed_noise else ""),
                      "title": f"shift {num(e.mean_diff)} [{num(e.ci_low)}, {num(e.ci_high)}], q {pval(e.q_value)}; "
                               f"reference {num(e.reference_mean)} "
