@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 
 from evalkit.errors import EvalkitError
 from evalkit.offline import go_offline
-from evalkit.record import Effect, RunRecord
+from evalkit.record import Effect, RunRecord, results_file
 from evalkit.settings import RunSettings, StatsSettings, TrainSettings
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -175,7 +175,7 @@ def render_report(record: Union[RunRecord, PathLike], out: Optional[PathLike] = 
     from evalkit.report.run_page import write_run_report
 
     if not isinstance(record, RunRecord):
-        path = Path(record)
+        path = results_file(Path(record))
         return write_run_report(read_record(path), Path(out) if out is not None else path.parent / "report.html")
     if out is None:
         raise EvalkitError("render_report needs `out` when given a record")

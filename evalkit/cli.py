@@ -190,6 +190,8 @@ def run(
                          executor=executor, workers=workers, ray_address=ray_address, stats=stats)
     if (gate_policy is None) != (baseline is None):
         raise EvalkitError("--gate and --baseline go together")
+    if junit is not None and gate_policy is None:
+        raise EvalkitError("--junit goes with --gate: it is the gate's report")
     suite_paths = suite or [default_folder("probes")]
     gating = None
     if gate_policy is not None and baseline is not None:
@@ -198,7 +200,8 @@ def run(
         raise EvalkitError("--control and --prompts go with --discover")
     discovery = DiscoveryRequest(controls=tuple(control or []), prompts=prompts) if discover else None
     records = evaluate(adapter or [], checkpoint or [], base, suite_paths, settings, reference=reference, log=_say,
-                       use_cache=not no_cache, out=out, discovery=discovery)
+                       use_cache=not no_cache, out=out, discovery=discovery,
+                       other_files=[p for p in (gate_policy, baseline, junit) if p is not None])
     reports = [out / r.run_id / "report.html" for r in records]
     for report in reports:
         _say(f"report: {report}")

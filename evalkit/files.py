@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import tempfile
+import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -26,6 +27,7 @@ ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 # evalkit also writes, such as evalkit.json, is no mark: a user's folder may hold one.)
 MARK = ".evalkit"
 _MARK_TEXT = "written whole by evalkit"  # its first line, then ": <kind>" (what was written)
+_MARK_LIST = "entries:"  # then one JSON string per line: every file and folder evalkit wrote there
 
 
 # Characters that show nothing: text made only of these (and spaces) is empty.
@@ -35,6 +37,13 @@ INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
 def visible(text: str) -> str:
     """`text` without its surrounding spaces and invisible characters: what a reader would see."""
     return text.strip().strip(INVISIBLE).strip()
+
+
+def seen_as(text: str) -> str:
+    """What a reader sees: one Unicode form, no invisible characters, runs of spaces as one, no
+    spaces around. Two texts seen alike are one text to a reader and two to a tokenizer."""
+    shown = unicodedata.normalize("NFC", text.translate({ord(c): None for c in INVISIBLE}))
+    return " ".join(shown.split())
 
 
 def not_blank(text: str) -> str:
@@ -112,13 +121,14 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
 # but everything after (templates, hashing, validation) walks it whole: ten nested aliases of ten
 # make 10^10 values from a dozen lines.
 MAX_YAML_VALUES = 2_000_000
+MAX_YAML_CHARACTERS = 20_000_000  # and characters: one long string aliased 25,000 times is 10 GB of text
 
 
 def _check_values(data: Any, path: Path) -> None:
     """One walk over the parsed file, each alias as often as it is used: refused past
-    MAX_YAML_VALUES values, or at a string (key or value) that is no text - YAML's "\\ud800"
-    escape makes one, and a tokenizer would refuse it far from the file."""
-    stack, seen = [data], 0
+    MAX_YAML_VALUES values or MAX_YAML_CHARACTERS characters, or at a string (key or value) that
+    is no text - YAML's "\\ud800" escape makes one, and a tokenizer would refuse it far from the file."""
+    stack, seen, characters = [data], 0, 0
     while stack:
         value = stack.pop()
         seen += 1
@@ -131,6 +141,10 @@ def _check_values(data: Any, path: Path) -> None:
         elif isinstance(value, list):
             stack.extend(value)
         elif isinstance(value, str):
+            characters += len(value)
+            if characters > MAX_YAML_CHARACTERS:
+                raise EvalkitError(f"holds more than {MAX_YAML_CHARACTERS:,} characters once its aliases are "
+                                   "expanded", where=str(path))
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
@@ -229,11 +243,24 @@ def check_writable(path: Path) -> None:
         raise cannot_write(path, exc) from None
 
 
+# File systems allow 255 bytes a name; a folder written whole is made as .NAME.<8 chars>.tmp beside it.
+NAME_BYTES = 255 - len("..12345678.tmp")
+
+
+def check_name_length(path: Path) -> None:
+    """Before any work: a name evalkit writes, and its temp names beside it, fit the file system."""
+    size = len(os.fsencode(path.name))
+    if size > NAME_BYTES:
+        raise EvalkitError(f"the name '{path.name[:40]}...' is {size} bytes; evalkit writes names of at most "
+                           f"{NAME_BYTES} (its temp names add to them)", where=str(path.parent))
+
+
 def inside(root: Path, name: str) -> Path:
     """root/name, refused unless it stays inside root: every path built from a name goes through here."""
     path = root / name
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise EvalkitError(f"'{name}' cannot name a file or folder", where=str(root))
+    check_name_length(path)
     if root.resolve() not in path.resolve().parents:
         raise EvalkitError(f"'{name}' would leave the folder it belongs in", where=str(root))
     return path
@@ -290,6 +317,7 @@ def check_replaceable(final: Path, inputs: Iterable[Path] = (), *, kind: str) ->
     only if it is absent, empty, or a folder evalkit wrote as the same kind, and is none of the
     command's inputs (nor holds one), nor the current folder. Never a user's folder."""
     final = Path(os.path.abspath(final))  # `.` has no name to swap by
+    check_name_length(final)
     if final == Path.cwd() or final in Path.cwd().parents:
         raise EvalkitError("is the current folder (or holds it); choose a folder inside it", where=str(final))
     try:
@@ -312,8 +340,10 @@ def check_replaceable(final: Path, inputs: Iterable[Path] = (), *, kind: str) ->
             recover_swap(final)
             foreign = _foreign(final)
     if foreign:
-        raise EvalkitError("holds files evalkit did not write; refusing to replace it", where=str(final),
-                           hint="choose a new or empty folder")
+        added = _unlisted(final) if final.is_dir() and made_by_evalkit(final) else []
+        what = f"holds '{added[0]}', which evalkit did not write" if added else "holds files evalkit did not write"
+        raise EvalkitError(f"{what}; refusing to replace it", where=str(final),
+                           hint="move your files out, or choose a new or empty folder")
     existing = marked_kind(final) if final.is_dir() else None
     if existing and existing != kind:
         raise EvalkitError(f"holds an evalkit {existing}; refusing to replace it with a {kind}", where=str(final),
@@ -367,10 +397,46 @@ def _carries(path: Path, signature: str) -> bool:
 
 
 def _foreign(final: Path) -> bool:
+    """Holds anything evalkit did not write: a folder without the mark, or a marked folder with a
+    file the mark does not list (a user's note saved into a report folder is theirs)."""
     try:
-        return final.is_dir() and any(final.iterdir()) and not made_by_evalkit(final)
+        return final.is_dir() and any(final.iterdir()) and (not made_by_evalkit(final) or bool(_unlisted(final)))
     except FileNotFoundError:  # swapped away under us
         return False
+
+
+def _entries(folder: Path) -> list[str]:
+    """Every file and folder under `folder` (links not followed), relative; Python's bytecode
+    caches left by lm-eval importing a task folder's module are not counted."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in dirs + files:
+            found.append((Path(root) / name).relative_to(folder).as_posix())
+    return sorted(e for e in found if e != MARK)
+
+
+def _write_mark(folder: Path, kind: str) -> None:
+    """The mark's first line says what was written; the lines after it list every entry, so a
+    file added later by someone else is seen (and keeps the folder from being replaced)."""
+    listing = "".join(json.dumps(e, ensure_ascii=True) + "\n" for e in _entries(folder))
+    (folder / MARK).write_text(f"{_MARK_TEXT}: {kind}; evalkit may replace this folder with another {kind}\n"
+                               f"{_MARK_LIST}\n{listing}", encoding="utf-8")
+
+
+def _unlisted(folder: Path) -> list[str]:
+    """Entries of a marked folder its mark does not list (none for a mark from before listings)."""
+    try:
+        lines = (folder / MARK).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    if _MARK_LIST not in lines:
+        return []
+    try:
+        listed = {json.loads(line) for line in lines[lines.index(_MARK_LIST) + 1:] if line}
+    except ValueError:
+        return _entries(folder)  # an edited listing vouches for nothing
+    return [e for e in _entries(folder) if e not in listed]
 
 
 @contextmanager
@@ -416,9 +482,9 @@ def atomic_directory(final: Path, inputs: Iterable[Path] = (), *, kind: str) -> 
         raise cannot_write(final, exc) from None
     try:
         os.chmod(tmp, 0o777 & ~_umask())
-        (tmp / MARK).write_text(f"{_MARK_TEXT}: {kind}; evalkit may replace this folder with another {kind}\n",
-                                encoding="utf-8")
+        _write_mark(tmp, kind)  # marked from the start, so a killed swap's leftover is known as evalkit's
         yield tmp
+        _write_mark(tmp, kind)
         with _locked(final):
             recover_swap(final)
             if _foreign(final):  # made while we worked, by someone else: never replaced

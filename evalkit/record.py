@@ -272,15 +272,24 @@ def _not_finite(data: Any) -> tuple[str, float] | None:
     return None
 
 
+def results_file(path: Path) -> Path:
+    """A run's results.json, named by itself or by its run's folder."""
+    return path / "results.json" if path.is_dir() and (path / "results.json").is_file() else path
+
+
 def read_record(path: Path) -> RunRecord:
-    if not path.is_file():
+    path = results_file(path)
+    if not path.exists():
         raise EvalkitError("no such results file", where=str(path))
+    if not path.is_file():
+        what = "a folder without results.json" if path.is_dir() else "not a plain file"
+        raise EvalkitError(f"is {what}; give a run's results.json", where=str(path))
     data = read_json(path)
     odd = _not_finite(data)
     if odd is not None:
         field, where = odd[0], str(path)
         parts = field.split(".")
-        if parts[0] == "items" and len(parts) > 2 and isinstance(data, dict):  # name the item, as the checks do
+        if parts[0] == "items" and len(parts) > 2 and isinstance(data.get("items"), list):  # name the item
             item = data["items"][int(parts[1])]
             if isinstance(item, dict):
                 field, where = ".".join(parts[2:]), f"{path} [{item.get('suite')}/{item.get('item_id')}]"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -14,12 +15,18 @@ import torch
 from typer.testing import CliRunner
 
 from evalkit.cli import app
+from evalkit.files import atomic_directory
 
 ROOT = Path(__file__).resolve().parent.parent
 TENSION = ROOT / "probes" / "tension.yaml"
 
 # Files the cases refer to, written into the case's temporary folder.
 FILES = {
+    "repeated-item.yaml": "suite: t\nkind: tension\nitems:\n  - {id: a, prompt: 'She decided to', options: [stay, go]}\n"
+                          "  - {id: b, prompt: 'She  decided to', options: [stay, go]}\n",
+    "lookalike-options.yaml": "suite: t\nkind: tension\nitems:\n  - {id: a, prompt: 'She decided to', "
+                              "options: [caf\u00e9, \"cafe\\u0301\"]}\n",
+    "text-bomb.yaml": "suite: t\nkind: tension\nbig: &big '" + "x" * 100_000 + "'\nitems: [" + "*big, " * 300 + "]\n",
     "double-space.yaml": "suite: t\nkind: tension\nitems:\n  - {id: a, prompt: 'She decided to', options: [' stay.', ' go.']}\n",
     "few-prompts.txt": "one\ntwo\nthree\n",
     "long-prompts.txt": "".join(f"Prompt {k} of the bank.\n" for k in range(25)) + "word " * 400 + "\n",
@@ -179,6 +186,21 @@ CASES += [
     ("run --adapter {dropout_two} --base {base} --suite {tension} --out {out}", "field 'lora_dropout': 2"),
     ("run --adapter {saves_head} --base {base} --suite {tension} --out {out}", "field 'modules_to_save'"),
     ("run --adapter {bad_regex} --base {base} --suite {tension} --out {out}", "field 'target_modules': '(' is not a regular expression"),
+    # outputs that would destroy an input, or land where they do not belong
+    ("run --adapter {adapter} --base {base} --suite {tension} --out {tmp}/rep-with-policy --gate {tmp}/rep-with-policy/honesty/policy.yaml --baseline {results}", "is an input of this command"),
+    ("run --adapter {adapter} --base {base} --suite {tension} --out {out} --junit {tmp}/gate.xml", "--junit goes with --gate"),
+    ("gate --baseline {results} --candidate {results} --policy {tmp}/policy-ok.yaml --summary {tmp}/summary.json", "the summary is Markdown"),
+    ("gate --baseline {results} --candidate {results} --policy {tmp}/policy-ok.yaml --summary {tmp}/summary-fifo", "is not a plain file"),
+    ("run --adapter {long_name} --base {base} --suite {tension} --out {out}", "bytes; evalkit writes names of at most"),
+    ("export-tasks {tmp}/collide --out {out}", "(one lm-eval task: - is written _) are used by more than one file"),
+    ("validate {tmp}/repeated-item.yaml", "repeated-item.yaml [b]: field 'prompt': item 'a' asks the same"),
+    ("validate {tmp}/lookalike-options.yaml", "the same text to a reader"),
+    ("validate {tmp}/text-bomb.yaml", "characters once its aliases are expanded"),
+    # records that are not what they say
+    ("report {items_map_results}", "field 'items.x.s': nan is not a finite number"),
+    ("gate --baseline {results} --candidate {manifest_kind_results} --policy {tmp}/policy-ok.yaml", "field 'manifest.suites.0.kind': 'riddle'"),
+    ("gate --baseline {results} --candidate {swapped_results} --policy {tmp}/policy-ok.yaml", "other options in the candidate than in the baseline"),
+    ("report {empty}", "is a folder without results.json"),
     ("run --adapter {backtracking_regex} --base {base} --suite {tension} --out {out}", "a regular expression did not finish matching"),
     ("run --adapter {bad_rank_key} --base {base} --suite {tension} --out {out}", "field 'rank_pattern': '(' is not a regular expression"),
     ("run --adapter {nan_weights} --base {base} --suite {tension} --out {out}", "hold NaN or infinite values"),
@@ -327,7 +349,21 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
     broken = tmp / "broken-ckpt"
     shutil.copytree(tiny_llama, broken)
     (broken / "evalkit.json").write_text("{not json")
+    (tmp / "summary.json").write_text("{}")
+    os.mkfifo(tmp / "summary-fifo")  # appending would block for ever
+    (tmp / "collide").mkdir()  # 'my-suite' and 'my_suite' would be one lm-eval task
+    for name in ("my-suite", "my_suite"):
+        (tmp / "collide" / f"{name}.yaml").write_text(TENSION.read_text().replace("suite: tension", f"suite: {name}"))
+    with atomic_directory(tmp / "rep-with-policy" / honesty_adapter.name, kind="run report") as folder:
+        (folder / "policy.yaml").write_text((tmp / "policy-ok.yaml").read_text())  # an evalkit folder a user reused
+    long_name = _adapter_copy(tmp, honesty_adapter, "a" * 250)
     records = {
+        "items_map_results": _results(tmp, results_json, "items-map.json",
+                                      lambda d: d.update(items={"x": {"s": float("nan")}})),
+        "manifest_kind_results": _results(tmp, results_json, "manifest-kind.json",
+                                          lambda d: d["manifest"]["suites"][0].update(kind="riddle")),
+        "swapped_results": _results(tmp, results_json, "swapped.json",
+                                    lambda d: [i.update(options=i["options"][::-1]) for i in d["items"]]),
         "nan_results": _results(tmp, results_json, "nan.json", _set_score("entropy", float("nan"))),
         "inf_results": _results(tmp, results_json, "inf.json", _set_score("entropy", float("-inf"))),
         "text_results": _results(tmp, results_json, "text.json", _set_score("entropy", "high")),
@@ -360,7 +396,7 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
             "nan_weights": _nan_weights(_adapter_copy(tmp, honesty_adapter, "nan-weights")),
             "extra_tensor": _extra_tensor(_adapter_copy(tmp, honesty_adapter, "extra-tensor")),
             "partial_layers": _adapter_copy(tmp, honesty_adapter, "partial-layers", {"layers_to_transform": [0]}),
-            "results": results_json, "bad_weights": bad_weights, "probes_copy": tmp / "probes-copy", "broken_ckpt": broken, **records}
+            "long_name": long_name, "results": results_json, "bad_weights": bad_weights, "probes_copy": tmp / "probes-copy", "broken_ckpt": broken, **records}
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -20,7 +20,7 @@ from evalkit.inputs.scenes import load_scene
 from evalkit.inputs.suites import load_suites
 from evalkit.pipelines.evaluate import evaluate_subjects
 from evalkit.settings import RunSettings, StatsSettings, TrainSettings
-from evalkit.training.lora import train_adapter
+from evalkit.training.lora import leading_token, train_adapter
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = load_suites([ROOT / "probes"])
@@ -296,6 +296,22 @@ def test_a_tokenizer_without_end_of_text_trains_and_runs(world_tokenizer, tmp_pa
     assert all(math.isfinite(v) for i in record.items for v in i.subject.values() if isinstance(v, float))
 
 
+def test_a_folder_with_only_tokenizer_json_trains_and_runs(world_tokenizer, tmp_path):
+    """No tokenizer_config.json: no token is named BOS, EOS or padding. lm-eval would add a
+    padding token the model's embedding lacks (an IndexError mid-run); one of the tokenizer's own
+    special tokens pads instead."""
+    folder = build_tiny("llama", world_tokenizer, tmp_path / "bare")
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    base = load_base(folder)
+    assert base.tokenizer.eos_token is None and base.tokenizer.pad_token == "<|endoftext|>"
+    adapter = train_adapter([load_scene(ROOT / "scenes" / "01-honesty.yaml")], base, tmp_path / "honesty",
+                            TrainSettings(steps=2), log=lambda _: None)
+    (record,) = evaluate_subjects(base, [adapter_subject(adapter)], SUITES, FAST, log=lambda _: None, use_cache=False)
+    assert len(base.tokenizer) == base.model.get_input_embeddings().num_embeddings  # nothing was added
+    assert all(math.isfinite(v) for i in record.items for v in i.subject.values() if isinstance(v, float))
+
+
 def test_a_base_with_only_a_sentencepiece_model_file_trains_and_runs(tmp_path):
     """Llama-2-era folders ship tokenizer.model and no tokenizer.json: the slow SentencePiece
     tokenizer loads them, and a scene trains and runs on it."""
@@ -320,6 +336,7 @@ def test_a_base_with_only_a_sentencepiece_model_file_trains_and_runs(tmp_path):
         shutil.copy(model / name, folder / name)
     base = load_base(folder)
     assert type(base.tokenizer).__name__ == "LlamaTokenizer"
+    assert leading_token(base.tokenizer) == base.tokenizer.bos_token_id  # adds <s>: training windows begin with it
     adapter = train_adapter([load_scene(ROOT / "scenes" / "01-honesty.yaml")], base, tmp_path / "honesty",
                             TrainSettings(steps=2), log=lambda _: None)
     (record,) = evaluate_subjects(base, [adapter_subject(adapter)], SUITES[:1], FAST, log=lambda _: None,

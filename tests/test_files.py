@@ -69,6 +69,22 @@ def test_a_user_folder_is_never_replaced(tmp_path):
     assert (user / "notes.txt").read_text() == "keep" and len(list(tmp_path.iterdir())) == 1
 
 
+def test_a_file_a_user_saved_into_a_folder_evalkit_wrote_keeps_it_from_being_replaced(tmp_path):
+    final = tmp_path / "report"
+    write_folder(final, "first")
+    write_folder(final, "second")  # evalkit's own files only: replaced
+    (final / "sub").mkdir()
+    (final / "sub" / "notes.txt").write_text("keep")
+    with pytest.raises(EvalkitError, match="holds 'sub', which evalkit did not write"):
+        write_folder(final, "third")
+    assert (final / "sub" / "notes.txt").read_text() == "keep" and (final / "content.txt").read_text() == "second"
+    (final / "sub" / "notes.txt").unlink()
+    (final / "sub").rmdir()
+    (final / "__pycache__").mkdir()  # what importing a task folder's module leaves: not the user's
+    write_folder(final, "fourth")
+    assert (final / "content.txt").read_text() == "fourth"
+
+
 def test_a_damaged_cache_entry_is_dropped_and_computed_again(tmp_path, caplog):
     cache = ScoreCache("model", {"dtype": "float32"}, root=tmp_path)
     cache.put("choice", {"logprob_sum": [-1.0, -2.0], "n_tokens": [1, 1]})

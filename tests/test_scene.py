@@ -50,3 +50,25 @@ def test_missing_path_and_duplicate_ids(tmp_path):
         (tmp_path / name).write_text("id: same\ntitle: T\ntext: hi\n")
     with pytest.raises(EvalkitError, match="scene id 'same' is used by more than one file"):
         load_scenes(tmp_path)
+
+
+def test_training_windows_begin_as_evaluated_contexts_do():
+    """With a BOS-adding tokenizer every window starts with BOS (lm-eval's contexts do); the
+    same seed draws the same starts, and a window already at a BOS is not given a second."""
+    import random
+
+    import torch
+
+    from evalkit.training.loop import masked_batch, window_batch
+
+    data = torch.tensor([1, 10, 11, 12, 2, 1, 20, 21, 22, 2])
+    plain = window_batch(data, 3, 6, random.Random(0))
+    led = window_batch(data, 3, 6, random.Random(0), lead=1)
+    assert led.shape == plain.shape == (6, 4)
+    for p, w in zip(plain, led):
+        assert w[0] == 1 and (w.tolist() == p.tolist() if p[0] == 1 else w[1:].tolist() == p[:3].tolist())
+    mask = torch.tensor([0, 0, 1, 1, 0, 0, 0, 1, 1, 0])
+    batch, labels = masked_batch(data, mask, 3, 6, random.Random(0), lead=1)
+    assert (batch[:, 0] == 1).all()
+    assert ((labels == -100) | (labels == batch)).all() and all(
+        set(row[labels_row != -100].tolist()) <= {11, 12, 21, 22} for row, labels_row in zip(batch, labels))

@@ -15,6 +15,7 @@ non-inferiority puts the burden on the regression.)
 from __future__ import annotations
 
 import math
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +124,15 @@ def pair_records(baseline: RunRecord, candidate: RunRecord, tolerance: float,
     """Items of both runs by (suite, item id); too many on one side only is an input error."""
     a, b = _items(baseline), _items(candidate)
     check_item_sets(set(a), set(b), tolerance, where)
-    return [(a[k], b[k]) for k in sorted(set(a) & set(b))]
+    pairs = [(a[k], b[k]) for k in sorted(set(a) & set(b))]
+    changed = [(x, y) for x, y in pairs if (x.prompt, x.options) != (y.prompt, y.options)]
+    if changed:  # the same id, another question: its scores are not comparable
+        x, y = changed[0]
+        what = "another prompt" if x.prompt != y.prompt else "other options"
+        raise EvalkitError(f"item {x.suite}/{x.item_id} has {what} in the candidate than in the baseline "
+                           f"({len(changed)} such items): they ran different versions of the suite", where=where,
+                           hint="run the baseline again on this version of the suite")
+    return pairs
 
 
 def check_item_sets(a: set[tuple[str, str]], b: set[tuple[str, str]], tolerance: float, where: str) -> None:
@@ -255,7 +264,12 @@ def junit_xml(outcomes: list[Outcome], baseline: str, candidate: str) -> str:
             failure.text = o.line()
         else:
             ET.SubElement(case, "system-out").text = o.line()
-    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+    # Paths and folder names may hold characters XML 1.0 cannot carry even escaped (control
+    # characters; undecodable bytes of a file name): each is shown as U+FFFD.
+    return _NOT_XML.sub("\ufffd", ET.tostring(suite, encoding="unicode", xml_declaration=True)) + "\n"
+
+
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def markdown(outcomes: list[Outcome], baseline: str, candidate: str) -> str:
@@ -286,6 +300,10 @@ def write_outputs(outcomes: list[Outcome], baseline: str, candidate: str, junit:
             raise cannot_write(summary, exc) from None
 
 
+# Files Markdown may be appended to: GitHub's step summary file has no suffix.
+SUMMARY_SUFFIXES = ("", ".md", ".markdown", ".txt")
+
+
 def check_outputs(junit: Path | None, summary: Path | None, inputs: list[Path]) -> None:
     """Before deciding: the JUnit XML may replace only an earlier one, the summary is appended to
     (GitHub's step summary is a file the runner made), and neither may be one of the inputs."""
@@ -296,4 +314,9 @@ def check_outputs(junit: Path | None, summary: Path | None, inputs: list[Path]) 
             raise EvalkitError("is a folder; give a file", where=str(summary))
         if any(same_file(summary, Path(source)) for source in inputs):
             raise EvalkitError("is an input of this command; give another file for the summary", where=str(summary))
+        if summary.exists() and not summary.is_file():  # a FIFO would block the gate for ever
+            raise EvalkitError("is not a plain file; give a file for the summary", where=str(summary))
+        if summary.suffix.lower() not in SUMMARY_SUFFIXES:  # appended Markdown would break a .json, .yaml, .html
+            raise EvalkitError("the summary is Markdown: give a .md file, a .txt file or a name without a suffix "
+                               "(as $GITHUB_STEP_SUMMARY is)", where=str(summary))
         check_writable(summary)

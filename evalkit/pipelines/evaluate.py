@@ -3,9 +3,10 @@ the decisions, then the reports. The composition behind `evalkit run` and `evalk
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from evalkit.decide.effects import build_records
 from evalkit.engine.adapters import UNVERIFIED
@@ -52,17 +53,22 @@ def name_apart(subjects: list[Subject]) -> None:
         seen[s.path] = s
     by_name: dict[str, list[Subject]] = {}
     for s in subjects:
-        by_name.setdefault(s.name, []).append(s)
+        by_name.setdefault(_folded(s.name), []).append(s)
     for same in (group for group in by_name.values() if len(group) > 1):
         for depth in range(2, max(len(s.path.parts) for s in same) + 1):
             names = ["-".join(s.path.parts[-depth:]).lstrip("/-") for s in same]
-            if len(set(names)) == len(names):
+            if len({_folded(n) for n in names}) == len(names):
                 break
         for s, name in zip(same, names):
             s.name = name
-    if len({s.name for s in subjects}) < len(subjects):
+    if len({_folded(s.name) for s in subjects}) < len(subjects):
         raise EvalkitError("two subjects would write the same report folder; rename one",
                            where=", ".join(str(s.path) for s in subjects))
+
+
+def _folded(name: str) -> str:
+    """Names one folder on a file system that ignores case or Unicode form (macOS, Windows, shares)."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def reference_subject(path: Path, trained_elsewhere: bool = False) -> Subject:
@@ -83,10 +89,11 @@ class DiscoveryRequest:
 def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[Path], suite_paths: list[Path],
              settings: RunSettings, reference: Optional[Path] = None, log: Log = print,
              use_cache: bool = True, out: Optional[Path] = None,
-             discovery: Optional[DiscoveryRequest] = None) -> list[RunRecord]:
+             discovery: Optional[DiscoveryRequest] = None, other_files: Iterable[Path] = ()) -> list[RunRecord]:
     """Validate everything, load the base once, evaluate reference and subjects, test each pair;
     with `discovery`, add each adapter's discovered directions to its record; with `out`, write
-    each subject's results.json and report.html to out/<subject>/."""
+    each subject's results.json and report.html to out/<subject>/ (never over an input, nor over
+    `other_files`: what the command reads or writes besides, such as the gate's policy)."""
     if not adapters and not checkpoints:
         raise EvalkitError("give at least one --adapter or --checkpoint")
     suites = load_suites(suite_paths)
@@ -107,11 +114,11 @@ def evaluate(adapters: list[Path], checkpoints: list[Path], base_dir: Optional[P
         base_dir = base_of(with_manifest)
     if out is not None:
         check_writable(out)
+        inputs = [*adapters, *checkpoints, *suite_paths, *other_files, *([reference] if reference else []),
+                  *([base_dir] if base_dir else []), *(discovery.controls if discovery else ()),
+                  *([discovery.prompts] if discovery and discovery.prompts else [])]
         for s in subjects:  # each subject's folder is written whole: never a user's folder, nor an input
-            check_replaceable(inside(out, s.name), inputs=[*adapters, *checkpoints, *suite_paths,
-                                                           *(discovery.controls if discovery else ()),
-                                                           *([reference] if reference else []),
-                                                           *([base_dir] if base_dir else [])], kind="run report")
+            check_replaceable(inside(out, s.name), inputs=inputs, kind="run report")
     if use_cache:
         check_writable(cache_root() / "scores")
     controls = [adapter_subject(c, elsewhere) for c in discovery.controls] if discovery else []

@@ -198,7 +198,9 @@ def run_experiment(plan_path: Path, out: Path | None, dry_run: bool, console: Co
         suites = load_suites([resolved.rel(s) for s in resolved.plan.suites])
     out = out or Path("reports") / resolved.plan.name
     inputs = [plan_path, *map(Path, resolved.scene_paths),
-              *([resolved.rel(resolved.plan.base)] if resolved.plan.base else [])]
+              *([resolved.rel(resolved.plan.base)] if resolved.plan.base else []),
+              *(resolved.rel(s) for s in resolved.plan.suites),
+              *(resolved.rel(spec.corpus) for spec in resolved.plan.scratch if spec.corpus)]
     if resolved.plan.discover is not None and resolved.plan.discover.prompts:
         inputs.append(resolved.rel(resolved.plan.discover.prompts))
     check_replaceable(out, inputs=inputs, kind="experiment report")

@@ -22,7 +22,7 @@ from evalkit.errors import EvalkitError
 from evalkit.files import HTML_SIGNATURE, check_file_replaceable
 from evalkit.inputs.suites import LoadedSuite
 from evalkit.kinds import check_record
-from evalkit.record import RunRecord
+from evalkit.record import RunRecord, results_file
 from evalkit.record import read_record as read_file
 from evalkit.report.overview import write_compare_report
 from evalkit.report.run_page import write_run_report
@@ -38,6 +38,7 @@ def read_record(path: Path) -> RunRecord:
 
 
 def rerender(results: Path, out: Optional[Path] = None) -> Path:
+    results = results_file(results)
     out = out or results.parent / "report.html"
     check_file_replaceable(out, HTML_SIGNATURE, [results])
     return write_run_report(read_record(results), out)
