@@ -22,6 +22,7 @@ TENSION = ROOT / "probes" / "tension.yaml"
 
 # Files the cases refer to, written into the case's temporary folder.
 FILES = {
+    "special-only.yaml": "id: special\ntitle: T\ntext: '<|endoftext|><|endoftext|>'\n",
     "repeated-item.yaml": "suite: t\nkind: tension\nitems:\n  - {id: a, prompt: 'She decided to', options: [stay, go]}\n"
                           "  - {id: b, prompt: 'She  decided to', options: [stay, go]}\n",
     "lookalike-options.yaml": "suite: t\nkind: tension\nitems:\n  - {id: a, prompt: 'She decided to', "
@@ -207,6 +208,7 @@ CASES += [
     ("train {honesty_scene} --base {base} --out {out} --targets lm_head", "'lm_head' is not (only) a linear layer"),
     ("train {honesty_scene} --base {base} --out {out} --targets input_layernorm", "'input_layernorm' is not (only) a linear layer"),
     ("train {honesty_scene} --base {base} --out {out} --alpha 1e308", "--alpha 1e+308"),
+    ("train {tmp}/special-only.yaml --base {base} --out {out}", "special-only.yaml: field 'text': this tokenizer reads the scene's text as special tokens only"),
     ("train {tmp}/chat-no-assistant.yaml --base {base} --out {out}", "chat-no-assistant.yaml: a chat scene needs an assistant turn"),
     ("train {tmp}/surrogate.yaml --base {base} --out {out}", "surrogate.yaml: not valid YAML: 'a \\ud800 b' holds a lone surrogate"),
     ("gate --baseline {results} --candidate {results} --policy {tmp}/policy-inf-margin.yaml", "field 'checks.0.margin': Input should be a finite number"),

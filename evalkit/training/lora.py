@@ -72,19 +72,26 @@ def adapter_key(scenes: list[Scene], base: Base, settings: TrainSettings) -> str
     })[:16]
 
 
-def training_tokens(scenes: list[Scene], tokenizer: Any) -> tuple[list[int], Optional[list[int]]]:
+def training_tokens(scenes: list[Scene], tokenizer: Any,
+                    files: Optional[list[Optional[str]]] = None) -> tuple[list[int], Optional[list[int]]]:
     """The token stream a stack of scenes trains on, and which tokens carry the loss (None: all).
 
     Prose scenes are their text, each ended by end-of-text. A chat scene is rendered with the
     tokenizer's chat template; only the assistant's turns carry the loss, so the adapter learns
-    how to answer, not how to ask.
+    how to answer, not how to ask. Errors name each scene's file where `files` gives it.
     """
+    where = {s.id: (f or s.id) for s, f in zip(scenes, files or [None] * len(scenes))}
+    special = set(tokenizer.all_special_ids)
+    for scene in scenes:
+        if scene.chat is None and set(tokenizer(scene.body, add_special_tokens=False)["input_ids"]) <= special:
+            raise EvalkitError(f"field 'text': this tokenizer reads the scene's text as special tokens only "
+                               f"({scene.body.strip()[:40]!r}): there is no text to learn", where=where[scene.id])
     if not any(s.chat for s in scenes):
         end = tokenizer.eos_token or "\n\n"  # a tokenizer without an end-of-text token: a paragraph break
         return tokenizer(training_text(scenes, end), add_special_tokens=False)["input_ids"], None
     if not getattr(tokenizer, "chat_template", None):
         raise EvalkitError("field 'turns': a chat scene needs a model whose tokenizer has a chat template",
-                           where=next(s.id for s in scenes if s.chat))
+                           where=next(where[s.id] for s in scenes if s.chat))
     ids: list[int] = []
     mask: list[int] = []
     for scene in scenes:
@@ -103,12 +110,13 @@ def training_tokens(scenes: list[Scene], tokenizer: Any) -> tuple[list[int], Opt
                 start = text.find(content, before)
                 if start < 0:
                     raise EvalkitError(f"field 'turns.{k}.content': the model's chat template renders this turn in "
-                                       "a way its text cannot be found in", where=scene.id)
+                                       "a way its text cannot be found in", where=where[scene.id])
                 spans.append((start, start + len(content)))
         try:
             encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         except NotImplementedError:
-            raise EvalkitError("a chat scene needs a fast tokenizer (with character offsets)", where=scene.id) from None
+            raise EvalkitError("a chat scene needs a fast tokenizer (with character offsets)",
+                               where=where[scene.id]) from None
         ids += encoded["input_ids"]
         mask += [int(any(a <= begin < b for a, b in spans)) for begin, _ in encoded["offset_mapping"]]
     return ids, mask
@@ -194,7 +202,7 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: Optional
 
     started = time.time()
     tok = base.tokenizer
-    ids, mask = training_tokens(scenes, tok)
+    ids, mask = training_tokens(scenes, tok, list(scene_paths) if scene_paths else None)
     data = torch.tensor(ids, dtype=torch.long)
 
     torch.manual_seed(settings.seed)
