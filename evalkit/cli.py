@@ -103,6 +103,8 @@ def train(
     targets: Optional[str] = typer.Option(None, help="Comma-separated module names LoRA goes on."),
     dtype: Optional[str] = typer.Option(None, help="float32, or bfloat16 (CPU autocast; weights stay float32)."),
     stop_loss: Optional[float] = typer.Option(None, help="Stop once the mean loss of the last 5 steps is below this."),
+    damage_budget: Optional[float] = typer.Option(None, help="Stop, keeping the last state within it, once general "
+                                                  "English is this much worse (nats/token)."),
     seed: Optional[int] = typer.Option(None, help="Training seed."),
 ) -> None:
     """Train one LoRA adapter per scene (or a stack), seeded, with an evalkit manifest.
@@ -115,7 +117,7 @@ def train(
 
     chosen = {k: v for k, v in {"steps": steps, "learning_rate": lr, "rank": rank, "alpha": alpha,
                                 "batch_size": batch_size, "block": block, "dtype": dtype, "stop_loss": stop_loss,
-                                "seed": seed, "targets": targets.split(",") if targets else None}.items()
+                                "damage_budget": damage_budget, "seed": seed, "targets": targets.split(",") if targets else None}.items()
               if v is not None}
     _settings(TrainSettings, **chosen)  # each value range-checked here, naming its option
     for path in do_train(scenes, base, out, stack, command_line=chosen, log=_say):

@@ -85,3 +85,20 @@ def test_an_over_trained_scene_is_flagged(smollm2, tmp_path):
     assert written["damage"]["increase"] > 0.15
     assert any("general English got worse" in w for w in written["warnings"])
     assert any(line.startswith("warning: adapter real-thrift:") for line in lines)
+
+
+def test_the_damage_budget_keeps_the_last_state_within_it(smollm2, tmp_path):
+    """The same over-eager recipe with a damage budget: training stops once general English is
+    past it, and the adapter saved is the last state measured within it (the final damage check
+    measures the same weights again)."""
+    lines: list[str] = []
+    (adapter,) = evalkit.train(ROOT / "scenes" / "real" / "05-thrift.yaml", base=smollm2.path, out=tmp_path / "kept",
+                               settings=evalkit.TrainSettings(learning_rate=2e-3, steps=30, batch_size=4, block=64,
+                                                              damage_budget=1.0),
+                               log=lines.append)
+    written = json.loads((adapter / "evalkit.json").read_text())
+    stopped = next(line for line in lines if "past the damage budget 1" in line)
+    kept_step = int(stopped.split("kept step ")[1].split()[0])
+    assert 0 < kept_step == written["training"]["steps_run"] < 30
+    assert len(json.loads((adapter / "loss_curve.json").read_text())["loss"]) == kept_step
+    assert 0 < written["damage"]["increase"] <= 1.0

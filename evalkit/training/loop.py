@@ -54,13 +54,15 @@ def train_loop(model: Any, params: list, data: Any, *, block: int, batch_size: i
                learning_rate: float, rng: random.Random, weight_decay: float = 0.0,
                schedule: Optional[Callable[[int], float]] = None, clip: Optional[float] = None,
                on_step: Optional[Callable[[int, float], None]] = None, stop_loss: Optional[float] = None,
-               autocast: Optional[Any] = None, mask: Optional[Any] = None, lead: Optional[int] = None) -> list[float]:
+               autocast: Optional[Any] = None, mask: Optional[Any] = None, lead: Optional[int] = None,
+               keep_going: Optional[Callable[[list[float]], bool]] = None) -> list[float]:
     """Train `params` of `model` on windows of `data` (a 1-D tensor of token ids); the loss of
     every step, rounded to 5 decimals. `schedule(step)` sets the learning rate of each step
     (constant without it); `clip` caps the gradient norm; `stop_loss` ends training once the mean
     loss of the last 5 steps is below it; `autocast` (a torch dtype) runs forward and backward
     under CPU autocast; `mask` (0/1 per token of `data`) keeps the loss to the tokens marked 1;
-    `lead` begins every window (see `_prepends`).
+    `lead` begins every window (see `_prepends`); `keep_going(losses)`, asked after every step,
+    ends training when it answers False.
     Seed torch and `rng` before calling: the model's initialisation draws
     from torch's generator too."""
     import torch
@@ -89,6 +91,8 @@ def train_loop(model: Any, params: list, data: Any, *, block: int, batch_size: i
         losses.append(round(loss.item(), 5))
         if on_step is not None:
             on_step(step, losses[-1])
+        if keep_going is not None and not keep_going(losses):
+            break
         recent = losses[-STOP_WINDOW:]
         if stop_loss is not None and len(recent) == STOP_WINDOW and sum(recent) / STOP_WINDOW < stop_loss:
             break

@@ -33,10 +33,14 @@ PRETRAINED_PARAMETERS = 20_000_000
 # 6e-5) and raised the NLL of general English by 3 nats/token; at 2e-4 general English is
 # untouched until the scene's loss is about 1.5 and damaged past it. Stopping at 1.7 keeps the
 # worst real scene (the neutral control, whose text is most like general English) at +0.10.
-PRETRAINED_RECIPE = TrainSettings(learning_rate=2e-4, steps=40, batch_size=4, block=64, stop_loss=1.7)
+# A loss level does not carry to other models: Gemma 3 270M learns the same scene in a third of
+# the steps and its general English is +0.317 worse by the time the loss is at 1.7 (+0.012 four
+# steps before). So the recipe also holds the damage within the warning's line, measured as it trains.
 # Warnings after training: the scene is memorised, or general text got worse by this much.
 MEMORISED_LOSS = 0.1
 DAMAGE_NATS = 0.15
+PRETRAINED_RECIPE = TrainSettings(learning_rate=2e-4, steps=40, batch_size=4, block=64, stop_loss=1.7,
+                                  damage_budget=DAMAGE_NATS)
 
 
 def recipe_for(base: Base) -> tuple[TrainSettings, str]:
@@ -211,12 +215,20 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: Optional
     model = get_peft_model(base.model, config)
     autocast = torch.bfloat16 if settings.dtype == "bfloat16" else None
     try:
+        guard = DamageGuard(model, base, settings.damage_budget, autocast) if settings.damage_budget else None
         losses = train_loop(model, [p for p in model.parameters() if p.requires_grad], data,
                             block=min(settings.block, len(ids) - 1), batch_size=settings.batch_size,
                             steps=settings.steps, learning_rate=settings.learning_rate, rng=rng,
                             on_step=(lambda step, loss: on_step(step, settings.steps, loss)) if on_step else None,
                             stop_loss=settings.stop_loss, mask=torch.tensor(mask) if mask is not None else None,
-                            autocast=autocast, lead=leading_token(tok))
+                            autocast=autocast, lead=leading_token(tok), keep_going=guard)
+        if guard is not None and guard.exceeded is not None:
+            step, over = guard.exceeded
+            kept = f"kept step {guard.kept_step} ({guard.kept_damage:+.3f})" if guard.kept_step else \
+                "no earlier state was measured: lower the learning rate"
+            log(f"adapter {label}: general English {over:+.3f} nats/token at step {step}, past the damage budget "
+                f"{settings.damage_budget:g}: {kept}")
+            losses = losses[: guard.kept_step or len(losses)]  # the loss curve of the weights that are kept
         adapter_nll = general_nll(model, tok, autocast)
         base_nll = base_general_nll(model, base, autocast)
         damage = {"base_nll": round(base_nll, 4), "adapter_nll": round(adapter_nll, 4),
@@ -247,6 +259,42 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: Optional
     log(f"adapter {label}: trained {len(losses)} steps, final loss {losses[-1]:.3f}, general-text NLL "
         f"{damage['increase']:+.3f} nats/token -> {out}")
     return out
+
+
+class DamageGuard:
+    """train_loop's `keep_going` for a damage budget: once the mean loss of the last steps is 30%
+    below the first step's (on SmolLM2 and Gemma general English did not move before), every
+    second step measures general English. Within the budget the LoRA weights are copied aside
+    (they are small); past it they are put back and training stops."""
+
+    def __init__(self, model: Any, base: Base, budget: float, autocast: Optional[Any]):
+        self.model, self.tokenizer, self.budget, self.autocast = model, base.tokenizer, budget, autocast
+        self.base_nll = base_general_nll(model, base, autocast)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.kept = [p.detach().clone() for p in self.params]
+        self.kept_step, self.kept_damage = 0, 0.0
+        self.exceeded: Optional[tuple[int, float]] = None
+
+    def __call__(self, losses: list[float]) -> bool:
+        import torch
+
+        recent = losses[-5:]
+        if len(losses) % 2 or sum(recent) / len(recent) > 0.7 * losses[0]:
+            return True
+        self.model.eval()
+        damage = general_nll(self.model, self.tokenizer, self.autocast) - self.base_nll
+        self.model.train()
+        with torch.no_grad():
+            if damage <= self.budget:
+                for kept, p in zip(self.kept, self.params):
+                    kept.copy_(p)
+                self.kept_step, self.kept_damage = len(losses), damage
+                return True
+            if self.kept_step:  # past it at the first look, there is nothing better to go back to than an
+                for kept, p in zip(self.kept, self.params):  # untrained adapter: these weights stay, and warn
+                    p.copy_(kept)
+        self.exceeded = (len(losses), damage)
+        return False
 
 
 def training_warnings(final_loss: float, damage: float) -> list[str]:
