@@ -10,7 +10,9 @@ peak RSS is its own), after the same imports:
   floor    AutoModelForCausalLM + peft.get_peft_model + AdamW over random windows of the token
            stream, forward/backward/step and nothing else, then save_pretrained.
 
-Steps are fixed at the recipe's cap (no early stop) so both do the same work. Each side runs with
+By default evalkit trains as the CLI does (the recipe with its early stops: the loss level and the
+damage budget, whose checks run inside its loop) and the floor then runs the same number of steps;
+`--steps N` fixes the steps for both and turns the early stops off. Each side runs with
 an empty cache, so evalkit's damage check reads the base as well as the adapter, as it does for
 the first adapter on a base (later ones find the base's reading in the cache). Reported per side: wall time (after
 imports), tokens trained per second of wall time and of the loop alone, peak RSS, and the share
@@ -39,7 +41,9 @@ SCENE = ROOT / "evalkit" / "bundled" / "scenes" / "real" / "01-honesty.yaml"
 def settings(args):
     from evalkit.training.lora import PRETRAINED_RECIPE
 
-    return PRETRAINED_RECIPE.but(steps=args.steps or PRETRAINED_RECIPE.steps, stop_loss=None, dtype=args.dtype)
+    if args.steps:
+        return PRETRAINED_RECIPE.but(steps=args.steps, stop_loss=None, damage_budget=None, dtype=args.dtype)
+    return PRETRAINED_RECIPE.but(dtype=args.dtype)
 
 
 def side_evalkit(args) -> dict:
@@ -65,7 +69,7 @@ def side_evalkit(args) -> dict:
     wall = time.perf_counter() - start
     manifest = json.loads((out / "evalkit.json").read_text())
     return {"seconds": wall, "loop_s": loop_seconds[0], "tokens_in_scene": manifest["training"]["tokens"],
-            "final_loss": manifest["final_loss"]}
+            "final_loss": manifest["final_loss"], "steps": manifest["training"]["steps_run"]}
 
 
 def side_floor(args) -> dict:
@@ -100,7 +104,7 @@ def side_floor(args) -> dict:
     loop = time.perf_counter() - loop_start
     model.save_pretrained(tempfile.mkdtemp())
     return {"seconds": time.perf_counter() - start, "loop_s": loop, "tokens_in_scene": len(ids),
-            "final_loss": round(loss.item(), 5)}
+            "final_loss": round(loss.item(), 5), "steps": s.steps}
 
 
 SIDES = {"evalkit": side_evalkit, "floor": side_floor}
@@ -121,9 +125,9 @@ def child(args) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def run_child(side: str, dtype: str, args, targets: list[str]) -> dict:
+def run_child(side: str, dtype: str, args, targets: list[str], steps: int) -> dict:
     cmd = [sys.executable, __file__, "--child", side, "--base", args.base, "--dtype", dtype,
-           "--steps", str(args.steps), "--targets", ",".join(targets)]
+           "--steps", str(steps), "--targets", ",".join(targets)]
     # An empty cache: evalkit pays for reading the base in its damage check, as the first adapter on a base does.
     env = {**os.environ, "EVALKIT_CACHE": tempfile.mkdtemp(prefix="evalkit-bench-cache-")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -137,7 +141,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="smollm2", help="A HF folder, a .gguf, or smollm2 (the default).")
     parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--steps", type=int, default=0, help="Steps (default: the recipe's at most 40).")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="Steps for both sides, no early stop (default: as many as evalkit's recipe runs).")
     parser.add_argument("--repeat", type=int, default=1, help="Runs per side; the fastest is kept.")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
@@ -155,28 +160,32 @@ def main() -> None:
     base = load_base(Path(args.base))
     s = settings(args)
     targets = sorted(lora_config(base, s).target_modules)
-    tokens = s.steps * s.batch_size * s.block
+    steps = f"{s.steps} steps" if args.steps else f"the recipe's steps (at most {s.steps})"
     print(f"base {args.base}: {sum(p.numel() for p in base.model.parameters()) / 1e6:.0f}M parameters; "
-          f"scene {SCENE.name}; LoRA r={s.rank} on {','.join(targets)}; {s.steps} steps x {s.batch_size} x "
-          f"{s.block} tokens = {tokens} tokens; lr {s.learning_rate}")
+          f"scene {SCENE.name}; LoRA r={s.rank} on {','.join(targets)}; {steps} x {s.batch_size} x "
+          f"{s.block} tokens; lr {s.learning_rate}")
     del base
     print(f"{'dtype':<9} {'side':<8} {'wall s':>7} {'loop s':>7} {'tok/s wall':>11} {'tok/s loop':>11} "
           f"{'outside':>8} {'RSS MiB':>8} {'loss':>6}")
     results = {}
     for dtype in args.dtypes.split(","):
         for _ in range(args.repeat):
-            for side in SIDES:
-                row = run_child(side, dtype, args, targets)
+            ran = args.steps
+            for side in SIDES:  # evalkit first: without --steps the floor runs as many steps as it did
+                row = run_child(side, dtype, args, targets, ran)
+                ran = row["steps"]
                 if (dtype, side) not in results or row["seconds"] < results[(dtype, side)]["seconds"]:
                     results[(dtype, side)] = row
         for side in SIDES:
             r = results[(dtype, side)]
+            tokens = r["steps"] * s.batch_size * s.block
             print(f"{dtype:<9} {side:<8} {r['seconds']:>7.1f} {r['loop_s']:>7.1f} {tokens / r['seconds']:>11.0f} "
                   f"{tokens / r['loop_s']:>11.0f} {1 - r['loop_s'] / r['seconds']:>8.0%} "
                   f"{r['peak_rss_mib']:>8.0f} {r['final_loss']:>6.3f}", flush=True)
         e, f = results[(dtype, "evalkit")], results[(dtype, "floor")]
-        print(f"{dtype}: evalkit / floor tokens per second: wall {f['seconds'] / e['seconds']:.2f}, "
-              f"loop {f['loop_s'] / e['loop_s']:.2f}")
+        per_step = {k: (r["seconds"] / r["steps"], r["loop_s"] / r["steps"]) for k, r in (("e", e), ("f", f))}
+        print(f"{dtype}: {e['steps']} steps; evalkit / floor tokens per second: wall "
+              f"{per_step['f'][0] / per_step['e'][0]:.2f}, loop {per_step['f'][1] / per_step['e'][1]:.2f}")
 
 
 if __name__ == "__main__":
