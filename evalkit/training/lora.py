@@ -287,7 +287,7 @@ class DamageGuard:
 
         recent = losses[-5:]
         if self.next_check is None and sum(recent) / len(recent) <= 0.65 * losses[0]:
-            self.next_check = len(losses) + len(losses) % 2
+            self.next_check = -(-len(losses) // 4) * 4  # on multiples of 4, as the recipe's step cap is
         if self.next_check is None or len(losses) < self.next_check:
             return True
         self.model.eval()
