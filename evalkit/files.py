@@ -40,10 +40,10 @@ def visible(text: str) -> str:
 
 
 def seen_as(text: str) -> str:
-    """What a reader sees: one Unicode form, no invisible characters, runs of spaces as one, no
-    spaces around. Two texts seen alike are one text to a reader and two to a tokenizer."""
-    shown = unicodedata.normalize("NFC", text.translate({ord(c): None for c in INVISIBLE}))
-    return " ".join(shown.split())
+    """What a reader sees: one Unicode form, no invisible characters, no spaces at the end (which
+    nothing shows). Two texts seen alike are one text to a reader and two to a tokenizer. Leading
+    spaces, line breaks and indentation are seen, and kept."""
+    return unicodedata.normalize("NFC", text.translate({ord(c): None for c in INVISIBLE})).rstrip()
 
 
 def not_blank(text: str) -> str:
@@ -279,6 +279,7 @@ def write_text_atomic(path: Path, text: str) -> None:
             fh.write(text)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is for others to read
         os.replace(tmp, path)
+        note_written(path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise cannot_write(path, exc) from None
@@ -405,15 +406,36 @@ def _foreign(final: Path) -> bool:
         return False
 
 
+# Not the user's files, nor evalkit's: Python's bytecode caches (lm-eval imports a task folder's
+# module) and what file browsers leave in every folder they show.
+_IGNORED = {"__pycache__", ".DS_Store", "Thumbs.db", "desktop.ini"}
+
+
 def _entries(folder: Path) -> list[str]:
-    """Every file and folder under `folder` (links not followed), relative; Python's bytecode
-    caches left by lm-eval importing a task folder's module are not counted."""
+    """Every file and folder under `folder` (links not followed), relative, but the ignored ones."""
     found = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        dirs[:] = [d for d in dirs if d not in _IGNORED]
         for name in dirs + files:
-            found.append((Path(root) / name).relative_to(folder).as_posix())
+            if name not in _IGNORED and not name.startswith("._"):  # ._*: macOS's resource forks
+                found.append((Path(root) / name).relative_to(folder).as_posix())
     return sorted(e for e in found if e != MARK)
+
+
+def note_written(path: Path) -> None:
+    """A file evalkit writes later into a folder it wrote whole (a gate's JUnit XML or summary
+    into a demo's folder, a re-rendered report) joins the folder's listing: it is evalkit's too."""
+    path = Path(os.path.abspath(path))
+    folder = path.parent
+    while folder != folder.parent and not (folder / MARK).is_file():
+        folder = folder.parent
+    mark = folder / MARK
+    if folder == folder.parent or not stat.S_ISREG(mark.lstat().st_mode) or not _unlisted(folder):
+        return
+    entry = path.relative_to(folder)
+    added = [p.as_posix() for p in [*reversed(entry.parents[:-1]), entry]]
+    with mark.open("a", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps(e, ensure_ascii=True) + "\n" for e in added))
 
 
 def _write_mark(folder: Path, kind: str) -> None:

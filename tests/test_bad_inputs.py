@@ -24,7 +24,7 @@ TENSION = ROOT / "probes" / "tension.yaml"
 FILES = {
     "special-only.yaml": "id: special\ntitle: T\ntext: '<|endoftext|><|endoftext|>'\n",
     "repeated-item.yaml": "suite: t\nkind: tension\nitems:\n  - {id: a, prompt: 'She decided to', options: [stay, go]}\n"
-                          "  - {id: b, prompt: 'She  decided to', options: [stay, go]}\n",
+                          "  - {id: b, prompt: 'She decided\u200b to', options: [stay, go]}\n",
     "lookalike-options.yaml": "suite: t\nkind: tension\nitems:\n  - {id: a, prompt: 'She decided to', "
                               "options: [caf\u00e9, \"cafe\\u0301\"]}\n",
     "text-bomb.yaml": "suite: t\nkind: tension\nbig: &big '" + "x" * 100_000 + "'\nitems: [" + "*big, " * 300 + "]\n",

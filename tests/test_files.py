@@ -13,7 +13,7 @@ import pytest
 
 from evalkit.engine.cache import ScoreCache
 from evalkit.errors import EvalkitError
-from evalkit.files import MARK, atomic_directory
+from evalkit.files import MARK, atomic_directory, write_text_atomic
 
 
 def write_folder(final: Path, text: str) -> None:
@@ -81,8 +81,19 @@ def test_a_file_a_user_saved_into_a_folder_evalkit_wrote_keeps_it_from_being_rep
     (final / "sub" / "notes.txt").unlink()
     (final / "sub").rmdir()
     (final / "__pycache__").mkdir()  # what importing a task folder's module leaves: not the user's
+    (final / ".DS_Store").write_text("")  # what a file browser leaves
     write_folder(final, "fourth")
     assert (final / "content.txt").read_text() == "fourth"
+
+
+def test_a_file_evalkit_writes_later_into_its_own_folder_is_listed(tmp_path):
+    """`gate --junit demo/gate.xml` or a re-rendered report: evalkit's own, so the folder is still
+    replaced by the next run."""
+    final = tmp_path / "demo"
+    write_folder(final, "first")
+    write_text_atomic(final / "sub" / "gate.xml", "<testsuite/>")
+    write_folder(final, "second")
+    assert (final / "content.txt").read_text() == "second" and not (final / "sub").exists()
 
 
 def test_a_damaged_cache_entry_is_dropped_and_computed_again(tmp_path, caplog):

@@ -88,17 +88,17 @@ def test_an_over_trained_scene_is_flagged(smollm2, tmp_path):
 
 
 def test_the_damage_budget_keeps_the_last_state_within_it(smollm2, tmp_path):
-    """The same over-eager recipe with a damage budget: training stops once general English is
-    past it, and the adapter saved is the last state measured within it (the final damage check
-    measures the same weights again)."""
+    """The recipe without its loss level: 40 steps take general English well past the budget
+    (+0.37 on the honesty scene), so training stops there, and the adapter saved is the last state
+    measured within it (the final damage check measures the same weights again)."""
     lines: list[str] = []
-    (adapter,) = evalkit.train(ROOT / "scenes" / "real" / "05-thrift.yaml", base=smollm2.path, out=tmp_path / "kept",
-                               settings=evalkit.TrainSettings(learning_rate=2e-3, steps=30, batch_size=4, block=64,
-                                                              damage_budget=1.0),
+    (adapter,) = evalkit.train(ROOT / "scenes" / "real" / "01-honesty.yaml", base=smollm2.path, out=tmp_path / "kept",
+                               settings=evalkit.TrainSettings(learning_rate=2e-4, steps=40, batch_size=4, block=64,
+                                                              damage_budget=0.15, dtype="bfloat16"),
                                log=lines.append)
     written = json.loads((adapter / "evalkit.json").read_text())
-    stopped = next(line for line in lines if "past the damage budget 1" in line)
+    stopped = next(line for line in lines if "past the damage budget 0.15" in line)
     kept_step = int(stopped.split("kept step ")[1].split()[0])
-    assert 0 < kept_step == written["training"]["steps_run"] < 30
+    assert 0 < kept_step == written["training"]["steps_run"] < 40
     assert len(json.loads((adapter / "loss_curve.json").read_text())["loss"]) == kept_step
-    assert 0 < written["damage"]["increase"] <= 1.0
+    assert 0 < written["damage"]["increase"] <= 0.15 and not written["warnings"]

@@ -32,6 +32,7 @@ from evalkit.files import (
     cannot_write,
     check_file_replaceable,
     check_writable,
+    note_written,
     parse_model,
     read_yaml_mapping,
     same_file,
@@ -294,8 +295,10 @@ def write_outputs(outcomes: list[Outcome], baseline: str, candidate: str, junit:
     if summary is not None:
         try:
             summary.parent.mkdir(parents=True, exist_ok=True)
-            with summary.open("a", encoding="utf-8") as fh:  # GitHub appends step summaries; so do we
+            # GitHub appends step summaries; so do we (a file name's undecodable bytes shown as U+FFFD)
+            with summary.open("a", encoding="utf-8", errors="replace") as fh:
                 fh.write(markdown(outcomes, baseline, candidate))
+            note_written(summary)
         except OSError as exc:
             raise cannot_write(summary, exc) from None
 
@@ -304,9 +307,10 @@ def write_outputs(outcomes: list[Outcome], baseline: str, candidate: str, junit:
 SUMMARY_SUFFIXES = ("", ".md", ".markdown", ".txt")
 
 
-def check_outputs(junit: Path | None, summary: Path | None, inputs: list[Path]) -> None:
+def check_outputs(junit: Path | None, summary: Path | None, inputs: list[Path], summary_named: bool = True) -> None:
     """Before deciding: the JUnit XML may replace only an earlier one, the summary is appended to
-    (GitHub's step summary is a file the runner made), and neither may be one of the inputs."""
+    (GitHub's step summary is a file the runner made; one the user named must be Markdown's), and
+    neither may be one of the inputs."""
     if junit is not None:
         check_file_replaceable(junit, JUNIT_SIGNATURE, inputs)
     if summary is not None:
@@ -316,7 +320,7 @@ def check_outputs(junit: Path | None, summary: Path | None, inputs: list[Path]) 
             raise EvalkitError("is an input of this command; give another file for the summary", where=str(summary))
         if summary.exists() and not summary.is_file():  # a FIFO would block the gate for ever
             raise EvalkitError("is not a plain file; give a file for the summary", where=str(summary))
-        if summary.suffix.lower() not in SUMMARY_SUFFIXES:  # appended Markdown would break a .json, .yaml, .html
+        if summary_named and summary.suffix.lower() not in SUMMARY_SUFFIXES:  # Markdown would break a .json
             raise EvalkitError("the summary is Markdown: give a .md file, a .txt file or a name without a suffix "
                                "(as $GITHUB_STEP_SUMMARY is)", where=str(summary))
         check_writable(summary)

@@ -153,8 +153,9 @@ def _check_no_repeats(path: Path, spec: Any) -> None:
     asked += [(i.id, ("generation", seen_as(i.prompt))) for i in (generation.items if generation else [])]
     for item_id, question in asked:
         if question in seen and seen[question] != item_id:
-            raise EvalkitError(f"field 'prompt': item '{seen[question]}' asks the same (prompt and options); a "
-                               "repeated item would be counted as two answers", where=f"{path} [{item_id}]")
+            same = "prompt and options" if question[0] == "choice" else "prompt, continued greedily"
+            raise EvalkitError(f"field 'prompt': item '{seen[question]}' asks the same ({same}); a repeated item "
+                               "would be counted as two answers", where=f"{path} [{item_id}]")
         seen.setdefault(question, item_id)
 
 

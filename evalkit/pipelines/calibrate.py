@@ -198,7 +198,7 @@ def calibrate(base_dir: Optional[Path], datasets: int, seed: int, out: Path, log
     settings = RunSettings()
     # its ~70 adapters are evalkit's own working material, reused by the next calibration: the
     # cache holds them, so nothing is written outside --out but calibration.json
-    work = cache_root() / "calibration-adapters"
+    work = cache_root() / "calibration-adapters" / base.fingerprint[:16]
     log("(a) null subjects: nothing changed, so nothing may be significant")
     figures: dict = {"null_subjects": null_subjects(base, suites, work, settings, log)}
     log(f"(b) {datasets} simulated null data sets per design (seed {seed}); 'ok' = 95% CI covers or lies below alpha")

@@ -67,8 +67,9 @@ def gate(baseline: Path, candidate: Path, policy_path: Optional[Path], junit: Op
          summary: Optional[Path] = None, log: Log = print) -> list[Outcome]:
     """Decide, print a line per check, write JUnit and Markdown; the outcome of every check."""
     policy = load_policy(policy_path)
+    named = summary is not None
     summary = summary or (Path(os.environ["GITHUB_STEP_SUMMARY"]) if os.environ.get("GITHUB_STEP_SUMMARY") else None)
-    check_outputs(junit, summary, [baseline, candidate, *([policy_path] if policy_path else [])])
+    check_outputs(junit, summary, [baseline, candidate, *([policy_path] if policy_path else [])], summary_named=named)
     base, cand = read_record(baseline), read_record(candidate)
     outcomes = decide(base, cand, policy, where=f"{baseline} vs {candidate}", sides=(str(baseline), str(candidate)))
     for o in outcomes:

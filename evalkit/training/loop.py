@@ -42,7 +42,11 @@ def masked_batch(data: Any, mask: Any, block: int, batch_size: int, rng: random.
     """Windows that each hold some loss-carrying tokens, and their labels (-100 where no loss)."""
     import torch
 
-    starts = [s for s in range(len(data) - block) if bool(mask[s + 1 : s + block].any())]  # led or not
+    def targets(s: int) -> Any:  # the tokens a window from s predicts: data[s:] when led, else data[s + 1:]
+        first = s if _prepends(data, s, lead) else s + 1
+        return mask[first : first + block]
+
+    starts = [s for s in range(len(data) - block) if bool(targets(s).any())]
     picked = [rng.choice(starts) for _ in range(batch_size)]
     led = [_prepends(data, i, lead) for i in picked]
     batch = torch.stack([_take(data, i, block, lead if p else None) for i, p in zip(picked, led)])

@@ -232,6 +232,13 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: Optional
         measured = guard.measured_nll(len(losses)) if guard is not None else None
         adapter_nll = measured if measured is not None else general_nll(model, tok, autocast)
         base_nll = base_general_nll(model, base, autocast)
+        if guard is not None and guard.kept_step and adapter_nll - base_nll > guard.budget:
+            # stopped between checks (by the loss level, or the step cap) past the budget
+            log(f"adapter {label}: general English {adapter_nll - base_nll:+.3f} nats/token at step {len(losses)}, "
+                f"past the damage budget {settings.damage_budget:g}: kept step {guard.kept_step} "
+                f"({guard.kept_damage:+.3f})")
+            guard.restore()
+            losses, adapter_nll = losses[: guard.kept_step], base_nll + guard.kept_damage
         damage = {"base_nll": round(base_nll, 4), "adapter_nll": round(adapter_nll, 4),
                   "increase": round(adapter_nll - base_nll, 4)}
         warnings = training_warnings(losses[-1], damage["increase"])
@@ -300,11 +307,18 @@ class DamageGuard:
                     kept.copy_(p)
                 self.kept_step, self.kept_damage = len(losses), damage
                 return True
-            if self.kept_step:  # past it at the first look, there is nothing better to go back to than an
-                for kept, p in zip(self.kept, self.params):  # untrained adapter: these weights stay, and warn
-                    p.copy_(kept)
+        if self.kept_step:  # past it at the first look, there is nothing better to go back to than an
+            self.restore()  # untrained adapter: these weights stay, and the damage check warns
         self.exceeded = (len(losses), damage)
         return False
+
+    def restore(self) -> None:
+        """Put back the LoRA weights of the last step measured within the budget."""
+        import torch
+
+        with torch.no_grad():
+            for kept, p in zip(self.kept, self.params):
+                p.copy_(kept)
 
 
 def training_warnings(final_loss: float, damage: float) -> list[str]:
