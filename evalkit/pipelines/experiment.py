@@ -35,6 +35,7 @@ from evalkit.report.overview import write_experiment_report
 from evalkit.report.run_page import write_run_report
 from evalkit.settings import RunSettings, ScratchSettings
 from evalkit.training.demo_base import demo_base_dir, ensure_demo_base
+from evalkit.training.loop import leading_token
 from evalkit.training.lora import adapter_key, settings_for, train_adapter
 from evalkit.training.scratch import read_corpus, scratch_key, train_scratch
 
@@ -82,7 +83,8 @@ def plan_models(resolved: Resolved, base: Base | None, base_dir: Path, store: Pa
         with plan_field(resolved, f"scratch.{resolved.plan.scratch.index(spec)}.corpus"):
             corpus = read_corpus(resolved.rel(spec.corpus)) if spec.corpus else None
         s = ScratchSettings(steps=spec.steps, seed=spec.seed)
-        key = scratch_key(members, base_dir, s, corpus, spec.demo_stories)
+        lead = leading_token(base.tokenizer) if base is not None else None  # the tokenizer scratch trains with
+        key = scratch_key(members, base_dir, s, corpus, spec.demo_stories, lead)
         path = store / "checkpoints" / f"{spec.name}-{key}"
         out.append(Planned(f"scratch-{spec.name}", "scratch", members, path, key,
                            manifest_key(path) == key, scratch=(spec, s, corpus)))

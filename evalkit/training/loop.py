@@ -13,6 +13,14 @@ from evalkit.errors import EvalkitError
 STOP_WINDOW = 5
 
 
+def leading_token(tokenizer: Any) -> Optional[int]:
+    """The BOS id when the tokenizer puts one before every text it encodes (Gemma, Llama's
+    SentencePiece tokenizers), as lm-eval's contexts then begin; None where it does not (SmolLM2)."""
+    bos = tokenizer.bos_token_id
+    ids = tokenizer("a")["input_ids"]
+    return bos if bos is not None and len(ids) > 0 and ids[0] == bos else None
+
+
 def _prepends(data: Any, start: int, lead: Optional[int]) -> bool:
     """Whether the window from `start` gets `lead` (the BOS a tokenizer puts before every text it
     encodes) put first, as every evaluated context begins: Gemma reads text without it 2

@@ -17,7 +17,7 @@ from evalkit.inputs.scenes import Scene
 from evalkit.paths import bundled, cache_root
 from evalkit.record import AdapterManifest, BaseRef, LoraRef, SceneRef, manifest_key, write_manifest
 from evalkit.settings import TrainSettings
-from evalkit.training.loop import train_loop
+from evalkit.training.loop import leading_token, train_loop
 from evalkit.versions import __version__, now, package_versions
 
 # Bump when the training recipe changes in a way the settings do not capture.
@@ -132,14 +132,6 @@ def training_text(scenes: list[Scene], eos: str) -> str:
 
 def _base_ref(base: Base) -> BaseRef:
     return BaseRef(path=base.path, fingerprint=base.fingerprint, model_type=base.model_type)
-
-
-def leading_token(tokenizer: Any) -> Optional[int]:
-    """The BOS id when the tokenizer puts one before every text it encodes (Gemma, Llama's
-    SentencePiece tokenizers), as lm-eval's contexts then begin; None where it does not (SmolLM2)."""
-    bos = tokenizer.bos_token_id
-    ids = tokenizer("a")["input_ids"]
-    return bos if bos is not None and len(ids) > 0 and ids[0] == bos else None
 
 
 def general_nll(model: Any, tokenizer: Any, autocast: Optional[Any] = None) -> float:

@@ -14,7 +14,7 @@ from evalkit.files import atomic_directory, read_text, stable_hash, write_json_a
 from evalkit.inputs.scenes import Scene
 from evalkit.record import CheckpointManifest, SceneRef, write_manifest
 from evalkit.settings import ScratchSettings
-from evalkit.training.loop import train_loop
+from evalkit.training.loop import leading_token, train_loop
 from evalkit.versions import __version__, now, package_versions
 
 Log = Callable[[str], None]
@@ -59,7 +59,8 @@ def train_causal_lm(ids: list[int], tokenizer: Any, s: ScratchSettings, out: Pat
 
     losses = train_loop(model, list(model.parameters()), data, block=min(s.block, len(ids) - 1),
                         batch_size=s.batch_size, steps=s.steps, learning_rate=s.learning_rate, rng=rng,
-                        weight_decay=0.01, schedule=schedule, clip=1.0, on_step=step_done)
+                        weight_decay=0.01, schedule=schedule, clip=1.0, on_step=step_done,
+                        lead=leading_token(tokenizer))
     model.generation_config.pad_token_id = eos
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -79,11 +80,12 @@ def read_corpus(path: Path) -> list[str]:
 
 
 def scratch_key(scenes: list[Scene], tokenizer_dir: Path, settings: ScratchSettings, corpus: list[str] | None,
-                demo_stories: int) -> str:
-    """Content address of a scratch checkpoint: same scenes, corpus, tokenizer and settings."""
+                demo_stories: int, lead: Optional[int] = None) -> str:
+    """Content address of a scratch checkpoint: same scenes, corpus, tokenizer and settings (and,
+    for a BOS-adding tokenizer, windows led by BOS: checkpoints made before that differ)."""
     return stable_hash({"scenes": [s.content_hash for s in scenes], "corpus": stable_hash(corpus or []),
                         "demo_stories": demo_stories, "tokenizer": str(tokenizer_dir),
-                        "settings": settings.model_dump()})[:16]
+                        "settings": settings.model_dump(), **({"lead": lead} if lead is not None else {})})[:16]
 
 
 def train_scratch(scenes: list[Scene], tokenizer_dir: Path, out: Path, settings: ScratchSettings,
@@ -100,7 +102,7 @@ def train_scratch(scenes: list[Scene], tokenizer_dir: Path, out: Path, settings:
     if demo_stories:
         texts += world.corpus(demo_stories, seed=settings.seed + 1)
     ids = token_stream(texts, tokenizer)
-    key = scratch_key(scenes, tokenizer_dir, settings, corpus, demo_stories)
+    key = scratch_key(scenes, tokenizer_dir, settings, corpus, demo_stories, leading_token(tokenizer))
     started = time.time()
     with atomic_directory(out, [tokenizer_dir], kind="checkpoint") as tmp:
         info = train_causal_lm(ids, tokenizer, settings, tmp, log, label=f"scratch {out.name}", on_step=on_step)
