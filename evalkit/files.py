@@ -438,12 +438,13 @@ def note_written(path: Path) -> None:
         fh.write("".join(json.dumps(e, ensure_ascii=True) + "\n" for e in added))
 
 
-def _write_mark(folder: Path, kind: str) -> None:
+def _write_mark(folder: Path, kind: str, listed: bool = True) -> None:
     """The mark's first line says what was written; the lines after it list every entry, so a
-    file added later by someone else is seen (and keeps the folder from being replaced)."""
-    listing = "".join(json.dumps(e, ensure_ascii=True) + "\n" for e in _entries(folder))
+    file added later by someone else is seen (and keeps the folder from being replaced). A folder
+    still being written is marked without a listing: its files are listed once it is whole."""
+    listing = "".join(json.dumps(e, ensure_ascii=True) + "\n" for e in _entries(folder)) if listed else ""
     (folder / MARK).write_text(f"{_MARK_TEXT}: {kind}; evalkit may replace this folder with another {kind}\n"
-                               f"{_MARK_LIST}\n{listing}", encoding="utf-8")
+                               + (f"{_MARK_LIST}\n{listing}" if listed else ""), encoding="utf-8")
 
 
 def _unlisted(folder: Path) -> list[str]:
@@ -504,7 +505,7 @@ def atomic_directory(final: Path, inputs: Iterable[Path] = (), *, kind: str) -> 
         raise cannot_write(final, exc) from None
     try:
         os.chmod(tmp, 0o777 & ~_umask())
-        _write_mark(tmp, kind)  # marked from the start, so a killed swap's leftover is known as evalkit's
+        _write_mark(tmp, kind, listed=False)  # marked from the start: a killed swap's leftover is evalkit's
         yield tmp
         _write_mark(tmp, kind)
         with _locked(final):

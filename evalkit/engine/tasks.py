@@ -19,11 +19,11 @@ TASK_PREFIX = "evalkit_"
 
 
 def choice_task_name(suite: LoadedSuite) -> str:
-    return f"{TASK_PREFIX}{suite.name.replace('-', '_')}_choice"
+    return f"{TASK_PREFIX}{suite.task_stem}_choice"
 
 
 def generation_task_name(suite: LoadedSuite) -> str:
-    return f"{TASK_PREFIX}{suite.name.replace('-', '_')}_generate"
+    return f"{TASK_PREFIX}{suite.task_stem}_generate"
 
 
 def choice_hash(suite: LoadedSuite, choice: Choice) -> str:

@@ -44,6 +44,11 @@ class LoadedSuite(BaseModel):
         return self.spec.suite
 
     @property
+    def task_stem(self) -> str:
+        """The name as lm-eval task names carry it ('-' written '_'): 'a-b' and 'a_b' are one task."""
+        return self.name.replace("-", "_")
+
+    @property
     def kind(self) -> Kind:
         return KINDS[self.spec.kind]
 
@@ -220,11 +225,10 @@ def load_suites(paths: list[Path]) -> list[LoadedSuite]:
     suites = [load_suite(f) for p in paths for f in suite_files(p)]
     names: dict[str, str] = {}
     for s in suites:
-        task = s.name.replace("-", "_")  # lm-eval task names: 'a-b' and 'a_b' would be one task
-        if task in names:
-            first = names[task]
+        if s.task_stem in names:
+            first = names[s.task_stem]
             what = f"suite name '{s.name}' is" if first == s.name else \
                 f"suite names '{first}' and '{s.name}' (one lm-eval task: - is written _) are"
             raise EvalkitError(f"{what} used by more than one file", where=s.path)
-        names[task] = s.name
+        names[s.task_stem] = s.name
     return suites

@@ -214,23 +214,13 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: Optional
                             on_step=(lambda step, loss: on_step(step, settings.steps, loss)) if on_step else None,
                             stop_loss=settings.stop_loss, mask=torch.tensor(mask) if mask is not None else None,
                             autocast=autocast, lead=leading_token(tok), keep_going=guard)
-        if guard is not None and guard.exceeded is not None:
-            step, over = guard.exceeded
-            kept = f"kept step {guard.kept_step} ({guard.kept_damage:+.3f})" if guard.kept_step else \
-                "no earlier state was measured: lower the learning rate"
-            log(f"adapter {label}: general English {over:+.3f} nats/token at step {step}, past the damage budget "
-                f"{settings.damage_budget:g}: {kept}")
-            losses = losses[: guard.kept_step or len(losses)]  # the loss curve of the weights that are kept
-        measured = guard.measured_nll(len(losses)) if guard is not None else None
-        adapter_nll = measured if measured is not None else general_nll(model, tok, autocast)
-        base_nll = base_general_nll(model, base, autocast)
-        if guard is not None and guard.kept_step and adapter_nll - base_nll > guard.budget:
-            # stopped between checks (by the loss level, or the step cap) past the budget
-            log(f"adapter {label}: general English {adapter_nll - base_nll:+.3f} nats/token at step {len(losses)}, "
-                f"past the damage budget {settings.damage_budget:g}: kept step {guard.kept_step} "
-                f"({guard.kept_damage:+.3f})")
-            guard.restore()
-            losses, adapter_nll = losses[: guard.kept_step], base_nll + guard.kept_damage
+        base_nll = guard.base_nll if guard is not None else base_general_nll(model, base, autocast)
+        if guard is None:
+            adapter_nll = general_nll(model, tok, autocast)
+        else:
+            losses, adapter_nll, note = guard.settle(losses, lambda: general_nll(model, tok, autocast))
+            if note:
+                log(f"adapter {label}: {note}")
         damage = {"base_nll": round(base_nll, 4), "adapter_nll": round(adapter_nll, 4),
                   "increase": round(adapter_nll - base_nll, 4)}
         warnings = training_warnings(losses[-1], damage["increase"])
@@ -266,24 +256,18 @@ class DamageGuard:
     below the first step's (on SmolLM2 and Gemma general English had not moved before), general
     English is measured every fourth step while the damage is under a third of the budget, every
     second step after. Within the budget the LoRA weights are copied aside (they are small); past
-    it they are put back and training stops. A check costs about half a training step."""
+    it training stops, and `settle` puts them back. A check costs about half a training step."""
 
     def __init__(self, model: Any, base: Base, budget: float, autocast: Optional[Any]):
         self.model, self.tokenizer, self.budget, self.autocast = model, base.tokenizer, budget, autocast
         self.base_nll = base_general_nll(model, base, autocast)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.kept = [p.detach().clone() for p in self.params]
+        self.kept: list[Any] = []  # the LoRA weights of the last step measured within the budget
         self.kept_step, self.kept_damage = 0, 0.0
         self.next_check: Optional[int] = None
         self.exceeded: Optional[tuple[int, float]] = None
 
-    def measured_nll(self, step: int) -> Optional[float]:
-        """General English of the weights kept, when they were measured at `step` (the last)."""
-        return self.base_nll + self.kept_damage if self.kept_step == step and self.exceeded is None else None
-
     def __call__(self, losses: list[float]) -> bool:
-        import torch
-
         recent = losses[-5:]
         if self.next_check is None and sum(recent) / len(recent) <= 0.65 * losses[0]:
             self.next_check = -(-len(losses) // 4) * 4  # on multiples of 4, as the recipe's step cap is
@@ -293,24 +277,35 @@ class DamageGuard:
         damage = general_nll(self.model, self.tokenizer, self.autocast) - self.base_nll
         self.model.train()
         self.next_check = len(losses) + (4 if damage < self.budget / 3 else 2)
-        with torch.no_grad():
-            if damage <= self.budget:
-                for kept, p in zip(self.kept, self.params):
-                    kept.copy_(p)
-                self.kept_step, self.kept_damage = len(losses), damage
-                return True
-        if self.kept_step:  # past it at the first look, there is nothing better to go back to than an
-            self.restore()  # untrained adapter: these weights stay, and the damage check warns
-        self.exceeded = (len(losses), damage)
-        return False
+        if damage > self.budget:
+            self.exceeded = (len(losses), damage)
+            return False
+        self.kept = [p.detach().clone() for p in self.params]
+        self.kept_step, self.kept_damage = len(losses), damage
+        return True
 
-    def restore(self) -> None:
-        """Put back the LoRA weights of the last step measured within the budget."""
+    def settle(self, losses: list[float], measure: Callable[[], float]) -> tuple[list[float], float, Optional[str]]:
+        """The loss curve and general-English NLL of the weights to save, and a line to log where the
+        budget was passed: then the kept weights are put back (training may also have stopped past
+        it between checks, by the loss level or the step cap). Past it at the first look, nothing
+        better than an untrained adapter was measured: the weights stay, and the damage check warns."""
         import torch
 
+        step = len(losses)
+        if self.exceeded is None:  # the last check measured these very weights, or none did
+            nll = self.base_nll + self.kept_damage if self.kept_step == step else measure()
+            if nll - self.base_nll <= self.budget:
+                return losses, nll, None
+            self.exceeded = (step, nll - self.base_nll)
+        at, over = self.exceeded
+        passed = f"general English {over:+.3f} nats/token at step {at}, past the damage budget {self.budget:g}"
+        if not self.kept_step:
+            return losses, self.base_nll + over, f"{passed}: no earlier state was measured; lower the learning rate"
         with torch.no_grad():
             for kept, p in zip(self.kept, self.params):
                 p.copy_(kept)
+        return (losses[: self.kept_step], self.base_nll + self.kept_damage,
+                f"{passed}: kept step {self.kept_step} ({self.kept_damage:+.3f})")
 
 
 def training_warnings(final_loss: float, damage: float) -> list[str]:
