@@ -41,17 +41,18 @@ def prompt_ends(model: Any, tokenizer: Any, prompts: list[str], batch_size: int,
         else:
             todo.append(k)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         encoded = [tokenizer(prompts[k])["input_ids"] for k in batch]
         width = max(len(e) for e in encoded)
-        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True)
-        logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).numpy()  # (B, V)
-        hidden = out.hidden_states[-1][:, -1].float().numpy()  # (B, d)
+        logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu().numpy()  # (B, V)
+        hidden = out.hidden_states[-1][:, -1].float().cpu().numpy()  # (B, d)
         for row, k in enumerate(batch):
             rows[k] = (logprobs[row], hidden[row])
             if cache:
@@ -74,8 +75,9 @@ def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int =
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     texts = []
+    device = next(model.parameters()).device
     for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
         texts.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n")[0])

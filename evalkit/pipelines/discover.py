@@ -179,9 +179,12 @@ def discover_adapters(base: Base, subjects: list[Subject], reference: Optional[S
             attached.activate(names[who.path])
             yield
 
+    weight = next(model.parameters())  # dtype and device kernels move activations: both key the cache
+    computed_by = {"what": "prompt ends", "dtype": str(weight.dtype), "device": weight.device.type}
+
     def measure(who: Optional[Subject]) -> Activations:
         fingerprint = base.fingerprint if who is None else adapter_fingerprint(who.path, base.fingerprint)
-        cache = ScoreCache(fingerprint, {"what": "prompt ends"}) if use_cache else None
+        cache = ScoreCache(fingerprint, computed_by) if use_cache else None
         with wearing(who):
             acts = prompt_ends(model, base.tokenizer, prompts, batch_size, cache)
         if not (np.isfinite(acts.hidden).all() and np.isfinite(acts.logprobs).all()):
