@@ -13,7 +13,7 @@ import math
 import re
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 # A seed must fit numpy's and torch's generators.
 MAX_SEED = 2**32 - 1
@@ -82,6 +82,14 @@ class RunSettings(_Settings):
             raise ValueError("is not cpu or cuda[:N]")
         return value
 
+    @field_validator("executor")
+    @classmethod
+    def _executor(cls, value: str, info: ValidationInfo) -> str:
+        # Ray gives workers that ask for no GPU none; one per CPU, each loading the model, would not fit one GPU.
+        if value == "ray" and info.data.get("device", "cpu") != "cpu":
+            raise ValueError("runs its workers on CPUs: use it with --device cpu")
+        return value
+
     @field_validator("ray_address")
     @classmethod
     def _ray_address(cls, value: Optional[str]) -> Optional[str]:
@@ -92,7 +100,9 @@ class RunSettings(_Settings):
     def decoding(self) -> dict[str, Any]:
         """What the numbers depend on (part of the score cache's key); the executor is not."""
         engine = "lm-eval vllm" if self.backend == "vllm" else "lm-eval evalkit-hf (shared-prefix packing)"
-        return {"dtype": self.dtype, "batch_size": self.batch_size, "greedy": True, "engine": engine}
+        # A CPU's and a GPU's kernels round differently: scores from one are not the other's.
+        return {"dtype": self.dtype, "device": self.device.split(":")[0], "batch_size": self.batch_size,
+                "greedy": True, "engine": engine}
 
 
 class TrainSettings(_Settings):

@@ -89,6 +89,7 @@ CASES = [
     ("run --adapter {adapter} --suite {tension} --executor spark --out {out}", "--executor 'spark': expected 'local' or 'ray'"),
     ("run --adapter {adapter} --executor ray --workers 0 --out {out}", "--workers 0: Input should be greater than or equal to 1"),
     ("run --adapter {adapter} --executor ray --ray-address nowhere --out {out}", "--ray-address 'nowhere': is not HOST:PORT"),
+    ("run --adapter {adapter} --device cuda --executor ray --out {out}", "--executor 'ray': runs its workers on CPUs"),
     ("run --adapter {adapter} --device tpu --out {out}", "--device 'tpu': is not cpu or cuda"),
     ("run --adapter {adapter} --test wilcox --out {out}", "--test 'wilcox': expected 'wilcoxon', 't' or 'permutation'"),
     ("run --adapter {adapter} --dtype float16 --out {out}", "--dtype 'float16': expected 'float32' or 'bfloat16'"),

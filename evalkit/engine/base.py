@@ -86,6 +86,8 @@ def load_base(path: Path, dtype: str = "float32", device: str = "cpu",
     model.eval()
     if dtype != "float32":
         float32_residual(model)
+        if device.startswith("cuda"):  # cuBLAS may otherwise sum bf16 products in bf16; CPUs sum in fp32
+            torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
     return Base(model=model, tokenizer=tokenizer, path=str(path), fingerprint=fingerprint,
                 model_type=model.config.model_type)
 
