@@ -277,18 +277,27 @@ def forward_rows(model, rows: list[list[Pack]], pad_id: int, keep_rows: bool = F
     # not a written-out (needed, V) log-softmax (189 ms for SmolLM2's 3,216 scored positions). The
     # normaliser goes in blocks of 64 rows (12 MiB, cache-sized): 95 ms, against 251 ms at once.
     rows_out = torch.log_softmax(logits, dim=-1).cpu() if keep_rows else None
-    normaliser = torch.cat([torch.logsumexp(block, dim=-1) for block in logits.split(64)]).cpu()
-    best = logits.argmax(dim=-1).cpu()
-    logits = logits.cpu()
+    normaliser = torch.cat([torch.logsumexp(block, dim=-1) for block in logits.split(64)])
+    best = logits.argmax(dim=-1)
+    # Every request's (position, target token) gathered where the logits are, in one go: on a GPU
+    # only the picked values cross to the host, not (needed, V) logits.
     row_of = {n: k for k, n in enumerate(needed)}
+    spans = [(index, [row_of[r * width + offset + p] for p in at], continuation)
+             for r, offset, pack in placed for index, continuation, at in pack.requests]
+    at_rows = torch.tensor([k for _, at, _ in spans for k in at], dtype=torch.long, device=device)
+    targets = torch.tensor([t for _, _, continuation in spans for t in continuation], dtype=torch.long,
+                           device=device)
+    picked_all = (logits[at_rows, targets] - normaliser[at_rows]).cpu()
+    hits_all = (best[at_rows] == targets).cpu()
+    rows_all = rows_out[at_rows.cpu()].numpy() if rows_out is not None else None
     results: dict[int, PackedLogprobs] = {}
-    for r, offset, pack in placed:
-        for index, continuation, at in pack.requests:
-            at_rows = torch.tensor([row_of[r * width + offset + p] for p in at])
-            target = torch.tensor(continuation)
-            picked = logits[at_rows, target] - normaliser[at_rows]
-            results[index] = PackedLogprobs(float(picked.sum()), bool((best[at_rows] == target).all()), picked.tolist(),
-                                         rows_out[at_rows].numpy() if rows_out is not None else None)
+    start = 0
+    for index, at, _ in spans:
+        end = start + len(at)
+        picked = picked_all[start:end].clone()  # its own storage: summed as a separate tensor would be
+        results[index] = PackedLogprobs(float(picked.sum()), bool(hits_all[start:end].all()), picked.tolist(),
+                                        rows_all[start:end] if rows_all is not None else None)
+        start = end
     return results
 
 
