@@ -111,6 +111,7 @@ def adapter_dirs(work: Path) -> list[Path]:
 # --- the sides; each runs in its own process and returns its measurements ---
 
 def side_evalkit(work: Path, n: int, args) -> dict:
+    from evalkit.engine import lm as evalkit_lm
     from evalkit.inputs.suites import load_suites
     from evalkit.pipelines.evaluate import evaluate, write_outputs
     from evalkit.settings import RunSettings
@@ -125,7 +126,9 @@ def side_evalkit(work: Path, n: int, args) -> dict:
     out = work / "runs" / f"{args.side}-{args.dtype}-n{n}"
     for record in evaluate(chosen, [], base_dir(work, args), suites, settings, log=lambda _: None):
         write_outputs(record, out / record.run_id)
-    return {"seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    # Whether shared-prefix packing passed its check against lm-eval here (else evalkit scored unpacked).
+    return {"seconds": seconds, "packed": all(evalkit_lm._PACKING_VERIFIED.values())}
 
 
 def side_naive(work: Path, n: int, args) -> dict:
@@ -354,12 +357,16 @@ def child(args) -> None:
 
     import evalkit.engine.runner  # noqa: F401
 
+    if args.device.startswith("cuda"):  # CUDA's start-up (a second or two) is not any side's work
+        torch.zeros(1, device=args.device)
+        torch.cuda.synchronize(args.device)
     work = Path(args.work)
     result = SIDES[args.side](work, args.n, args)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["threads"] = torch.get_num_threads()
     if args.device.startswith("cuda"):
         result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(args.device) / 2**20)
+        result["reserved_gpu_mib"] = round(torch.cuda.max_memory_reserved(args.device) / 2**20)
     print("RESULT " + json.dumps(result))
 
 
@@ -425,7 +432,8 @@ def main() -> None:
                 keep(rows, (side, n), run_child(work, side, n, args, cache))
         for side in ("evalkit", "naive", "floor"):
             row = rows[(side, n)]
-            gpu = f"  peak GPU {row['peak_gpu_mib']:6.0f} MiB" if "peak_gpu_mib" in row else ""
+            gpu = (f"  peak GPU {row['peak_gpu_mib']:6.0f} MiB ({row['reserved_gpu_mib']:.0f} reserved)"
+                   if "peak_gpu_mib" in row else "")
             print(f"  N={n:>2} {side:<8} {row['seconds']:7.2f} s  peak RSS {row['peak_rss_mib']:6.0f} MiB{gpu}  "
                   f"{_extra(row)}", flush=True)
     report(rows, sizes, work_tokens)
@@ -446,27 +454,32 @@ def keep(rows: dict, key: tuple[str, int], result: dict) -> None:
 
 def _extra(row: dict) -> str:
     parts = [f"{k.removesuffix('_s')} {v} s" for k, v in row.items() if k.endswith("_s")]
+    if "packed" in row:
+        parts.append("packed" if row["packed"] else "UNPACKED: the packing check failed")
     return ("(" + ", ".join(parts) + ")") if parts else ""
 
 
 def report(rows: dict, sizes: list[int], work_tokens: dict) -> None:
     per_model = work_tokens["choice_unique"] + work_tokens["prompts"] + work_tokens["generated_max"]
+    # On a GPU the model lives in GPU memory: that peak is the one that grows with N.
+    memory, label = (("peak_gpu_mib", "GPU MiB") if "peak_gpu_mib" in rows[("evalkit", sizes[0])]
+                     else ("peak_rss_mib", "RSS MiB"))
     print()
     print(f"{'N':>3} {'evalkit s':>10} {'naive s':>9} {'floor s':>9} {'naive/evalkit':>14} {'evalkit/floor':>14} "
-          f"{'evalkit tok/s':>14} {'naive tok/s':>12} {'RSS MiB':>8}")
+          f"{'evalkit tok/s':>14} {'naive tok/s':>12} {label:>8}")
     for n in sizes:
         e, v, f = (rows[(s, n)]["seconds"] for s in ("evalkit", "naive", "floor"))
         tokens = per_model * (n + 1)
         print(f"{n:>3} {e:>10.2f} {v:>9.2f} {f:>9.2f} {v / e:>14.2f} {e / f:>14.2f} {tokens / e:>14.0f} "
-              f"{tokens / v:>12.0f} {rows[('evalkit', n)]['peak_rss_mib']:>8.0f}")
+              f"{tokens / v:>12.0f} {rows[('evalkit', n)][memory]:>8.0f}")
     if len(sizes) > 1:
         lo, hi = min(sizes), max(sizes)
         for side in ("evalkit", "naive", "floor"):
             slope = (rows[(side, hi)]["seconds"] - rows[(side, lo)]["seconds"]) / (hi - lo)
             print(f"{side}: {slope:.2f} s per added adapter (N={lo}..{hi}); "
                   f"N=5 off the line by {_off_line(rows, side, sizes):+.2f} s")
-        print(f"peak RSS evalkit N={hi} / N={lo}: "
-              f"{rows[('evalkit', hi)]['peak_rss_mib'] / rows[('evalkit', lo)]['peak_rss_mib']:.2f}")
+        print(f"peak {label.split()[0]} evalkit N={hi} / N={lo}: "
+              f"{rows[('evalkit', hi)][memory] / rows[('evalkit', lo)][memory]:.2f}")
     hi = max(sizes)
     floor = rows[("floor", hi)]
     # One adapter's own floor: its share of the floor's choices and generation, and its KL forward.
