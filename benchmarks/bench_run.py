@@ -391,6 +391,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for a GPU.")
     parser.add_argument("--repeat", type=int, default=2, help="Runs per side; the fastest is kept.")
+    parser.add_argument("--incremental", action=argparse.BooleanOptionalAction, default=True,
+                        help="Also time an adapter added to the largest N's set (and one naive lm-eval run).")
     parser.add_argument("--work", default=None, help="Model and adapters folder (default: a new temp folder).")
     parser.add_argument("--base", default=None,
                         help="A real base instead of the built one: a HF folder, a .gguf, or smollm2.")
@@ -427,7 +429,8 @@ def main() -> None:
     for n in sizes:
         for _ in range(args.repeat):  # sides interleaved, so a slow spell of the machine hits all of them
             cache = Path(tempfile.mkdtemp(prefix="evalkit-bench-cache-"))  # cold: an empty cache
-            sides = ["evalkit", "naive", "floor"] + (["incremental", "naive-one"] if n == max(sizes) else [])
+            incremental = args.incremental and n == max(sizes)
+            sides = ["evalkit", "naive", "floor"] + (["incremental", "naive-one"] if incremental else [])
             for side in sides:  # incremental reuses the cache the cold evalkit run just filled
                 keep(rows, (side, n), run_child(work, side, n, args, cache))
         for side in ("evalkit", "naive", "floor"):
@@ -489,6 +492,8 @@ def report(rows: dict, sizes: list[int], work_tokens: dict) -> None:
         slope = (rows[("evalkit", hi)]["seconds"] - rows[("evalkit", lo)]["seconds"]) / (hi - lo)
         print(f"an added adapter: evalkit {slope:.2f} s (N={lo}..{hi}); its own floor (choices, generation, KL "
               f"forward) {own:.2f} s; ratio {slope / own:.2f}")
+    if ("incremental", hi) not in rows:
+        return
     inc, one = rows[("incremental", hi)]["seconds"], rows[("naive-one", hi)]["seconds"]
     loop = rows[("naive", hi)]["seconds"] + one  # the naive loop over base + N + 1 models
     print(f"incremental (adapter {hi + 1} added to N={hi}): evalkit {inc:.2f} s; one naive lm-eval run {one:.2f} s "

@@ -15,6 +15,9 @@ OFFLINE = {
     "HF_EVALUATE_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
+    # transformers >= 5 swaps in kernels fetched from the Hub when a model loads onto a GPU (and
+    # fails offline without them): evalkit's numbers come from the code that is installed.
+    "USE_HUB_KERNELS": "NO",
     "TOKENIZERS_PARALLELISM": "false",
 }
 
