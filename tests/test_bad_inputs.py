@@ -202,6 +202,7 @@ CASES += [
     ("report {items_map_results}", "field 'items.x.s': nan is not a finite number"),
     ("gate --baseline {results} --candidate {manifest_kind_results} --policy {tmp}/policy-ok.yaml", "field 'manifest.suites.0.kind': 'riddle'"),
     ("gate --baseline {results} --candidate {swapped_results} --policy {tmp}/policy-ok.yaml", "other options in the candidate than in the baseline"),
+    ("run --adapter {adapter} --base {base} --suite {tension} --out {out} --gate {tmp}/policy-ok.yaml --baseline {swapped_results}", "other options in this run's suites than in the baseline"),
     ("report {empty}", "is a folder without results.json"),
     ("run --adapter {backtracking_regex} --base {base} --suite {tension} --out {out}", "a regular expression did not finish matching"),
     ("run --adapter {bad_rank_key} --base {base} --suite {tension} --out {out}", "field 'rank_pattern': '(' is not a regular expression"),

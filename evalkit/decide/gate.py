@@ -125,15 +125,22 @@ def pair_records(baseline: RunRecord, candidate: RunRecord, tolerance: float,
     """Items of both runs by (suite, item id); too many on one side only is an input error."""
     a, b = _items(baseline), _items(candidate)
     check_item_sets(set(a), set(b), tolerance, where)
-    pairs = [(a[k], b[k]) for k in sorted(set(a) & set(b))]
-    changed = [(x, y) for x, y in pairs if (x.prompt, x.options) != (y.prompt, y.options)]
-    if changed:  # the same id, another question: its scores are not comparable
-        x, y = changed[0]
-        what = "another prompt" if x.prompt != y.prompt else "other options"
-        raise EvalkitError(f"item {x.suite}/{x.item_id} has {what} in the candidate than in the baseline "
+    check_same_questions(baseline, {k: (i.prompt, i.options) for k, i in b.items()}, "the candidate", where)
+    return [(a[k], b[k]) for k in sorted(set(a) & set(b))]
+
+
+def check_same_questions(baseline: RunRecord, questions: dict[tuple[str, str], tuple[str, list[str]]],
+                         other: str, where: str) -> None:
+    """The same (suite, item id) asks the same prompt with the same options in the baseline as in
+    `other` (a candidate run, or the suites a run will evaluate): else its scores are not comparable."""
+    changed = [(i, questions[k]) for k, i in _items(baseline).items()
+               if k in questions and (i.prompt, list(i.options)) != (questions[k][0], list(questions[k][1]))]
+    if changed:
+        item, (prompt, _) = changed[0]
+        what = "another prompt" if item.prompt != prompt else "other options"
+        raise EvalkitError(f"item {item.suite}/{item.item_id} has {what} in {other} than in the baseline "
                            f"({len(changed)} such items): they ran different versions of the suite", where=where,
                            hint="run the baseline again on this version of the suite")
-    return pairs
 
 
 def check_item_sets(a: set[tuple[str, str]], b: set[tuple[str, str]], tolerance: float, where: str) -> None:

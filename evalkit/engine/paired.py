@@ -11,7 +11,6 @@ from evalkit.engine.base import Base
 from evalkit.engine.evaluation import Evaluated
 from evalkit.engine.runner import Runner, Subject, model_ref
 from evalkit.inputs.suites import LoadedSuite
-from evalkit.kinds import Choice
 from evalkit.record import ItemRecord, Manifest, ModelRef, PairedRun, SuiteRef
 from evalkit.settings import RunSettings
 from evalkit.versions import __version__, git_commit, now, package_versions
@@ -34,12 +33,7 @@ def pair_items(suites: list[LoadedSuite], ref: Evaluated, sub: Evaluated) -> lis
     """Pair reference and subject by (suite, item id); every item is on both sides."""
     records = []
     for s in suites:
-        # Every item as a Choice; generated items without references have no options.
-        generation = s.spec.generation()
-        shapes = {i.id: Choice(i.id, i.cluster, i.prompt, ()) for i in (generation.items if generation else [])}
-        shapes.update({c.id: c for c in s.spec.choices()})
-        for item_id in s.item_ids():
-            c = shapes[item_id]
+        for item_id, c in s.questions().items():
             records.append(ItemRecord(
                 suite=s.name, kind=s.spec.kind, item_id=item_id, cluster=c.cluster, prompt=c.prompt,
                 options=list(c.options),

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from evalkit.errors import EvalkitError
 from evalkit.files import read_yaml_mapping, seen_as, stable_hash, validation_error, yaml_files
-from evalkit.kinds import KINDS, Kind, SuiteSpec
+from evalkit.kinds import KINDS, Choice, Kind, SuiteSpec
 
 if TYPE_CHECKING:
     AnySuite = SuiteSpec
@@ -57,6 +57,14 @@ class LoadedSuite(BaseModel):
 
     def item_ids(self) -> list[str]:
         return self.spec.item_ids()
+
+    def questions(self) -> dict[str, Choice]:
+        """Every item as a Choice, by id, as its run records hold it: its prompt and options
+        (generated items without references have none)."""
+        generation = self.spec.generation()
+        shapes = {i.id: Choice(i.id, i.cluster, i.prompt, ()) for i in (generation.items if generation else [])}
+        shapes.update({c.id: c for c in self.spec.choices()})
+        return {item_id: shapes[item_id] for item_id in self.item_ids()}
 
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")

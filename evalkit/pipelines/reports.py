@@ -14,6 +14,7 @@ from evalkit.decide.gate import (
     check_item_sets,
     check_outputs,
     check_policy,
+    check_same_questions,
     decide,
     load_policy,
     write_outputs,
@@ -88,9 +89,10 @@ def prepare_gate(baseline: Path, policy_path: Path, suites: list[LoadedSuite],
     check_outputs(junit, None, [baseline, policy_path])
     record = read_record(baseline)
     check_policy(policy, {s.name: s.spec.kind for s in suites}, where=str(policy_path))
-    planned = {(s.name, item_id) for s in suites for item_id in s.item_ids()}
-    check_item_sets({(i.suite, i.item_id) for i in record.items}, planned, policy.item_tolerance,
-                    where=f"{baseline} vs the suites of this run")
+    planned = {(s.name, item_id): (c.prompt, list(c.options)) for s in suites for item_id, c in s.questions().items()}
+    where = f"{baseline} vs the suites of this run"
+    check_item_sets({(i.suite, i.item_id) for i in record.items}, set(planned), policy.item_tolerance, where=where)
+    check_same_questions(record, planned, "this run's suites", where)
     return policy, record
 
 
