@@ -128,7 +128,8 @@ def side_evalkit(work: Path, n: int, args) -> dict:
         write_outputs(record, out / record.run_id)
     seconds = time.perf_counter() - start
     # Whether shared-prefix packing passed its check against lm-eval here (else evalkit scored unpacked).
-    return {"seconds": seconds, "packed": all(evalkit_lm._PACKING_VERIFIED.values())}
+    checks = list(evalkit_lm._PACKING_VERIFIED.values())
+    return {"seconds": seconds, "packed": all(checks) if checks else None}
 
 
 def side_naive(work: Path, n: int, args) -> dict:
@@ -444,21 +445,22 @@ def main() -> None:
 
 
 def keep(rows: dict, key: tuple[str, int], result: dict) -> None:
-    """The fastest of the repeats (the least disturbed by other load), and the largest peak RSS."""
+    """The fastest of the repeats (the least disturbed by other load), and the largest peak memory."""
     best = rows.get(key)
     if best is None:
         rows[key] = result
         return
-    rss = max(best["peak_rss_mib"], result["peak_rss_mib"])
+    peaks = {k: max(best[k], result[k]) for k in ("peak_rss_mib", "peak_gpu_mib", "reserved_gpu_mib") if k in best}
     if result["seconds"] < best["seconds"]:
         rows[key] = result
-    rows[key]["peak_rss_mib"] = rss
+    rows[key].update(peaks)
 
 
 def _extra(row: dict) -> str:
     parts = [f"{k.removesuffix('_s')} {v} s" for k, v in row.items() if k.endswith("_s")]
     if "packed" in row:
-        parts.append("packed" if row["packed"] else "UNPACKED: the packing check failed")
+        parts.append({True: "packed", False: "UNPACKED: the packing check failed",
+                      None: "packing not checked"}[row["packed"]])
     return ("(" + ", ".join(parts) + ")") if parts else ""
 
 

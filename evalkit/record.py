@@ -82,7 +82,7 @@ class Manifest(_Record):
     packages: dict[str, str]
     seeds: dict[str, int]
     decoding: dict[str, Any]
-    """Settings that change per-item scores: dtype, batch size, lm-eval request settings."""
+    """Settings that change per-item scores: dtype, device, batch size, lm-eval request settings."""
     scoring: str
     """How scores were computed (which engine produced which number)."""
     suites: list[SuiteRef]

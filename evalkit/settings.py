@@ -67,7 +67,7 @@ class RunSettings(_Settings):
     backend: Literal["hf", "vllm"] = "hf"
     """hf: evalkit's lm-eval HF model class; vllm: lm-eval's vLLM class (GPU)."""
     executor: Literal["local", "ray"] = "local"
-    """local: this process; ray: (subject x suite) jobs on a Ray cluster."""
+    """local: this process; ray: (subject x suite) jobs on a Ray cluster's CPUs (not with a GPU device)."""
     workers: Optional[int] = Field(default=None, ge=1, le=4096)
     """Ray workers (default: one per CPU the cluster offers)."""
     ray_address: Optional[str] = None

@@ -37,13 +37,15 @@ class _AccountedFor(logging.Filter):
 
 logging.getLogger("lm_eval.models.huggingface").addFilter(_AccountedFor())
 
-# Per (model class, attention implementation, dtype): did packed scoring match unpacked scoring?
-_PACKING_VERIFIED: dict[tuple[str, str, str], bool] = {}
+# Per (model class, attention implementation, dtype, device type): did packed scoring match
+# unpacked scoring? A GPU's attention kernels are not a CPU's, so each device is checked.
+_PACKING_VERIFIED: dict[tuple[str, str, str, str], bool] = {}
 
 
-def packing_key(model) -> tuple[str, str, str]:
+def packing_key(model) -> tuple[str, str, str, str]:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return type(inner).__name__, str(getattr(inner.config, "_attn_implementation", "")), str(inner.dtype)
+    return (type(inner).__name__, str(getattr(inner.config, "_attn_implementation", "")), str(inner.dtype),
+            inner.device.type)
 
 
 def packing_failed(model) -> bool:

@@ -276,20 +276,24 @@ def forward_rows(model, rows: list[list[Pack]], pad_id: int, keep_rows: bool = F
     # Without keep_rows only each position's log-normaliser, argmax and target logits are needed,
     # not a written-out (needed, V) log-softmax (189 ms for SmolLM2's 3,216 scored positions). The
     # normaliser goes in blocks of 64 rows (12 MiB, cache-sized): 95 ms, against 251 ms at once.
-    rows_out = torch.log_softmax(logits, dim=-1).cpu() if keep_rows else None
     normaliser = torch.cat([torch.logsumexp(block, dim=-1) for block in logits.split(64)])
     best = logits.argmax(dim=-1)
     # Every request's (position, target token) gathered where the logits are, in one go: on a GPU
-    # only the picked values cross to the host, not (needed, V) logits.
+    # only the picked values (and, with keep_rows, the requests' log-softmax rows) reach the host.
     row_of = {n: k for k, n in enumerate(needed)}
     spans = [(index, [row_of[r * width + offset + p] for p in at], continuation)
              for r, offset, pack in placed for index, continuation, at in pack.requests]
+    flat_targets = [t for _, _, continuation in spans for t in continuation]
+    # Checked here: on a GPU an index out of range is a device-side assert that ends the CUDA context.
+    if any(len(at) != len(continuation) for _, at, continuation in spans):
+        raise RuntimeError("a packed request's scored positions do not match its continuation")
+    if max(flat_targets, default=0) >= logits.shape[-1] or min(flat_targets, default=0) < 0:
+        raise IndexError(f"a continuation token lies outside the model's {logits.shape[-1]} logits")
     at_rows = torch.tensor([k for _, at, _ in spans for k in at], dtype=torch.long, device=device)
-    targets = torch.tensor([t for _, _, continuation in spans for t in continuation], dtype=torch.long,
-                           device=device)
+    targets = torch.tensor(flat_targets, dtype=torch.long, device=device)
     picked_all = (logits[at_rows, targets] - normaliser[at_rows]).cpu()
     hits_all = (best[at_rows] == targets).cpu()
-    rows_all = rows_out[at_rows.cpu()].numpy() if rows_out is not None else None
+    rows_all = torch.log_softmax(logits[at_rows], dim=-1).cpu().numpy() if keep_rows else None
     results: dict[int, PackedLogprobs] = {}
     start = 0
     for index, at, _ in spans:

@@ -179,7 +179,9 @@ def discover_adapters(base: Base, subjects: list[Subject], reference: Optional[S
             attached.activate(names[who.path])
             yield
 
-    weight = next(model.parameters())  # dtype and device kernels move activations: both key the cache
+    # The run's dtype and device move activations: both key the cache (the input embedding has the
+    # run's dtype; a bf16 model's norms are float32).
+    weight = model.get_input_embeddings().weight
     computed_by = {"what": "prompt ends", "dtype": str(weight.dtype), "device": weight.device.type}
 
     def measure(who: Optional[Subject]) -> Activations:
