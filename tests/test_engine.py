@@ -342,3 +342,25 @@ def test_a_base_with_only_a_sentencepiece_model_file_trains_and_runs(tmp_path):
     (record,) = evaluate_subjects(base, [adapter_subject(adapter)], SUITES[:1], FAST, log=lambda _: None,
                                   use_cache=False)
     assert record.items and all(math.isfinite(i.subject["margin"]) for i in record.items)
+
+
+@pytest.mark.parametrize("losses, checked_at", [
+    ([5.0] * 24, [12, 16, 20, 24]),  # the loss never falls 35%: the budget still looks from halfway
+    ([5.0] + [3.0] * 23, [8, 12, 16, 20, 24]),  # 35% down at step 6: from the next multiple of 4
+])
+def test_the_damage_budget_looks_from_halfway_whatever_the_loss_does(tiny_llama, monkeypatch, losses, checked_at):
+    from peft import get_peft_model
+
+    from evalkit.engine.adapters import lora_config
+    from evalkit.training import lora
+
+    base = load_base(tiny_llama)
+    settings = TrainSettings(steps=24, damage_budget=0.15)
+    guard = lora.DamageGuard(get_peft_model(base.model, lora_config(base, settings)), base, 0.15, 24, None)
+    looked: list[int] = []
+    seen: list[float] = []
+    monkeypatch.setattr(lora, "general_nll", lambda *_: looked.append(len(seen)) or guard.base_nll)
+    for loss in losses:
+        seen.append(loss)
+        assert guard(seen)
+    assert looked == checked_at
