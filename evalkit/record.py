@@ -16,9 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from evalkit.errors import EvalkitError
 from evalkit.files import read_json, validation_error, write_text_atomic
 
-RECORD_VERSION = 2
-# Version 1 lacks the fields version 2 added as optional; it reads as it is.
-READABLE_VERSIONS = (1, 2)
+RECORD_VERSION = 3
+# Versions 1 and 2 lack the fields later versions added as optional (version 3: suites' scoring);
+# they read as they are.
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "evalkit.json"
 
@@ -61,6 +62,9 @@ class SuiteRef(_Record):
     n_items: int
     normalization: str
     """Which log-probability the suite's margins use: 'sum' over tokens or 'per_token'."""
+    scoring: dict[str, Any] = {}
+    """Every suite setting that changes its scores (normalization, delimiter, chat, generation
+    length and stops); empty in records before version 3."""
 
 
 class StatsRef(_Record):

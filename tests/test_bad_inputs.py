@@ -202,6 +202,8 @@ CASES += [
     ("report {items_map_results}", "field 'items.x.s': nan is not a finite number"),
     ("gate --baseline {results} --candidate {manifest_kind_results} --policy {tmp}/policy-ok.yaml", "field 'manifest.suites.0.kind': 'riddle'"),
     ("gate --baseline {results} --candidate {swapped_results} --policy {tmp}/policy-ok.yaml", "other options in the candidate than in the baseline"),
+    ("gate --baseline {results} --candidate {delimiter_results} --policy {tmp}/policy-ok.yaml", "suite tension scores with delimiter '\\n' in the candidate but ' ' in the baseline"),
+    ("run --adapter {adapter} --base {base} --suite {tmp}/per-token/tension.yaml --out {out} --gate {tmp}/policy-ok.yaml --baseline {results}", "suite tension scores with normalization 'per_token' in this run's suites but 'sum' in the baseline"),
     ("run --adapter {adapter} --base {base} --suite {tension} --out {out} --gate {tmp}/policy-ok.yaml --baseline {swapped_results}", "other options in this run's suites than in the baseline"),
     ("report {empty}", "is a folder without results.json"),
     ("run --adapter {backtracking_regex} --base {base} --suite {tension} --out {out}", "a regular expression did not finish matching"),
@@ -355,6 +357,8 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
     (broken / "evalkit.json").write_text("{not json")
     (tmp / "summary.json").write_text("{}")
     os.mkfifo(tmp / "summary-fifo")  # appending would block for ever
+    (tmp / "per-token").mkdir()  # the same items, scored per token
+    (tmp / "per-token" / "tension.yaml").write_text(TENSION.read_text().replace("normalization: sum", "normalization: per_token"))
     (tmp / "collide").mkdir()  # 'my-suite' and 'my_suite' would be one lm-eval task
     for name in ("my-suite", "my_suite"):
         (tmp / "collide" / f"{name}.yaml").write_text(TENSION.read_text().replace("suite: tension", f"suite: {name}"))
@@ -366,6 +370,8 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
                                       lambda d: d.update(items={"x": {"s": float("nan")}})),
         "manifest_kind_results": _results(tmp, results_json, "manifest-kind.json",
                                           lambda d: d["manifest"]["suites"][0].update(kind="riddle")),
+        "delimiter_results": _results(tmp, results_json, "delimiter.json",
+                                      lambda d: d["manifest"]["suites"][0]["scoring"].update(delimiter="\n")),
         "swapped_results": _results(tmp, results_json, "swapped.json",
                                     lambda d: [i.update(options=i["options"][::-1]) for i in d["items"]]),
         "nan_results": _results(tmp, results_json, "nan.json", _set_score("entropy", float("nan"))),

@@ -19,7 +19,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,7 +39,7 @@ from evalkit.files import (
     write_text_atomic,
 )
 from evalkit.kinds import KINDS
-from evalkit.record import ItemRecord, RunRecord
+from evalkit.record import ItemRecord, RunRecord, SuiteRef
 
 DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.yaml"
 
@@ -125,8 +125,30 @@ def pair_records(baseline: RunRecord, candidate: RunRecord, tolerance: float,
     """Items of both runs by (suite, item id); too many on one side only is an input error."""
     a, b = _items(baseline), _items(candidate)
     check_item_sets(set(a), set(b), tolerance, where)
+    check_same_scoring(baseline, {s.name: suite_scoring(s) for s in candidate.manifest.suites}, "the candidate", where)
     check_same_questions(baseline, {k: (i.prompt, i.options) for k, i in b.items()}, "the candidate", where)
     return [(a[k], b[k]) for k in sorted(set(a) & set(b))]
+
+
+def suite_scoring(suite: SuiteRef) -> dict[str, Any]:
+    """The settings a suite's scores depend on, as its record holds them (before version 3 only
+    its kind and normalization)."""
+    return suite.scoring or {"kind": suite.kind, "normalization": suite.normalization}
+
+
+def check_same_scoring(baseline: RunRecord, scoring: dict[str, dict[str, Any]], other: str, where: str) -> None:
+    """Each suite both sides ran scores the same way in the baseline as in `other`: a changed
+    normalization, delimiter, chat rendering or generation length moves every number."""
+    for suite in baseline.manifest.suites:
+        if suite.name not in scoring:
+            continue
+        ours, theirs = suite_scoring(suite), scoring[suite.name]
+        changed = sorted(k for k in ours.keys() & theirs.keys() if ours[k] != theirs[k])
+        if changed:
+            k = changed[0]
+            raise EvalkitError(f"suite {suite.name} scores with {k} {theirs[k]!r} in {other} but {ours[k]!r} in the "
+                               "baseline: its numbers are not comparable", where=where,
+                               hint="run the baseline again on this version of the suite")
 
 
 def check_same_questions(baseline: RunRecord, questions: dict[tuple[str, str], tuple[str, list[str]]],

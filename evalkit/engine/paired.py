@@ -93,7 +93,7 @@ def paired_run(run_id: str, reference: ModelRef, subject: ModelRef, suites: list
             evalkit_version=__version__, git_commit=git_commit(Path(__file__).parent), created=now(),
             packages=package_versions(), seeds=seeds, decoding=settings.decoding(), scoring=SCORING,
             suites=[SuiteRef(name=s.name, kind=s.spec.kind, path=s.path, hash=s.hash, n_items=len(s.item_ids()),
-                             normalization=s.spec.normalization) for s in suites],
+                             normalization=s.spec.normalization, scoring=s.scoring()) for s in suites],
             requests=requests,
         ),
         reference=reference, subject=subject, items=pair_items(suites, ref, sub),

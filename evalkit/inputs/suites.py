@@ -58,6 +58,11 @@ class LoadedSuite(BaseModel):
     def item_ids(self) -> list[str]:
         return self.spec.item_ids()
 
+    def scoring(self) -> dict[str, Any]:
+        """Every setting of the suite that changes its scores: all but its name, description,
+        items and axis labels (a field a kind adds counts, unless it is one of those)."""
+        return self.spec.model_dump(mode="json", exclude={"suite", "description", "items", "groups", "axes"})
+
     def questions(self) -> dict[str, Choice]:
         """Every item as a Choice, by id, as its run records hold it: its prompt and options
         (generated items without references have none)."""

@@ -15,6 +15,7 @@ from evalkit.decide.gate import (
     check_outputs,
     check_policy,
     check_same_questions,
+    check_same_scoring,
     decide,
     load_policy,
     write_outputs,
@@ -92,6 +93,7 @@ def prepare_gate(baseline: Path, policy_path: Path, suites: list[LoadedSuite],
     planned = {(s.name, item_id): (c.prompt, list(c.options)) for s in suites for item_id, c in s.questions().items()}
     where = f"{baseline} vs the suites of this run"
     check_item_sets({(i.suite, i.item_id) for i in record.items}, set(planned), policy.item_tolerance, where=where)
+    check_same_scoring(record, {s.name: s.scoring() for s in suites}, "this run's suites", where)
     check_same_questions(record, planned, "this run's suites", where)
     return policy, record
 
