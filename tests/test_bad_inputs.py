@@ -27,6 +27,9 @@ FILES = {
                           "  - {id: b, prompt: 'She decided\u200b to', options: [stay, go]}\n",
     "lookalike-options.yaml": "suite: t\nkind: tension\nitems:\n  - {id: a, prompt: 'She decided to', "
                               "options: [caf\u00e9, \"cafe\\u0301\"]}\n",
+    "lookalike-clusters.yaml": "suite: t\nkind: tension\nitems:\n"
+                               "  - {id: a, cluster: found, prompt: 'She decided to', options: [stay, go]}\n"
+                               "  - {id: b, cluster: \"found\\u200b\", prompt: 'He chose to', options: [stay, go]}\n",
     "text-bomb.yaml": "suite: t\nkind: tension\nbig: &big '" + "x" * 100_000 + "'\nitems: [" + "*big, " * 300 + "]\n",
     "double-space.yaml": "suite: t\nkind: tension\nitems:\n  - {id: a, prompt: 'She decided to', options: [' stay.', ' go.']}\n",
     "few-prompts.txt": "one\ntwo\nthree\n",
@@ -197,6 +200,7 @@ CASES += [
     ("export-tasks {tmp}/collide --out {out}", "(one lm-eval task: - is written _) are used by more than one file"),
     ("validate {tmp}/repeated-item.yaml", "repeated-item.yaml [b]: field 'prompt': item 'a' asks the same"),
     ("validate {tmp}/lookalike-options.yaml", "the same text to a reader"),
+    ("validate {tmp}/lookalike-clusters.yaml", "lookalike-clusters.yaml [b]: field 'cluster': 'found\\u200b' reads like 'found'"),
     ("validate {tmp}/text-bomb.yaml", "characters once its aliases are expanded"),
     # records that are not what they say
     ("report {items_map_results}", "field 'items.x.s': nan is not a finite number"),

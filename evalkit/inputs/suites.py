@@ -64,12 +64,7 @@ class LoadedSuite(BaseModel):
         return self.spec.model_dump(mode="json", exclude={"suite", "description", "items", "groups", "axes"})
 
     def questions(self) -> dict[str, Choice]:
-        """Every item as a Choice, by id, as its run records hold it: its prompt and options
-        (generated items without references have none)."""
-        generation = self.spec.generation()
-        shapes = {i.id: Choice(i.id, i.cluster, i.prompt, ()) for i in (generation.items if generation else [])}
-        shapes.update({c.id: c for c in self.spec.choices()})
-        return {item_id: shapes[item_id] for item_id in self.item_ids()}
+        return self.spec.questions()
 
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -158,6 +153,7 @@ def load_suite(path: Path) -> LoadedSuite:
         raise _item_error(path, data, exc) from None
     _check_spacing(path, spec)
     _check_no_repeats(path, spec)
+    _check_cluster_names(path, spec)
     return LoadedSuite(path=str(path), hash=stable_hash(spec.model_dump(mode="json")), spec=spec)
 
 
@@ -175,6 +171,21 @@ def _check_no_repeats(path: Path, spec: Any) -> None:
             raise EvalkitError(f"field 'prompt': item '{seen[question]}' asks the same ({same}); a repeated item "
                                "would be counted as two answers", where=f"{path} [{item_id}]")
         seen.setdefault(question, item_id)
+
+
+def _check_cluster_names(path: Path, spec: Any) -> None:
+    """Items share a cluster by its name: one name written two ways a reader cannot tell apart
+    (NFC and NFD, a zero-width character, a trailing space) would split it, and every test
+    would count its halves as independent clusters."""
+    first: dict[str, tuple[str, str]] = {}
+    for item_id, cluster in ((c.id, c.cluster) for c in spec.questions().values()):
+        if cluster is None:
+            continue
+        other, other_item = first.setdefault(seen_as(cluster), (cluster, item_id))
+        if other != cluster:
+            raise EvalkitError(f"field 'cluster': {cluster!r} reads like {other!r} (cluster of item '{other_item}'), "
+                               "differing only in spaces, invisible characters or Unicode form; name one cluster "
+                               "one way", where=f"{path} [{item_id}]")
 
 
 def _check_spacing(path: Path, spec: Any) -> None:

@@ -97,10 +97,16 @@ class SuiteSpec(Strict):
         """Every item id, in file order: the unit reference and subject are paired by."""
         return [c.id for c in self.choices()]
 
-    def clusters(self) -> set[str]:
+    def questions(self) -> dict[str, Choice]:
+        """Every item as a Choice, by id in file order, as run records hold it: its cluster, prompt
+        and options (generated items without references have none)."""
         generation = self.generation()
-        found = {c.cluster for c in self.choices()} | {i.cluster for i in (generation.items if generation else [])}
-        return {c for c in found if c is not None}
+        shapes = {i.id: Choice(i.id, i.cluster, i.prompt, ()) for i in (generation.items if generation else [])}
+        shapes.update({c.id: c for c in self.choices()})
+        return {item_id: shapes[item_id] for item_id in self.item_ids()}
+
+    def clusters(self) -> set[str]:
+        return {c.cluster for c in self.questions().values() if c.cluster is not None}
 
 
 def choice_metrics(logprobs: list[float], n_tokens: list[int], normalization: str) -> dict[str, Any]:
