@@ -199,7 +199,8 @@ def yaml_files(path: Path, what: str | None = None) -> list[Path]:
         raise EvalkitError("no such file or folder", where=str(path))
     if not path.is_dir():
         return [path]
-    files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
+    # Not hidden files: editors' and file browsers' ('.#x.yaml', '._x.yaml') are not the user's suites.
+    files = sorted(p for p in [*path.glob("*.yaml"), *path.glob("*.yml")] if not p.name.startswith("."))
     if not files and what:
         raise EvalkitError(f"folder holds no {what} files (*.yaml)", where=str(path))
     return files

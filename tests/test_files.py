@@ -117,3 +117,12 @@ def test_a_damaged_cache_entry_is_dropped_and_computed_again(tmp_path, caplog):
     assert third.get("choice") == {"logprob_sum": [-1.0, -2.0], "n_tokens": [1, 1]}
     assert third.get_array("along") is not None
     assert not list(cache.dir.rglob("*.tmp"))
+
+
+def test_a_folder_of_suites_skips_hidden_files(tmp_path):
+    """File browsers and editors leave '._tension.yaml' and '.#tension.yaml' beside a user's files."""
+    from evalkit.files import yaml_files
+
+    for name in ("tension.yaml", "._tension.yaml", ".#tension.yaml", "notes.txt"):
+        (tmp_path / name).write_bytes(b"\x00\x05\x16\x07 not yaml")
+    assert yaml_files(tmp_path) == [tmp_path / "tension.yaml"]

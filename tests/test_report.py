@@ -228,3 +228,15 @@ def test_compare_links_named_by_hostile_folders_run_no_script(browser, tmp_path)
         assert page.url.startswith("file://") and page.url.endswith("/report.html"), page.url
     assert dialogs == []
     page.close()
+
+
+def test_compare_over_a_folder_skips_hidden_folders(tmp_path):
+    """An interrupted run leaves its '.NAME.*.tmp' folder (a results.json in it, no report):
+    compare over the reports folder shows the finished runs only."""
+    from evalkit.pipelines.reports import compare
+    from evalkit.record import write_record
+
+    for name in ("honesty", ".honesty.x1y2.tmp"):
+        write_record(hostile_record(name), tmp_path / "reports" / name / "results.json")
+    page = compare([tmp_path / "reports"], tmp_path / "compare.html").read_text()
+    assert "honesty/report.html" in page and ".tmp" not in page

@@ -54,8 +54,8 @@ def compare(results: list[Path], out: Path) -> Path:
             found.append(path)
         elif (path / "results.json").is_file():
             found.append(path / "results.json")
-        elif path.is_dir():
-            found += sorted(path.glob("*/results.json"))
+        elif path.is_dir():  # not hidden folders: an interrupted run leaves its '.NAME.*.tmp' there
+            found += sorted(p for p in path.glob("*/results.json") if not p.parent.name.startswith("."))
         else:
             raise EvalkitError("no such results file or run folder", where=str(path))
     if not found:
