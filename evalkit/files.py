@@ -314,10 +314,11 @@ def marked_kind(folder: Path) -> str | None:
 
 
 
-def check_replaceable(final: Path, inputs: Iterable[Path] = (), *, kind: str) -> None:
+def check_replaceable(final: Path, inputs: Iterable[Path] = (), *, kind: str, stores: Iterable[Path] = ()) -> None:
     """Before any work: `final` may be written whole (as a `kind`: "adapter", "run report", ...)
     only if it is absent, empty, or a folder evalkit wrote as the same kind, and is none of the
-    command's inputs (nor holds one), nor the current folder. Never a user's folder."""
+    command's inputs nor of the `stores` it fills on the way (nor holds or lies in one), nor the
+    current folder. Never a user's folder."""
     final = Path(os.path.abspath(final))  # `.` has no name to swap by
     check_name_length(final)
     if final == Path.cwd() or final in Path.cwd().parents:
@@ -331,11 +332,12 @@ def check_replaceable(final: Path, inputs: Iterable[Path] = (), *, kind: str) ->
     if mode is not None and not stat.S_ISDIR(mode):
         raise EvalkitError("exists and is not a folder", where=str(final))
     resolved = final.resolve()
-    for path in inputs:
+    others = [(p, "an input of this command") for p in inputs] + [(p, "where this command keeps what it trains")
+                                                                   for p in stores]
+    for path, what in others:
         source = Path(path).resolve()
         if source == resolved or resolved in source.parents or source in resolved.parents:
-            raise EvalkitError(f"is an input of this command ({path}); choose another output folder",
-                               where=str(final))
+            raise EvalkitError(f"is {what} ({path}); choose another output folder", where=str(final))
     foreign = _foreign(final)
     if foreign and final.parent.is_dir():  # another evalkit may be mid-swap: look again between swaps
         with _locked(final):

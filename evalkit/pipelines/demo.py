@@ -40,7 +40,7 @@ def demo(out_root: Path, quick: bool = False, adapters_dir: Optional[Path] = Non
     suites = load_suites([probes_dir])
     folder = adapters_dir or adapters_folder() / ("quick" if quick else "")
     # written whole at the end: an earlier demo's folder, never a user's, nor the adapters it reads
-    check_replaceable(out_root, inputs=[folder], kind="demo report")
+    check_replaceable(out_root, kind="demo report", stores=[folder])
     control = next((s for s in scenes if "control" in s.tags), None) if discover else None
     control_dirs = [inside(folder, f"{control.id}-seed{seed}") for seed in CONTROL_SEEDS] if control else []
     for target in [*(inside(folder, s.id) for s in scenes), *control_dirs]:

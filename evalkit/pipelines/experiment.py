@@ -205,7 +205,8 @@ def run_experiment(plan_path: Path, out: Path | None, dry_run: bool, console: Co
               *(resolved.rel(spec.corpus) for spec in resolved.plan.scratch if spec.corpus)]
     if resolved.plan.discover is not None and resolved.plan.discover.prompts:
         inputs.append(resolved.rel(resolved.plan.discover.prompts))
-    check_replaceable(out, inputs=inputs, kind="experiment report")
+    store = _store()
+    check_replaceable(out, inputs=inputs, kind="experiment report", stores=[store])
     if resolved.plan.discover is not None and resolved.plan.discover.prompts:
         with plan_field(resolved, "discover.prompts"):
             read_prompts(resolved.rel(resolved.plan.discover.prompts))
@@ -218,7 +219,6 @@ def run_experiment(plan_path: Path, out: Path | None, dry_run: bool, console: Co
             base_dir = ensure_demo_base(log=console.print)
         with plan_field(resolved, "base"):
             base = load_base(base_dir)
-    store = _store()
     planned = plan_models(resolved, base, base_dir, store)
     _print_plan(planned, console)
     if dry_run:

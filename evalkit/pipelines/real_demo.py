@@ -60,7 +60,7 @@ def real_demo(base_spec: Path, out_root: Path, log: Log = print, discover: bool 
     folder = adapters_folder() / "real"
     names = {(s.id, seed): f"{s.id}-seed{seed}" for s in scenes for seed in SEEDS}
     # written whole at the end: an earlier demo's folder, never a user's, nor the adapters it reads
-    check_replaceable(out_root, inputs=[folder], kind="demo report")
+    check_replaceable(out_root, kind="demo report", stores=[folder])
     for name in names.values():
         check_replaceable(inside(folder, name), kind="adapter")
     base = load_base(base_spec, log=log)
