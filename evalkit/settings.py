@@ -54,6 +54,9 @@ class StatsSettings(_Settings):
     within +-this many nats (two one-sided tests at alpha); only then can an axis be 'new'."""
 
 
+RAY_ADDRESS = re.compile(r"auto|(ray://)?[A-Za-z0-9_.\-]+:[0-9]{1,5}")
+
+
 class RunSettings(_Settings):
     """How models are evaluated: what the per-item numbers depend on, and where the work runs."""
 
@@ -78,7 +81,7 @@ class RunSettings(_Settings):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+        if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", value):
             raise ValueError("is not cpu or cuda[:N]")
         return value
 
@@ -90,10 +93,12 @@ class RunSettings(_Settings):
             raise ValueError("runs its workers on CPUs: use it with --device cpu")
         return value
 
-    @field_validator("ray_address")
+    @field_validator("workers", "ray_address")
     @classmethod
-    def _ray_address(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not re.fullmatch(r"auto|(ray://)?[\w.\-]+:\d+", value):
+    def _ray_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("executor") != "ray":
+            raise ValueError("goes with --executor ray (without it the run is local)")
+        if info.field_name == "ray_address" and value is not None and not RAY_ADDRESS.fullmatch(value):
             raise ValueError("is not HOST:PORT, ray://HOST:PORT or auto")
         return value
 

@@ -100,3 +100,13 @@ def test_fast_path_naive_loop_and_ray_agree_per_item(trained, tmp_path):
         verdicts = lambda r: [(e.suite, e.metric, e.scope, e.significant, e.mean_diff > 0) for e in r.effects]  # noqa: E731
         assert verdicts(local_record) == verdicts(ray_record)
     assert "ray" in sys.modules and "vllm" not in sys.modules
+
+
+def test_a_ray_address_is_checked_before_ray_retries_it_for_ever():
+    from evalkit.engine.ray_executor import check_reachable
+    from evalkit.errors import EvalkitError
+
+    with pytest.raises(EvalkitError, match="RAY_ADDRESS 'garbage': is not HOST:PORT"):
+        check_reachable("garbage", "RAY_ADDRESS")
+    with pytest.raises(EvalkitError, match="no Ray cluster answers there"):
+        check_reachable("ray://127.0.0.1:1", "RAY_ADDRESS")

@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any, Callable
 
 from evalkit.engine.base import Base
 from evalkit.engine.evaluation import Counts, Evaluated
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, first_line
 from evalkit.inputs.suites import LoadedSuite
+from evalkit.offline import OFFLINE
+from evalkit.settings import RAY_ADDRESS
 
 # What a worker needs from the driver's environment (offline Hugging Face, the cache folder).
-FORWARDED_ENV = ("EVALKIT_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TQDM_DISABLE")
+FORWARDED_ENV = ("EVALKIT_CACHE", "TQDM_DISABLE", *OFFLINE)
 
 
 class _Worker:
@@ -62,6 +65,20 @@ def merge(parts: list[tuple[Evaluated, str, Counts]]) -> tuple[Evaluated, str, C
     return evaluated, parts[0][1], counts
 
 
+def check_reachable(address: str, named: str) -> None:
+    """A cluster address is well formed and its port answers (Ray retries an address that does not,
+    for ever); 'auto' is left to Ray, which says at once when no cluster runs here."""
+    if not RAY_ADDRESS.fullmatch(address):
+        raise EvalkitError(f"{named} {address!r}: is not HOST:PORT, ray://HOST:PORT or auto")
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise EvalkitError(f"{named} {address!r}: no Ray cluster answers there ({first_line(exc)})") from None
+
+
 class RayRunner:
     """The local `Runner`'s interface, with the work done by Ray actors."""
 
@@ -79,11 +96,18 @@ class RayRunner:
         if not ray.is_initialized():
             env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
             address = settings.ray_address or os.environ.get("RAY_ADDRESS")
+            named = "--ray-address" if settings.ray_address else "RAY_ADDRESS"
+            if address is not None:
+                check_reachable(address, named)
             init: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                                         runtime_env={"env_vars": env})
             if address is None:
                 init["num_cpus"] = settings.workers or os.cpu_count() or 1
-            ray.init(address=address, **init)
+            try:
+                ray.init(address=address, **init)
+            except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
+                where = f"{named} {address!r}" if address else "a local Ray"
+                raise EvalkitError(f"{where}: Ray did not start: {first_line(exc)}") from None
             self._started = True
         else:
             self._started = False
