@@ -105,10 +105,18 @@ class Scene(BaseModel):
         return stable_hash({"body": self.body, "training": self.training.model_dump(), **chat})
 
 
+class _ChatTurns(BaseModel):
+    turns: list[Turn]
+
+
 def load_scene(path: Path) -> Scene:
     data = read_yaml_mapping(path)
     if "text" not in data and "turns" not in data:
         raise EvalkitError("field 'text' is required (or 'turns')", where=str(path))
+    turns = data.get("turns")
+    if isinstance(turns, list) and any(isinstance(t, dict) for t in turns):
+        # A chat: its errors name the turn and field (turns.0.role), not pydantic's string branch.
+        parse_model(_ChatTurns, {"turns": turns}, path)
     return parse_model(Scene, data, path)
 
 
