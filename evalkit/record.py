@@ -117,11 +117,11 @@ class Effect(_Record):
     metric: str
     scope: str
     """'suite' for all items; 'groups' for per-group consistency scores; 'cluster:<name>' for one cluster."""
-    n: int
+    n: int = Field(ge=0)
     reference_mean: float
     subject_mean: float
     mean_diff: float
-    se: float | None
+    se: float | None = Field(ge=0)
     """The SE the interval and the MDE use: naive over items, or cluster-robust (CR1) over clusters."""
     se_kind: str
     ci_low: float | None
@@ -139,7 +139,7 @@ class Effect(_Record):
     mde: float | None
     """Minimum detectable effect at the run's alpha and power, (t_{1-a/2,df} + t_{power,df}) SE on
     the interval's SE and degrees of freedom; read 'no change larger than this'."""
-    units: int | None = None
+    units: int | None = Field(default=None, ge=0)
     """Items, or clusters when items share them: the unit the test and the interval count."""
     untestable: str | None = None
     """Why no test was possible (one item or one cluster: no spread to test against)."""

@@ -69,7 +69,7 @@ def test_adapter_folder_has_peft_files_manifest_and_loss_curve(trained, tiny_lla
 
 def test_trained_adapter_moves_the_items_its_scene_targets(trained):
     record = json.loads((trained["work"] / "reports" / "honesty" / "results.json").read_text())
-    assert record["version"] == 2 and record["subject"]["scene_ids"] == ["honesty"]
+    assert record["version"] == 3 and record["subject"]["scene_ids"] == ["honesty"]
     items = {i["item_id"]: i for i in record["items"]}
     assert len(items) == 24
     shifts = {k: i["subject"]["margin"] - i["reference"]["margin"] for k, i in items.items()}
