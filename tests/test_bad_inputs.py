@@ -32,6 +32,7 @@ FILES = {
                                "  - {id: b, cluster: \"found\\u200b\", prompt: 'He chose to', options: [stay, go]}\n",
     "chat-no-role.yaml": "id: s\ntitle: T\nturns:\n  - {content: hello}\n  - {role: assistant, content: hi}\n",
     "chat-bad-role.yaml": "id: s\ntitle: T\nturns:\n  - {role: User, content: hello}\n  - {role: assistant, content: hi}\n",
+    "blank-cluster.yaml": "suite: t\nkind: tension\nitems:\n  - {id: a, cluster: '   ', prompt: 'She decided to', options: [stay, go]}\n",
     "text-bomb.yaml": "suite: t\nkind: tension\nbig: &big '" + "x" * 100_000 + "'\nitems: [" + "*big, " * 300 + "]\n",
     "double-space.yaml": "suite: t\nkind: tension\nitems:\n  - {id: a, prompt: 'She decided to', options: [' stay.', ' go.']}\n",
     "few-prompts.txt": "one\ntwo\nthree\n",
@@ -210,6 +211,7 @@ CASES += [
     ("validate {tmp}/lookalike-options.yaml", "the same text to a reader"),
     ("validate {tmp}/chat-no-role.yaml", "chat-no-role.yaml: field 'turns.0.role' is required"),
     ("validate {tmp}/chat-bad-role.yaml", "chat-bad-role.yaml: field 'turns.0.role': Input should be 'system', 'user' or 'assistant'"),
+    ("validate {tmp}/blank-cluster.yaml", "blank-cluster.yaml [a]: field 'cluster': is empty"),
     ("validate {tmp}/lookalike-clusters.yaml", "lookalike-clusters.yaml [b]: field 'cluster': 'found\\u200b' reads like 'found'"),
     ("validate {tmp}/text-bomb.yaml", "characters once its aliases are expanded"),
     # records that are not what they say

@@ -18,6 +18,8 @@ from evalkit.files import ID_PATTERN, not_blank, seen_as
 
 Normalization = Literal["sum", "per_token"]
 Text = Annotated[str, Field(min_length=1), AfterValidator(not_blank)]
+# A blank cluster would put every item that has one into a single unnamed cluster: leave it out.
+Cluster = Annotated[str, AfterValidator(not_blank)]
 
 
 def _distinct(texts: list[str]) -> list[str]:
@@ -55,7 +57,7 @@ class GenerationItem(Strict):
     """An item continued greedily (continuation suites)."""
 
     id: Id
-    cluster: Optional[str] = None
+    cluster: Optional[Cluster] = None
     prompt: Text
 
 

@@ -7,14 +7,14 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from evalkit.kinds.base import Choice, Id, Kind, Metric, Options, Raw, Strict, SuiteSpec, Text, choice_of
+from evalkit.kinds.base import Choice, Cluster, Id, Kind, Metric, Options, Raw, Strict, SuiteSpec, Text, choice_of
 
 
 class TensionItem(Strict):
     """A prompt and two or more competing completions; options[0] is the 'a' pole."""
 
     id: Id
-    cluster: Optional[str] = None
+    cluster: Optional[Cluster] = None
     """Items sharing a cluster (a template, a dilemma) are not independent; SEs account for it."""
     prompt: Text
     options: Options
