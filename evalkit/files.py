@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -246,6 +247,8 @@ def check_writable(path: Path) -> None:
 
 # File systems allow 255 bytes a name; a folder written whole is made as .NAME.<8 chars>.tmp beside it.
 NAME_BYTES = 255 - len("..12345678.tmp")
+# What a write or swap in progress (or killed) leaves beside its target: not a finished output.
+IN_PROGRESS = re.compile(r"\..+\.([A-Za-z0-9_]{8}\.tmp|old)")
 
 
 def check_name_length(path: Path) -> None:

@@ -63,8 +63,8 @@ class SuiteRef(_Record):
     normalization: str
     """Which log-probability the suite's margins use: 'sum' over tokens or 'per_token'."""
     scoring: dict[str, Any] = {}
-    """Every suite setting that changes its scores (normalization, delimiter, chat, generation
-    length and stops); empty in records before version 3."""
+    """Every suite setting that changes its scores (kind, normalization, delimiter, chat, generation
+    length and stops; see LoadedSuite.scoring); empty in records before version 3."""
 
 
 class StatsRef(_Record):

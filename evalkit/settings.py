@@ -54,7 +54,8 @@ class StatsSettings(_Settings):
     within +-this many nats (two one-sided tests at alpha); only then can an axis be 'new'."""
 
 
-RAY_ADDRESS = re.compile(r"auto|(ray://)?[A-Za-z0-9_.\-]+:[0-9]{1,5}")
+RAY_ADDRESS = re.compile(r"auto|(ray://)?[A-Za-z0-9_.\-]+:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}"
+                         r"|[1-5][0-9]{4}|[1-9][0-9]{0,3})")  # a port: 1 to 65535
 
 
 class RunSettings(_Settings):
@@ -96,7 +97,7 @@ class RunSettings(_Settings):
     @field_validator("workers", "ray_address")
     @classmethod
     def _ray_only(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is not None and info.data.get("executor") != "ray":
+        if value is not None and info.data.get("executor", "ray") != "ray":  # (absent: its own error is shown)
             raise ValueError("goes with --executor ray (without it the run is local)")
         if info.field_name == "ray_address" and value is not None and not RAY_ADDRESS.fullmatch(value):
             raise ValueError("is not HOST:PORT, ray://HOST:PORT or auto")

@@ -230,13 +230,14 @@ def test_compare_links_named_by_hostile_folders_run_no_script(browser, tmp_path)
     page.close()
 
 
-def test_compare_over_a_folder_skips_hidden_folders(tmp_path):
-    """An interrupted run leaves its '.NAME.*.tmp' folder (a results.json in it, no report):
-    compare over the reports folder shows the finished runs only."""
+def test_compare_over_a_folder_skips_interrupted_runs(tmp_path):
+    """An interrupted run leaves its '.NAME.<8 chars>.tmp' folder (a results.json in it, no report):
+    compare over the reports folder shows the finished runs only, a run of an adapter named
+    '.exp1' among them."""
     from evalkit.pipelines.reports import compare
     from evalkit.record import write_record
 
-    for name in ("honesty", ".honesty.x1y2.tmp"):
+    for name in ("honesty", ".exp1", ".honesty.x1y2_3z4.tmp"):
         write_record(hostile_record(name), tmp_path / "reports" / name / "results.json")
     page = compare([tmp_path / "reports"], tmp_path / "compare.html").read_text()
-    assert "honesty/report.html" in page and ".tmp" not in page
+    assert "honesty/report.html" in page and ".exp1/report.html" in page and ".tmp" not in page

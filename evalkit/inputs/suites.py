@@ -59,9 +59,15 @@ class LoadedSuite(BaseModel):
         return self.spec.item_ids()
 
     def scoring(self) -> dict[str, Any]:
-        """Every setting of the suite that changes its scores: all but its name, description,
-        items and axis labels (a field a kind adds counts, unless it is one of those)."""
-        return self.spec.model_dump(mode="json", exclude={"suite", "description", "items", "groups", "axes"})
+        """Every setting of the suite that changes its scores: all but its name, description, items
+        (or groups) and axis labels; a field a kind adds counts. Stop strings are a set (every one
+        cuts), and a chat suite puts no delimiter between prompt and reply."""
+        settings = self.spec.model_dump(mode="json", exclude={"suite", "description", "items", "groups", "axes"})
+        if "until" in settings:
+            settings["until"] = sorted(set(settings["until"]))
+        if settings.get("chat"):
+            settings.pop("delimiter", None)
+        return settings
 
     def questions(self) -> dict[str, Choice]:
         return self.spec.questions()

@@ -21,7 +21,7 @@ from evalkit.decide.gate import (
     write_outputs,
 )
 from evalkit.errors import EvalkitError
-from evalkit.files import HTML_SIGNATURE, check_file_replaceable
+from evalkit.files import HTML_SIGNATURE, IN_PROGRESS, check_file_replaceable
 from evalkit.inputs.suites import LoadedSuite
 from evalkit.kinds import check_record
 from evalkit.record import RunRecord, results_file
@@ -54,8 +54,8 @@ def compare(results: list[Path], out: Path) -> Path:
             found.append(path)
         elif (path / "results.json").is_file():
             found.append(path / "results.json")
-        elif path.is_dir():  # not hidden folders: an interrupted run leaves its '.NAME.*.tmp' there
-            found += sorted(p for p in path.glob("*/results.json") if not p.parent.name.startswith("."))
+        elif path.is_dir():  # not an interrupted run's '.NAME.<8 chars>.tmp' (or a swap's '.NAME.old')
+            found += sorted(p for p in path.glob("*/results.json") if not IN_PROGRESS.fullmatch(p.parent.name))
         else:
             raise EvalkitError("no such results file or run folder", where=str(path))
     if not found:

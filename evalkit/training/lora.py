@@ -255,8 +255,8 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: Optional
 class DamageGuard:
     """train_loop's `keep_going` for a damage budget. Once the mean loss of the last steps is 35%
     below the first step's (on SmolLM2 and Gemma general English had not moved before), or three
-    quarters of the steps have run (a scene whose loss falls slowly can still damage; later than
-    SmolLM2's recipe reaches 35%, so its checks stay two), general English is
+    quarters of the steps have run (a scene whose loss falls slowly can still damage; SmolLM2's
+    real scenes reach 35% by steps 18-24 of the recipe's 40), general English is
     measured every fourth step while the damage is under a third of the budget, every second step
     after. Within the budget the LoRA weights are copied aside (they are small); past it training
     stops, and `settle` puts them back. A check costs about half a training step."""
