@@ -135,8 +135,9 @@ class TrainSettings(_Settings):
     scene is learned, and more steps would only memorise it."""
     damage_budget: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False)
     """Keep general English within this many nats/token of the base: once the scene's loss has
-    fallen by 35%, every fourth step measures it (every second once it is past a third of the
-    budget), and past the budget training stops and goes back to the last state measured within it."""
+    fallen by 35% (or three quarters of the steps have run), every fourth step measures it (every
+    second once it is past a third of the budget), and past the budget training stops and goes
+    back to the last state measured within it."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """bfloat16 runs forward and backward under CPU autocast; the base's weights stay float32."""
     targets: Optional[list[str]] = None

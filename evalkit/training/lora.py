@@ -215,10 +215,10 @@ def train_adapter(scenes: list[Scene], base: Base, out: Path, settings: Optional
                             on_step=(lambda step, loss: on_step(step, settings.steps, loss)) if on_step else None,
                             stop_loss=settings.stop_loss, mask=torch.tensor(mask) if mask is not None else None,
                             autocast=autocast, lead=leading_token(tok), keep_going=guard)
-        base_nll = guard.base_nll if guard is not None else base_general_nll(model, base, autocast)
         if guard is None:
-            adapter_nll = general_nll(model, tok, autocast)
+            base_nll, adapter_nll = base_general_nll(model, base, autocast), general_nll(model, tok, autocast)
         else:
+            base_nll = guard.base_nll
             losses, adapter_nll, note = guard.settle(losses, lambda: general_nll(model, tok, autocast))
             if note:
                 log(f"adapter {label}: {note}")
