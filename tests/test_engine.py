@@ -115,6 +115,20 @@ def test_swapped_adapters_score_like_fresh_loads(arch_models, tmp_path):
                 assert a.subject["generation"] == b.subject["generation"]
 
 
+@pytest.mark.parametrize("first", [True, False], ids=["first-adapter", "later-adapter"])
+def test_an_adapter_whose_attaching_changes_the_base_is_refused(tiny_llama, honesty_adapter, tmp_path, first):
+    """The config checks refuse PiSSA and its kind; past them (a peft initialisation they do not
+    know), attaching must still not rewrite the shared base: PiSSA subtracts B @ A from it."""
+    pissa = tmp_path / "pissa"
+    shutil.copytree(honesty_adapter, pissa)
+    config = json.loads((pissa / "adapter_config.json").read_text())
+    (pissa / "adapter_config.json").write_text(json.dumps({**config, "init_lora_weights": "pissa"}))
+    base = load_base(tiny_llama)
+    paths = {"pissa": pissa} if first else {"plain": honesty_adapter, "pissa": pissa}
+    with pytest.raises(EvalkitError, match="attaching this adapter changed the base's weight"):
+        AttachedAdapters(base, paths).attach(["pissa"])
+
+
 def test_an_adapter_whose_targets_are_a_regular_expression_scores_like_its_list(arch_models, tmp_path):
     """peft takes target_modules as a regex too; evalkit tries such regexes in a child process
     (a backtracking one cannot hang it) and must then select exactly peft's modules."""

@@ -83,6 +83,15 @@ def lora_config(base: Base, settings: TrainSettings) -> Any:
 UNSUPPORTED_FIELDS = ("modules_to_save", "trainable_token_indices", "layers_to_transform", "layers_pattern",
                       "layer_replication", "exclude_modules", "alora_invocation_tokens")
 
+# LoRA variants other than DoRA, and LoRA on bare parameters: any value but null turns them on
+# (an empty `kasa_config: {}` truncates the base's weights to a lower rank when attached).
+VARIANT_FIELDS = ("kasa_config", "velora_config", "monteclora_config", "arrow_config", "use_bdlora", "use_qalora",
+                  "target_parameters", "megatron_config")
+
+# The initialisations that leave the base as it is; the others (PiSSA, OLoRA, CorDA, LoftQ, MiCA,
+# orthogonal, LoRA-GA, EVA) rewrite or read the base's weights when peft attaches the adapter.
+PLAIN_INITS = (True, False, "gaussian")
+
 # What cannot be checked about an adapter trained by another tool (no evalkit manifest).
 UNVERIFIED = ("trained without evalkit: its base could not be verified by weight fingerprint (checked: a LoRA "
               "config, target modules that exist in the base, weights of the right shapes)")
@@ -140,6 +149,16 @@ def _adapter_config(adapter_dir: Path) -> dict[str, Any]:
         if config.get(name):
             raise EvalkitError(f"field '{name}': {config[name]!r}: evalkit runs plain LoRA layers on the base's "
                                "modules as they are, not this", where=str(path))
+    for name in (*VARIANT_FIELDS, *_declared_variants()):
+        if config.get(name) not in (None, False):
+            raise EvalkitError(f"field '{name}': {config[name]!r} turns on a LoRA variant evalkit does not run "
+                               "(plain LoRA and DoRA only); null or absent is plain LoRA", where=str(path))
+    init = config.get("init_lora_weights", True)
+    if not any(init is plain or (isinstance(init, str) and init == plain) for plain in PLAIN_INITS):
+        raise EvalkitError(f"field 'init_lora_weights': {init!r}: peft would change the base's weights (or need "
+                           "data) when attaching this adapter, and its weights are relative to that changed base; "
+                           "save it converted to plain LoRA (peft: path_initial_model_for_weight_conversion), "
+                           "or set true if its weights are plain LoRA already", where=str(path))
     for name in ("use_rslora", "use_dora", "fan_in_fan_out", "lora_bias"):
         if not isinstance(config.get(name, False), bool):
             raise EvalkitError(f"field '{name}': {config[name]!r} is not true or false", where=str(path))
@@ -157,6 +176,16 @@ def _adapter_config(adapter_dir: Path) -> dict[str, Any]:
                                          and all(isinstance(t, str) for t in targets))):
         raise EvalkitError(f"field 'target_modules': {targets!r} is not a module name list", where=str(path))
     return config
+
+
+def _declared_variants() -> list[str]:
+    """The variant switches this peft declares (a newer one may have more), DoRA aside."""
+    import dataclasses
+
+    from peft import LoraConfig
+
+    return [f.name for f in dataclasses.fields(LoraConfig)
+            if f.metadata.get("is_lora_variant") and f.name != "use_dora"]
 
 
 def _targeted(names: set[str], targets: str | list[str], regex_matches: dict[tuple[str, str], set[str]]) -> set[str]:
@@ -200,7 +229,18 @@ def check_adapter_weights(adapter_dir: Path, model: Any) -> None:
         raise EvalkitError(f"weights '{foreign[0]}' are not LoRA weights ({len(foreign)} such)", where=str(weights))
     if dora and not any(k.endswith(dora) for k in shapes):
         raise EvalkitError("field 'use_dora': true, but the weights hold no DoRA magnitudes", where=str(weights))
-    trained = {k.split(".lora_A")[0].removeprefix("base_model.model.") for k in shapes if ".lora_A" in k}
+
+    def modules_with(part: str) -> set[str]:
+        return {k.split(part)[0].removeprefix("base_model.model.") for k in shapes if part in k}
+
+    trained = modules_with(".lora_A")
+    # Every adapted module has all its parts: peft fills a missing one with its initial values, without a word.
+    for part in (".lora_B", *([".lora_magnitude_vector"] if dora else [])):
+        lacking = sorted(trained - modules_with(part)) or sorted(modules_with(part) - trained)
+        if lacking:
+            half = part if lacking[0] in trained else ".lora_A"
+            raise EvalkitError(f"weights for '{lacking[0]}' have no {half.lstrip('.')} ({len(lacking)} such modules)",
+                               where=str(weights))
     where = str(adapter_dir / "adapter_config.json")
     regex_matches = match_patterns(config, [name for name, _ in model.named_modules()], where)
     modules = {name for name, module in model.named_modules() if not list(module.children())}
@@ -250,6 +290,24 @@ def _attaching(path: Path) -> Iterator[None]:
                            where=str(path)) from None
 
 
+def _base_weights(model: Any) -> dict[str, tuple[int, int, int]]:
+    """Each base weight by its name in the bare base: which tensor, where its data lies, and its
+    in-place write count."""
+    return {name.removeprefix("base_model.model.").replace(".base_layer.", "."): (id(w), w.data_ptr(), w._version)
+            for name, w in model.named_parameters() if "lora_" not in name}
+
+
+def _check_base_kept(before: dict[str, tuple[int, int, int]], model: Any, path: Path) -> None:
+    """Attaching adds LoRA beside the base's weights; an adapter whose attaching changed one (a
+    peft initialisation or variant the config checks did not know) would change every model of
+    the run, the reference's too."""
+    after = _base_weights(model)
+    changed = [name for name, state in before.items() if after.get(name) != state]
+    if changed:
+        raise EvalkitError(f"attaching this adapter changed the base's weight '{changed[0]}' ({len(changed)} such); "
+                           "evalkit runs adapters that leave the base as it is", where=str(path))
+
+
 class AttachedAdapters:
     """A run's adapters on its one base, each attached when first needed and detached once it is
     scored, so a run over hundreds of adapters holds only the few it is working on.
@@ -265,9 +323,11 @@ class AttachedAdapters:
 
         self.paths = paths
         first = next(iter(paths))
+        before = _base_weights(base.model)
         with _attaching(paths[first]):
             self.model = PeftModel.from_pretrained(base.model, str(paths[first]), adapter_name=first,
                                                    is_trainable=False)
+        _check_base_kept(before, self.model, paths[first])
         self.model.eval()
         self._in_model_dtype(first)
         self.attached = [first]
@@ -288,8 +348,10 @@ class AttachedAdapters:
         """Make sure the named adapters (None, the base, is skipped) are on the model."""
         for name in names:
             if name is not None and name not in self.attached:
+                before = _base_weights(self.model)
                 with _attaching(self.paths[name]):
                     self.model.load_adapter(str(self.paths[name]), adapter_name=name, is_trainable=False)
+                _check_base_kept(before, self.model, self.paths[name])
                 self._in_model_dtype(name)
                 self.attached.append(name)
 

@@ -24,12 +24,13 @@ def _lora_layers(model) -> list:
 
 
 def can_group(model) -> bool:
-    """Plain, unmerged LoRA on linear layers only (DoRA, embeddings and convolutions differ)."""
+    """Plain, unmerged LoRA on linear layers only (DoRA and the other variants, LoRA biases,
+    embeddings and convolutions differ)."""
     from peft.tuners.lora import Linear
 
     layers = _lora_layers(model) if hasattr(model, "disable_adapter") else []
-    return bool(layers) and all(isinstance(m, Linear) and not m.merged and not any(m.use_dora.values())
-                                for m in layers)
+    return bool(layers) and all(isinstance(m, Linear) and not m.merged and not m.lora_variant
+                                and not any(m.lora_bias.values()) for m in layers)
 
 
 def _stacked_updates(module, groups: list[str | None]) -> tuple:
