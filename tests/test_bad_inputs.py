@@ -58,6 +58,7 @@ FILES = {
     "bad-role.yaml": "id: x\ntitle: T\nturns:\n  - {role: narrator, content: hello}\n",
     "not-a-model.gguf": "GGUF? no: just some text\n",
     "policy-ok.yaml": "checks: [{suite: tension, metric: entropy, worse: higher, margin: 0.1}]\n",
+    "policy-yes-key.yaml": "yes: 1\nchecks: [{suite: tension, metric: entropy, worse: higher, margin: 5e-2}]\n",
     "policy-other-suite.yaml": "checks: [{suite: consistency, metric: agreement, worse: lower, margin: 0}]\n",
     "deep.yaml": "id: x\ntitle: T\ntext: " + "[" * 2000 + "]" * 2000 + "\n",
     "list-key.yaml": "id: x\ntitle: T\n[a, b]: c\ntext: hi\n",
@@ -218,6 +219,8 @@ CASES += [
     ("report {items_map_results}", "field 'items.x.s': nan is not a finite number"),
     ("gate --baseline {results} --candidate {manifest_kind_results} --policy {tmp}/policy-ok.yaml", "field 'manifest.suites.0.kind': 'riddle'"),
     ("gate --baseline {results} --candidate {swapped_results} --policy {tmp}/policy-ok.yaml", "other options in the candidate than in the baseline"),
+    ("gate --baseline {one_cluster_results} --candidate {one_cluster_results} --policy {tmp}/policy-ok.yaml", "tension/entropy: its 24 items are one unit of evidence"),
+    ("run --adapter {adapter} --base {base} --suite {tension} --out {out} --gate {tmp}/policy-ok.yaml --baseline {one_cluster_results}", "tension/entropy: its 24 items are one unit of evidence"),
     ("power {negative_se_results} --shift 0.5", "se': Input should be greater than or equal to 0"),
     ("gate --baseline {results} --candidate {delimiter_results} --policy {tmp}/policy-ok.yaml", "suite tension scores with delimiter '\\n' in the candidate but ' ' in the baseline"),
     ("run --adapter {adapter} --base {base} --suite {tmp}/per-token/tension.yaml --out {out} --gate {tmp}/policy-ok.yaml --baseline {results}", "suite tension scores with normalization 'per_token' in this run's suites but 'sum' in the baseline"),
@@ -226,6 +229,9 @@ CASES += [
     ("run --adapter {backtracking_regex} --base {base} --suite {tension} --out {out}", "a regular expression did not finish matching"),
     ("run --adapter {bad_rank_key} --base {base} --suite {tension} --out {out}", "field 'rank_pattern': '(' is not a regular expression"),
     ("run --adapter {nan_weights} --base {base} --suite {tension} --out {out}", "hold NaN or infinite values"),
+    ("run --adapter {pissa} --base {base} --suite {tension} --out {out}", "field 'init_lora_weights': 'pissa': peft would change the base's weights"),
+    ("run --adapter {kasa} --base {base} --suite {tension} --out {out}", "field 'kasa_config': {} turns on a LoRA variant"),
+    ("run --adapter {half_lora} --base {base} --suite {tension} --out {out}", "have no lora_B (1 such modules)"),
     ("train {honesty_scene} --base {base} --out {out} --targets lm_head", "'lm_head' is not (only) a linear layer"),
     ("train {honesty_scene} --base {base} --out {out} --targets input_layernorm", "'input_layernorm' is not (only) a linear layer"),
     ("train {honesty_scene} --base {base} --out {out} --alpha 1e308", "--alpha 1e+308"),
@@ -233,6 +239,7 @@ CASES += [
     ("train {tmp}/chat-no-assistant.yaml --base {base} --out {out}", "chat-no-assistant.yaml: a chat scene needs an assistant turn"),
     ("train {tmp}/surrogate.yaml --base {base} --out {out}", "surrogate.yaml: not valid YAML: 'a \\ud800 b' holds a lone surrogate"),
     ("gate --baseline {results} --candidate {results} --policy {tmp}/policy-inf-margin.yaml", "field 'checks.0.margin': Input should be a finite number"),
+    ("gate --baseline {results} --candidate {results} --policy {tmp}/policy-yes-key.yaml", "policy-yes-key.yaml: not valid YAML at line 1, column 1: key 'yes' reads as true in YAML; quote it"),
     ("gate --baseline {results} --candidate {results} --policy {tmp}/policy-text-margin.yaml", "field 'checks.0.margin'"),
     ("report {nan_effect_results}", "field 'effects.0.se': nan is not a finite number"),
     # broken models and adapters
@@ -295,6 +302,16 @@ def _nan_weights(folder: Path) -> Path:
     weights = load_file(folder / "adapter_model.safetensors")
     first = sorted(weights)[0]
     weights[first][0, 0] = float("nan")
+    save_file(weights, folder / "adapter_model.safetensors")
+    return folder
+
+
+def _without_one_b(folder: Path) -> Path:
+    """One module's lora_B left out: peft would attach it with B's initial zeros, without a word."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "adapter_model.safetensors")
+    del weights[sorted(k for k in weights if ".lora_B" in k)[0]]
     save_file(weights, folder / "adapter_model.safetensors")
     return folder
 
@@ -391,6 +408,8 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
                                         lambda d: d["effects"][0].update(se=-1.0)),
         "delimiter_results": _results(tmp, results_json, "delimiter.json",
                                       lambda d: d["manifest"]["suites"][0]["scoring"].update(delimiter="\n")),
+        "one_cluster_results": _results(tmp, results_json, "one-cluster.json",
+                                        lambda d: [i.update(cluster="all") for i in d["items"]]),
         "swapped_results": _results(tmp, results_json, "swapped.json",
                                     lambda d: [i.update(options=i["options"][::-1]) for i in d["items"]]),
         "nan_results": _results(tmp, results_json, "nan.json", _set_score("entropy", float("nan"))),
@@ -423,6 +442,9 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
             "backtracking_regex": _adapter_copy(tmp, honesty_adapter, "backtracking", {"target_modules": r"(.*)*z"}),
             "bad_rank_key": _adapter_copy(tmp, honesty_adapter, "bad-rank-key", {"rank_pattern": {"(": 8}}),
             "nan_weights": _nan_weights(_adapter_copy(tmp, honesty_adapter, "nan-weights")),
+            "pissa": _adapter_copy(tmp, honesty_adapter, "pissa", {"init_lora_weights": "pissa"}),
+            "kasa": _adapter_copy(tmp, honesty_adapter, "kasa", {"kasa_config": {}}),
+            "half_lora": _without_one_b(_adapter_copy(tmp, honesty_adapter, "half-lora")),
             "extra_tensor": _extra_tensor(_adapter_copy(tmp, honesty_adapter, "extra-tensor")),
             "partial_layers": _adapter_copy(tmp, honesty_adapter, "partial-layers", {"layers_to_transform": [0]}),
             "long_name": long_name, "results": results_json, "bad_weights": bad_weights, "probes_copy": tmp / "probes-copy", "broken_ckpt": broken, **records}

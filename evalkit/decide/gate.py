@@ -246,6 +246,7 @@ def decide(baseline: RunRecord, candidate: RunRecord, policy: Policy, where: str
         if not finite:
             raise EvalkitError(f"{check.suite}/{check.metric}: the scores are too large to compare (their "
                                "differences are not finite numbers)", where=where)
+        _require_units(check, len(worse), unit, spread, where)
         measured.append((check, base, cand, worse, unit, spread, _p_worse_than(float(worse.mean()), check.margin,
                                                                               spread)))
     outcomes = []
@@ -260,11 +261,28 @@ def decide(baseline: RunRecord, candidate: RunRecord, policy: Policy, where: str
     return outcomes
 
 
+def check_testable(baseline: RunRecord, policy: Policy, where: str) -> None:
+    """Every check has at least two units of evidence in the baseline (for `run --gate`, before
+    any model work; `decide` asks the same of the paired items)."""
+    pairs = [(item, item) for item in baseline.items]
+    for check in policy.checks:
+        base, _, clusters, unit = _values(pairs, check, ("baseline", "baseline"))
+        if len(base):
+            _require_units(check, len(base), unit, stats.interval_spread(np.zeros(len(base)), clusters), where)
+
+
+def _require_units(check: Check, n: int, unit: str, spread: stats.Spread, where: str) -> None:
+    """A check on one unit (one item, or items all in one cluster) could never fail: refused, not 'pass'."""
+    if not spread.testable:
+        raise EvalkitError(f"{check.suite}/{check.metric}: its {n} {unit} are one unit of evidence ({spread.kind} "
+                           f"SE over {spread.units}), so no regression could be shown; gate a suite of at least two "
+                           "units (items without a cluster, or several clusters)", where=where)
+
+
 def _p_worse_than(mean: float, margin: float, spread: stats.Spread) -> float:
     """One-sided t test of H1: mean worsening > margin, on the SE and degrees of freedom of the
     interval (CR1 over clusters): the same basis as the printed bound, so the two agree."""
-    if not spread.testable or spread.se is None:
-        return 1.0  # one unit shows no spread: a regression cannot be shown
+    assert spread.se is not None  # decide refuses a check of one unit
     if spread.se == 0.0:
         return 0.0 if mean > margin else 1.0
     return float(sps.t.sf((mean - margin) / spread.se, spread.units - 1))
@@ -272,8 +290,7 @@ def _p_worse_than(mean: float, margin: float, spread: stats.Spread) -> float:
 
 def _lower_bound(mean: float, spread: stats.Spread, level: float) -> float:
     """mean - t_{1-level, df} SE: above the margin exactly when p < level."""
-    if not spread.testable or spread.se is None:
-        return -math.inf
+    assert spread.se is not None  # decide refuses a check of one unit
     return mean - float(sps.t.ppf(1 - level, spread.units - 1)) * spread.se
 
 

@@ -16,6 +16,7 @@ from evalkit.decide.gate import (
     check_policy,
     check_same_questions,
     check_same_scoring,
+    check_testable,
     decide,
     load_policy,
     write_outputs,
@@ -95,6 +96,7 @@ def prepare_gate(baseline: Path, policy_path: Path, suites: list[LoadedSuite],
     check_item_sets({(i.suite, i.item_id) for i in record.items}, set(planned), policy.item_tolerance, where=where)
     check_same_scoring(record, {s.name: s.scoring() for s in suites}, "this run's suites", where)
     check_same_questions(record, planned, "this run's suites", where)
+    check_testable(record, policy, where)
     return policy, record
 
 
