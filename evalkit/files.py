@@ -57,7 +57,8 @@ def not_blank(text: str) -> str:
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error, not a
     silent overwrite (a second `text:` in a scene would be the one trained), a key must be a plain
-    value, and a date-like value stays text (`2024-02-30` is a string, not a failed date)."""
+    value and not a yes/no read as true/false, a date-like value stays text (`2024-02-30` is a
+    string, not a failed date), and `5e-2` is a number as in YAML 1.2 (1.1 wants `5.0e-2`)."""
 
 
 _MERGE = "tag:yaml.org,2002:merge"
@@ -72,6 +73,9 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
         if not isinstance(key, (str, int, float, bool, type(None))):
             raise yaml.constructor.ConstructorError(None, None, f"a key must be a plain value, not a "
                                                     f"{type(key).__name__}", key_node.start_mark)
+        if isinstance(key, bool) and key_node.value.lower() not in ("true", "false"):
+            raise yaml.constructor.ConstructorError(None, None, f"key '{key_node.value}' reads as {str(key).lower()} "
+                                                    "in YAML; quote it to mean the word", key_node.start_mark)
         if key in seen:
             raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice", key_node.start_mark)
         seen.add(key)
@@ -83,6 +87,8 @@ _UniqueKeyLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                       re.compile(r"^[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def read_text(path: Path) -> str:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from evalkit.decide.gate import load_policy
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +96,14 @@ def _mismatched(source: Path, out: Path) -> Path:
     record["items"] = [i for i in record["items"] if i["item_id"] not in ("found-coin-market", "door-mill-closed")]
     out.write_text(json.dumps(record))
     return out
+
+
+def test_a_margin_in_exponent_notation_is_a_number(tmp_path):
+    """YAML 1.1 reads 5e-2 as text (it wants 5.0e-2); evalkit reads it as YAML 1.2 does."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("alpha: 1e-2\nchecks: [{suite: tension, metric: entropy, worse: higher, margin: 5e-2}]\n")
+    loaded = load_policy(policy)
+    assert (loaded.alpha, loaded.checks[0].margin) == (0.01, 0.05)
 
 
 @pytest.mark.parametrize("case, expected", [
