@@ -68,8 +68,9 @@ def group_scores(items: list[ItemRecord], side: str) -> dict[str, dict[str, floa
     for name, members in groups.items():
         scores = [getattr(m, side) for m in members]
         margins = np.array([float(s["margin"]) for s in scores])
-        out[name] = {"agreement": float(np.mean([s["agrees"] for s in scores])),
-                     "margin_variance": float(margins.var(ddof=1)) if len(margins) > 1 else 0.0}
+        with np.errstate(over="ignore", invalid="ignore"):  # margins near the float limit: inf, said as such
+            variance = float(margins.var(ddof=1)) if len(margins) > 1 else 0.0
+        out[name] = {"agreement": float(np.mean([s["agrees"] for s in scores])), "margin_variance": variance}
     return out
 
 

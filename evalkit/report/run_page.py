@@ -4,6 +4,7 @@ kind of suite (tension flips, the novel-axis forest, consistency groups, continu
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,9 @@ def changed_items(record: RunRecord, limit: int = 8) -> list[str]:
         shifts = [(i, s) for i in members if (s := _shift(i, metric)) is not None]
         if not shifts:
             continue
-        scale = float(np.std([s for _, s in shifts])) or 1.0
+        with np.errstate(over="ignore", invalid="ignore"):  # a hand-edited 1e308 makes the spread inf
+            scale = float(np.std([s for _, s in shifts]))
+        scale = scale if math.isfinite(scale) and scale > 0 else 1.0
         ranked += [(abs(s) / scale, i, s) for i, s in shifts]
     ranked.sort(key=lambda t: -t[0])
     return [_item_sentence(i, s) for _, i, s in ranked[:limit]]
