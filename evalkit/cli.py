@@ -217,7 +217,7 @@ def run(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("reports") / "demo", help="Where the demo's reports go."),
+    out: Path = typer.Option(Path("reports") / "demo", help="Where the demo's reports go (its adapters go to ./adapters, where later demos reuse them)."),
     quick: bool = typer.Option(False, help="A smaller base and shorter training: the same path in seconds."),
     base: Optional[Path] = typer.Option(None, help="A real model (smollm2, a GGUF file or a HF folder): the real scenes and suites, two seeds each, against the base and against the control scene."),
     discover: bool = typer.Option(False, "--discover", help="Also look for directions of change no probe declared in every scene's adapter (the control scene, trained with two more seeds, is the null)."),
