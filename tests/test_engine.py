@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import build_tiny
 
-from evalkit.engine.adapters import AttachedAdapters
+from evalkit.engine.adapters import AttachedAdapters, check_adapter_weights
 from evalkit.engine.base import load_base
 from evalkit.engine.identity import weights_fingerprint
 from evalkit.engine.runner import adapter_subject, checkpoint_subject
@@ -127,6 +127,15 @@ def test_an_adapter_whose_attaching_changes_the_base_is_refused(tiny_llama, hone
     paths = {"pissa": pissa} if first else {"plain": honesty_adapter, "pissa": pissa}
     with pytest.raises(EvalkitError, match="attaching this adapter changed the base's weight"):
         AttachedAdapters(base, paths).attach(["pissa"])
+
+
+def test_an_empty_target_parameters_is_plain_lora(tiny_llama, honesty_adapter, tmp_path):
+    """peft saves `target_parameters: []` for transformers 5's fused-expert models (Mixtral, Qwen3-MoE)."""
+    saved = tmp_path / "moe-style"
+    shutil.copytree(honesty_adapter, saved)
+    config = json.loads((saved / "adapter_config.json").read_text())
+    (saved / "adapter_config.json").write_text(json.dumps({**config, "target_parameters": []}))
+    check_adapter_weights(saved, load_base(tiny_llama).model)
 
 
 def test_an_adapter_whose_targets_are_a_regular_expression_scores_like_its_list(arch_models, tmp_path):

@@ -150,7 +150,8 @@ def _adapter_config(adapter_dir: Path) -> dict[str, Any]:
             raise EvalkitError(f"field '{name}': {config[name]!r}: evalkit runs plain LoRA layers on the base's "
                                "modules as they are, not this", where=str(path))
     for name in (*VARIANT_FIELDS, *_declared_variants()):
-        if config.get(name) not in (None, False):
+        # peft saves target_parameters as [] for transformers 5's fused-expert (MoE) models: nothing targeted
+        if config.get(name) not in (None, False) and not (name == "target_parameters" and config[name] == []):
             raise EvalkitError(f"field '{name}': {config[name]!r} turns on a LoRA variant evalkit does not run "
                                "(plain LoRA and DoRA only); null or absent is plain LoRA", where=str(path))
     init = config.get("init_lora_weights", True)
