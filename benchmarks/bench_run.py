@@ -111,7 +111,7 @@ def adapter_dirs(work: Path) -> list[Path]:
 # --- the sides; each runs in its own process and returns its measurements ---
 
 def side_evalkit(work: Path, n: int, args) -> dict:
-    from evalkit.engine import lm as evalkit_lm
+    from evalkit.engine import packing_check
     from evalkit.inputs.suites import load_suites
     from evalkit.pipelines.evaluate import evaluate, write_outputs
     from evalkit.settings import RunSettings
@@ -128,7 +128,7 @@ def side_evalkit(work: Path, n: int, args) -> dict:
         write_outputs(record, out / record.run_id)
     seconds = time.perf_counter() - start
     # Whether shared-prefix packing passed its check against lm-eval here (else evalkit scored unpacked).
-    checks = list(evalkit_lm._PACKING_VERIFIED.values())
+    checks = list(packing_check.verdicts().values())
     return {"seconds": seconds, "packed": all(checks) if checks else None}
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import build_tiny
 from lm_eval.models.huggingface import HFLM
 
-from evalkit.engine import lm as evalkit_lm
+from evalkit.engine import packing_check
 from evalkit.engine.base import load_base
 from evalkit.engine.lm import EvalkitLM
 from evalkit.engine.packing import build_packs, forward_packs
@@ -37,7 +38,7 @@ def suite_requests(lm: HFLM) -> list:
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
 def test_packed_scores_equal_lm_eval_unpacked(arch, arch_models, monkeypatch):
-    monkeypatch.setattr(evalkit_lm, "_PACKING_VERIFIED", {})  # this architecture's check runs here
+    monkeypatch.setattr(packing_check, "_VERDICTS", {})  # this architecture's check runs here
     base = load_base(arch_models[arch])
     lm = EvalkitLM(pretrained=base.model, tokenizer=base.tokenizer, batch_size=8)
     requests = suite_requests(lm)
@@ -48,7 +49,7 @@ def test_packed_scores_equal_lm_eval_unpacked(arch, arch_models, monkeypatch):
         assert p_sum == pytest.approx(u_sum, abs=1e-5)
         assert p_greedy == u_greedy
     # The packed path was used, not the fallback: the one-time check passed for this model.
-    assert list(evalkit_lm._PACKING_VERIFIED.values()) == [True]
+    assert list(packing_check.verdicts().values()) == [True]
     # Packing did share: fewer tokens went through the model than lm-eval feeds it.
     pairs = [(ctx, cont) for _, ctx, cont in requests]
     assert sum(len(p.tokens) for p in build_packs(pairs, 10_000)) < 0.7 * sum(len(c) + len(t) - 1 for c, t in pairs)
@@ -85,18 +86,18 @@ def test_a_model_that_ignores_the_packed_mask_falls_back_to_lm_eval(arch_models,
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(type(base.model), "forward", ignores_mask)
-    monkeypatch.setattr(evalkit_lm, "_PACKING_VERIFIED", {})
+    monkeypatch.setattr(packing_check, "_VERDICTS", {})
     lm = EvalkitLM(pretrained=base.model, tokenizer=base.tokenizer, batch_size=8)
     # One continuation per context, contexts sharing only an opening: still shared in the tree.
     opening = "Mira walked along the harbor in the early morning, and"
     lambada = [(opening + ending, " home") for ending in (" she", " the baker", " a gull", " her friend")]
     lambada = [((c, t), *lm._encode_pair(c, t)) for c, t in lambada]
     lm._loglikelihood_tokens(lambada)
-    assert list(evalkit_lm._PACKING_VERIFIED.values()) == [False]
+    assert list(packing_check.verdicts().values()) == [False]
     requests = suite_requests(lm)
     ours = lm._loglikelihood_tokens(requests)
     plain = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
-    assert list(evalkit_lm._PACKING_VERIFIED.values()) == [False]
+    assert list(packing_check.verdicts().values()) == [False]
     assert [round(s, 6) for s, _ in ours] == [round(s, 6) for s, _ in plain]
     # Continuations' distributions (KL, NLL) are then scored one sequence at a time too.
     from evalkit.engine.distributions import along_continuations
@@ -234,7 +235,7 @@ def test_a_model_that_cannot_take_the_packed_layout_is_scored_one_sequence_at_a_
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "bloom")
     world_tokenizer.save_pretrained(tmp_path / "bloom")
     base = load_base(tmp_path / "bloom")
-    monkeypatch.setattr(evalkit_lm, "_PACKING_VERIFIED", {})
+    monkeypatch.setattr(packing_check, "_VERDICTS", {})
     lm = EvalkitLM(pretrained=base.model, tokenizer=base.tokenizer, batch_size=8)
     requests = suite_requests(lm)[:40]
     pairs = [(list(c), list(t)) for _, c, t in requests]
@@ -242,8 +243,104 @@ def test_a_model_that_cannot_take_the_packed_layout_is_scored_one_sequence_at_a_
         along = along_continuations(base.model, base.tokenizer, pairs, batch_size=8)  # before any check
         ours = lm._loglikelihood_tokens(requests)
     assert "shared-prefix scoring cannot run on BloomForCausalLM" in caplog.text
-    assert list(evalkit_lm._PACKING_VERIFIED.values()) == [False]
+    assert list(packing_check.verdicts().values()) == [False]
     plain = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
     assert [s for s, _ in ours] == pytest.approx([s for s, _ in plain], abs=1e-5)
     assert [-a.nll_sum for a in along] == pytest.approx([s for s, _ in plain], abs=1e-4)
     assert all(a.logprobs.shape == (len(t), len(world_tokenizer)) for a, (_, t) in zip(along, pairs))
+
+
+def _sliding_window_mistral(tokenizer, folder: Path, window: int) -> Path:
+    """A tiny Mistral whose attention sees only the last `window` tokens: a 4-D mask overrides that."""
+    import torch
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    torch.manual_seed(0)
+    eos = tokenizer.eos_token_id
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=2, sliding_window=window,
+                           max_position_embeddings=512, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # sharper attention than a fresh init, so seeing the wrong tokens shows
+        for p in model.parameters():
+            p.mul_(4.0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_sliding_window_in_bfloat16_is_caught_by_the_float32_check(world_tokenizer, tmp_path, monkeypatch):
+    """bf16 rounds the two layouts apart by as much as an ignored window errs, so the check runs
+    in float32 (widening the model for a moment): the window is caught and bf16 scores one
+    sequence at a time; the model comes back with every weight in its own dtype, unchanged."""
+    import torch
+
+    from evalkit.engine.packing import forward_unpacked
+
+    base = load_base(_sliding_window_mistral(world_tokenizer, tmp_path / "mistral", window=8), dtype="bfloat16")
+    before = {name: p.detach().clone() for name, p in base.model.named_parameters()}
+    monkeypatch.setattr(packing_check, "_VERDICTS", {})
+    lm = EvalkitLM(pretrained=base.model, tokenizer=base.tokenizer, batch_size=8)
+    requests = suite_requests(lm)[:40]
+    assert max(len(c) + len(t) for _, c, t in requests) > 8
+    ours = lm._loglikelihood_tokens(requests)
+    assert list(packing_check.verdicts().values()) == [False]
+    plain = forward_unpacked(base.model, [(list(c), list(t)) for _, c, t in requests])
+    assert [s for s, _ in ours] == pytest.approx([plain[i].logprob_sum for i in range(len(requests))], abs=0.05)
+    after = dict(base.model.named_parameters())
+    assert {n: p.dtype for n, p in after.items()} == {n: p.dtype for n, p in before.items()}
+    assert {p.dtype for p in after.values()} == {torch.bfloat16, torch.float32}  # norms and head stay float32
+    assert all(torch.equal(after[n], p) for n, p in before.items())
+
+
+def test_a_longer_request_than_the_check_saw_is_checked_again(world_tokenizer, tmp_path, monkeypatch):
+    """A window longer than every request checked so far passes; a later request beyond it must not
+    be scored packed on that verdict."""
+    base = load_base(_sliding_window_mistral(world_tokenizer, tmp_path / "mistral", window=24))
+    monkeypatch.setattr(packing_check, "_VERDICTS", {})
+    words = base.tokenizer(" ".join(["Mira walked to the harbor and"] * 12))["input_ids"]
+    short = [(words[:6], words[6:8]), (words[:6], words[6:9]), (words[:10], words[10:12])]
+    assert packing_check.packing_verified(base.model, short, 0, 512)
+    long = [*short, (words[:40], words[40:44])]
+    assert not packing_check.packing_verified(base.model, long, 0, 512)
+    assert list(packing_check.verdicts().values()) == [False]
+
+
+def test_a_model_that_takes_left_padding_in_generates_one_prompt_at_a_time(world_tokenizer, tmp_path, monkeypatch):
+    """RWKV ignores the attention mask: a left-padded prompt's padding goes into its state. The
+    continuation suite's generations and discovery's prompt-end activations must be each prompt's
+    own, as a batch of one gives them; a model with attention keeps its batches."""
+    import torch
+    from transformers import AutoModelForCausalLM, RwkvConfig
+
+    from evalkit.engine.activations import prompt_ends
+
+    torch.manual_seed(0)
+    eos = world_tokenizer.eos_token_id
+    config = RwkvConfig(vocab_size=len(world_tokenizer), hidden_size=16, num_hidden_layers=2, attention_hidden_size=16,
+                        intermediate_size=32, context_length=256, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "rwkv")
+    world_tokenizer.save_pretrained(tmp_path / "rwkv")
+    monkeypatch.setattr(packing_check, "_PADDING", {})
+    base = load_base(tmp_path / "rwkv")
+    assert not packing_check.left_padding_respected(base.model, base.tokenizer.pad_token_id)
+    prompts = [c.prompt for s in SUITES if s.name == "continuation" for c in s.spec.questions().values()][:6]
+    lm = EvalkitLM(pretrained=base.model, tokenizer=base.tokenizer, batch_size=8)
+    batched = lm.generate_until([_generation_request(p) for p in prompts])
+    for prompt, text in zip(prompts, batched):
+        ids = base.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        alone = base.model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=base.tokenizer.pad_token_id)
+        expected = base.tokenizer.decode(alone[0, ids.shape[1]:]).split("\n")[0]
+        assert text == expected.split(base.tokenizer.eos_token)[0]
+    together, apart = prompt_ends(base.model, base.tokenizer, prompts, 8), prompt_ends(base.model, base.tokenizer,
+                                                                                        prompts[:1], 1)
+    assert np.allclose(together.logprobs[0], apart.logprobs[0], atol=1e-5)
+    llama = load_base(build_tiny("llama", world_tokenizer, tmp_path / "llama"))
+    assert packing_check.left_padding_respected(llama.model, llama.tokenizer.pad_token_id)
+
+
+def _generation_request(prompt: str):
+    from lm_eval.api.instance import Instance
+
+    return Instance(request_type="generate_until", doc={}, idx=0,
+                    arguments=(prompt, {"until": ["\n"], "max_gen_toks": 12, "do_sample": False}))

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from evalkit.engine.base import context_limit
-from evalkit.engine.lm import packing_failed, record_packing_failure
 from evalkit.engine.packing import build_packs, forward_packs, forward_unpacked
+from evalkit.engine.packing_check import packing_verified, record_packing_failure
 from evalkit.errors import first_line
 
 # What a decoder shows for the bytes of a character it has only part of.
@@ -45,11 +45,11 @@ def along_continuations(model, tokenizer, pairs: list[tuple[list[int], list[int]
     which = [k for k, (_, cont) in enumerate(pairs) if cont]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scored = None
-    if not packing_failed(model):
+    limit = context_limit(model, tokenizer)
+    if requests and packing_verified(model, requests, pad, limit):
         try:
-            scored = forward_packs(model, build_packs(requests, context_limit(model, tokenizer)), batch_size, pad,
-                                   keep_rows=True)
-        except Exception as exc:  # a model that cannot take the packed layout (see EvalkitLM's check)
+            scored = forward_packs(model, build_packs(requests, limit), batch_size, pad, keep_rows=True)
+        except Exception as exc:  # a model that cannot take the packed layout after all
             record_packing_failure(model, first_line(exc))
     if scored is None:
         scored = forward_unpacked(model, requests, keep_rows=True)

@@ -1,5 +1,6 @@
 """evalkit's lm-eval model class: lm-eval's own HFLM around an already-loaded model, with
-log-likelihood requests scored by shared-prefix packing (`evalkit/engine/packing.py`).
+log-likelihood requests scored by shared-prefix packing (`evalkit/engine/packing.py`) where
+the packing check (`evalkit/engine/packing_check.py`) found it right for the model.
 
 Everything else - request building, tokenisation (`_encode_pair`), generation, filters,
 metrics - is HFLM's code. Progress bars are silenced; evalkit prints its own request counts.
@@ -8,7 +9,6 @@ metrics - is HFLM's code. Progress bars are silenced; evalkit prints its own req
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 from evalkit.offline import go_offline
@@ -19,10 +19,8 @@ from lm_eval.api.registry import register_model  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
 from evalkit.engine.multi_lora import can_group, grouped  # noqa: E402
-from evalkit.engine.packing import PACK_TOKENS, build_packs, forward_packs, forward_rows  # noqa: E402
-from evalkit.errors import first_line  # noqa: E402
-
-log = logging.getLogger("evalkit")
+from evalkit.engine.packing import build_packs, forward_packs  # noqa: E402
+from evalkit.engine.packing_check import left_padding_respected, packing_verified  # noqa: E402
 
 
 class _AccountedFor(logging.Filter):
@@ -36,28 +34,6 @@ class _AccountedFor(logging.Filter):
 
 
 logging.getLogger("lm_eval.models.huggingface").addFilter(_AccountedFor())
-
-# Per (model class, attention implementation, dtype, device type): did packed scoring match
-# unpacked scoring? A GPU's attention kernels are not a CPU's, so each device is checked.
-_PACKING_VERIFIED: dict[tuple[str, str, str, str], bool] = {}
-
-
-def packing_key(model) -> tuple[str, str, str, str]:
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return (type(inner).__name__, str(getattr(inner.config, "_attn_implementation", "")), str(inner.dtype),
-            inner.device.type)
-
-
-def packing_failed(model) -> bool:
-    """The packing check found packed scoring wrong, or unable to run, on this kind of model."""
-    return _PACKING_VERIFIED.get(packing_key(model)) is False
-
-
-def record_packing_failure(model, reason: str) -> None:
-    _PACKING_VERIFIED[packing_key(model)] = False
-    log.warning("shared-prefix scoring cannot run on %s (%s); scoring one sequence at a time",
-                packing_key(model)[0], reason)
-
 
 # KV cache one grouped generation call may hold: a group's size is what fits (at least one
 # model). A decode step reads every weight once whatever the rows, so a call's cost is mostly
@@ -111,7 +87,7 @@ class EvalkitLM(HFLM):
         if not (self.backend == "causal" and requests):
             return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
         pairs = [(list(ctx), list(cont)) for _, ctx, cont in requests]
-        if not self._packing_matches(requests):
+        if not packing_verified(self.model, pairs, self._pad_id(), self.max_length):
             return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
         scored = forward_packs(self.model, build_packs(pairs, self.max_length), self._batch(), self._pad_id())
         results = [(scored[i].logprob_sum, scored[i].greedy) for i in range(len(requests))]
@@ -135,6 +111,8 @@ class EvalkitLM(HFLM):
             self.generated_ids[(tuple(prompt.tolist()), new_tokens)] = out[r, width:].tolist()
 
     def _generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
+        if not left_padding_respected(self.model, self._pad_id()):
+            return self._generate_one_by_one(context, max_length, stop, **generation_kwargs)
         key = _batch_key(context, generation_kwargs.get("attention_mask"), max_length, stop, generation_kwargs)
         if (self.current, key) in self._ready:
             return self._ready.pop((self.current, key))
@@ -150,6 +128,23 @@ class EvalkitLM(HFLM):
             self._ready[(name, key)] = out[k * rows : (k + 1) * rows]
         return out[:rows]
 
+    def _generate_one_by_one(self, context, max_length: int, stop: list[str], **generation_kwargs):
+        """Each row without its left padding, laid out as the batch would have been: the padded
+        prompt, then the new tokens, padded after as generate() pads a row that stopped early."""
+        import torch
+
+        mask = generation_kwargs.pop("attention_mask", None)
+        width, new_tokens = context.shape[1], max_length - context.shape[1]
+        out = torch.full((context.shape[0], max_length), self._pad_id(), dtype=context.dtype, device=context.device)
+        out[:, :width] = context
+        for r in range(context.shape[0]):
+            prompt = context[r][mask[r].bool()][None] if mask is not None else context[r][None]
+            row = super()._model_generate(prompt, prompt.shape[1] + new_tokens, stop,
+                                          attention_mask=torch.ones_like(prompt), **generation_kwargs)
+            produced = row[0, prompt.shape[1]:]
+            out[r, width : width + len(produced)] = produced
+        return out
+
     def _group(self, rows: int, max_length: int) -> list[str | None]:
         """The current model and the ones after it in the schedule, as many as fit group_kv_budget."""
         if self.current not in self.schedule or not can_group(self.model):
@@ -164,50 +159,6 @@ class EvalkitLM(HFLM):
     def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
         return pad if pad is not None else self.eot_token_id
-
-    def _packing_matches(self, requests) -> bool:
-        """Once per architecture and dtype: the first requests, packed into one row as scoring
-        packs them, against lm-eval's unpacked scores, compared on every request that sees some
-        other request's tokens in that row (the ones a model that ignored the custom mask or
-        position ids would get wrong). fp32 must agree on each; bf16 rounds differently in a
-        different layout (per token: median 0.007 nats, 1 in 100 over 0.1 on SmolLM2), so there
-        the median is held to the tolerance."""
-        key = packing_key(self.model)
-        if key in _PACKING_VERIFIED:
-            return _PACKING_VERIFIED[key]
-        probe: list[tuple[list[int], list[int]]] = []
-        tokens = 0
-        for _, context, continuation in requests:  # about two packs' worth of tokens
-            tokens += len(context) + len(continuation)
-            if probe and tokens > 2 * PACK_TOKENS:
-                break
-            probe.append((list(context), list(continuation)))
-        packs = build_packs(probe, self.max_length)
-        exposed = [index for k, pack in enumerate(packs) for index, _, at in pack.requests
-                   if k > 0 or any(pack.parent[j] != j - 1 for j in range(at[-1] + 1))]
-        if not exposed:
-            return True  # every request is a straight run from its row's start: nothing to get wrong
-        try:
-            scored = forward_rows(self.model, [packs], self._pad_id())
-        except Exception as exc:  # Bloom, for one, builds its alibi from a 2-D mask and cannot take a 4-D one
-            record_packing_failure(self.model, first_line(exc))
-            return False
-        plain = super()._loglikelihood_tokens([requests[i] for i in exposed], disable_tqdm=True)
-        per_token = sorted(abs(scored[i].logprob_sum - unpacked) / len(requests[i][2])
-                           for i, (unpacked, _) in zip(exposed, plain))
-        fp32 = str(self.model.dtype) == "torch.float32"
-        worst = per_token[-1] if fp32 else per_token[len(per_token) // 2]
-        # fp32 differs by summation order alone: up to 1.5e-5 per token on SmolLM2, 2.9e-5 on Gemma 3
-        # (a 262k vocabulary); a token that sees another request's, or the wrong position, moves 1e-2 and more
-        ok = worst <= (1e-4 if fp32 else 5e-2)
-        if not math.isfinite(worst):  # the model's outputs are not numbers: the run refuses it (check_finite)
-            return True
-        if not ok:
-            log.warning("shared-prefix scoring disagrees with lm-eval's for %s (%s %.2g nats per token over %d "
-                        "requests); using lm-eval's unpacked path", key[0], "largest" if fp32 else "median",
-                        worst, len(per_token))
-        _PACKING_VERIFIED[key] = ok
-        return ok
 
 
 def _kv_bytes_per_token(model) -> int:

@@ -57,8 +57,12 @@ def float32_residual(model) -> bool:
     head = model.get_output_embeddings()
     if layers is None or head is None:
         return False
-    low = next(layers[0].parameters()).dtype
-    out_dtype = getattr(head, "weight", torch.empty(0, dtype=low)).dtype
+    # A norm hands its output on in the dtype of the weights that take it, read at each call (the
+    # packing check widens the whole model to float32 for a moment): a layer's matrix products,
+    # or the head.
+    matmul = next(p for m in layers[0].modules() if not _is_norm(m) for p in m.parameters(recurse=False))
+    low = matmul.dtype
+    head_weight = getattr(head, "weight", matmul)
     # Modules come in registration order: a norm registered after the last layer's modules feeds
     # the head (where a model registers its final norm before its layers, as OPT does, the head
     # gets bf16 input: plain bf16's precision there, nothing broken).
@@ -67,11 +71,11 @@ def float32_residual(model) -> bool:
     for module in model.modules():
         if _is_norm(module):
             norms.append(module)
-            outputs.append(out_dtype if after_layers else low)
+            outputs.append(head_weight if after_layers else matmul)
         after_layers = after_layers or module is last
     handles = [layers[0].register_forward_pre_hook(_first_input_in_float32, with_kwargs=True)]
-    for norm, dtype in zip(norms, outputs):
-        handles += _norm_in_float32(norm, dtype)
+    for norm, output_like in zip(norms, outputs):
+        handles += _norm_in_float32(norm, output_like)
     try:
         with torch.no_grad():
             probe = torch.tensor([[1, 2, 3, 4]], device=next(model.parameters()).device)
@@ -112,9 +116,9 @@ def _first_input_in_float32(_, args, kwargs):
     return None
 
 
-def _norm_in_float32(norm, out_dtype) -> list:
+def _norm_in_float32(norm, output_like) -> list:
     import torch
 
     norm.to(torch.float32)
     return [norm.register_forward_pre_hook(lambda _, args: (args[0].float(), *args[1:]) if args else None),
-            norm.register_forward_hook(lambda _, __, out: out.to(out_dtype) if torch.is_tensor(out) else None)]
+            norm.register_forward_hook(lambda _, __, out: out.to(output_like.dtype) if torch.is_tensor(out) else None)]

@@ -1,0 +1,193 @@
+"""Whether shared-prefix packing scores this model right: checked once per kind of model, in float32.
+
+Packing (`evalkit/engine/packing.py`) relies on the model honouring a 4-D attention mask and
+explicit position ids. Models that do not - ALiBi biases taken from column indices (MPT), an
+attention window the custom mask overrides (Mistral, Qwen2 and Gemma 2/3 with sliding windows,
+GPT-Neo's local layers), state that ignores the mask (RWKV, RecurrentGemma) - score differently
+packed. So a probe of the requests is scored packed into one row, as scoring lays them out, and
+one sequence at a time, and every token's log-probability must agree.
+
+The probe is the first requests (a few packs sharing a row: a wrong mask or position shows) and
+the longest one (a window shorter than it shows); a later call with a longer request than any
+checked is checked again with it.
+
+The check runs in float32 whatever the run's dtype. In bf16 the two layouts round differently by
+as much as a broken layout errs (SmolLM2: median 0.009 nats per token, largest 0.12; a window of
+16 ignored on a tiny Mistral: median 0.011, largest 0.087), so no bf16 tolerance tells them
+apart; in float32 they differ by summation order alone (up to 1.5e-5 per token on SmolLM2,
+2.9e-5 on Gemma 3's 262k vocabulary) and a token that sees the wrong tokens moves 1e-2 and more.
+A lower-precision model is widened in place for the check and narrowed back exactly (every
+bf16 or fp16 value is a float32 value); where that would not fit in free memory, the model is
+scored one sequence at a time.
+
+Generation and prompt-end activations batch prompts left-padded, which a model must also
+honour: `left_padding_respected` compares a padded prompt's next-token logits with the prompt's
+alone (RWKV takes the padding into its state), and a model that fails is run one prompt at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import chain
+from typing import Iterator
+
+from evalkit.engine.packing import PACK_TOKENS, build_packs, forward_rows, forward_unpacked
+from evalkit.errors import first_line
+
+log = logging.getLogger("evalkit")
+
+# Largest per-token difference, packed against one sequence at a time, in float32.
+TOLERANCE = 1e-4
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    longest: int
+    """The longest request (context + continuation tokens) the check covered."""
+
+
+# Per (model class, attention implementation, dtype, device type). A GPU's attention kernels are
+# not a CPU's, so each device is checked.
+_VERDICTS: dict[tuple[str, str, str, str], Verdict] = {}
+
+
+def packing_key(model) -> tuple[str, str, str, str]:
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return (type(inner).__name__, str(getattr(inner.config, "_attn_implementation", "")), str(inner.dtype),
+            inner.device.type)
+
+
+def verdicts() -> dict[tuple[str, str, str, str], bool]:
+    """What the checks of this process found, per kind of model."""
+    return {key: v.ok for key, v in _VERDICTS.items()}
+
+
+def packing_failed(model) -> bool:
+    """The check found packed scoring wrong, or unable to run, on this kind of model."""
+    known = _VERDICTS.get(packing_key(model))
+    return known is not None and not known.ok
+
+
+def record_packing_failure(model, reason: str) -> None:
+    _VERDICTS[packing_key(model)] = Verdict(ok=False, longest=0)
+    log.warning("shared-prefix scoring cannot run on %s (%s); scoring one sequence at a time",
+                packing_key(model)[0], reason)
+
+
+def packing_verified(model, requests: list[tuple[list[int], list[int]]], pad_id: int, max_length: int) -> bool:
+    """May these (context, continuation) requests be scored packed on `model`?"""
+    key = packing_key(model)
+    longest = max(len(c) + len(t) for c, t in requests)
+    known = _VERDICTS.get(key)
+    if known is not None and (not known.ok or longest <= known.longest):
+        return known.ok
+    probe = _probe(requests)
+    try:
+        with _in_float32(model) as widened:
+            if not widened:
+                record_packing_failure(model, "no free memory to check it in float32")
+                return False
+            packed = forward_rows(model, [build_packs(probe, max_length)], pad_id)
+            plain = forward_unpacked(model, probe)
+    except Exception as exc:  # Bloom, for one, builds its alibi from a 2-D mask and cannot take a 4-D one
+        record_packing_failure(model, first_line(exc))
+        return False
+    worst = max(abs(a - b) for i in range(len(probe))
+                for a, b in zip(packed[i].token_logprobs, plain[i].token_logprobs))
+    if not math.isfinite(worst):  # the outputs are not numbers: the run refuses them (check_finite)
+        return True
+    ok = worst <= TOLERANCE
+    if not ok:
+        log.warning("shared-prefix scoring disagrees with one-sequence scoring on %s (up to %.2g nats per token "
+                    "over %d requests, in float32); scoring one sequence at a time", key[0], worst, len(probe))
+    _VERDICTS[key] = Verdict(ok=ok, longest=max(len(c) + len(t) for c, t in probe))
+    return ok
+
+
+_PADDING: dict[tuple[str, str, str, str], bool] = {}
+
+
+def left_padding_respected(model, pad_id: int) -> bool:
+    """Does generate() give a left-padded prompt the same next-token logits as the prompt alone?
+    Once per kind of model, in float32."""
+    import torch
+
+    key = packing_key(model)
+    if key in _PADDING:
+        return _PADDING[key]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    prompt = [(7 * k + 3) % vocab for k in range(1, 9)]
+    device = next(model.parameters()).device
+    alone = torch.tensor([prompt], device=device)
+    padded = torch.tensor([[pad_id] * 4 + prompt], device=device)
+    mask = torch.tensor([[0] * 4 + [1] * len(prompt)], device=device)
+    try:
+        with _in_float32(model) as widened, torch.no_grad():
+            first = [model.generate(input_ids=ids, attention_mask=m, max_new_tokens=1, do_sample=False,
+                                    output_scores=True, return_dict_in_generate=True, pad_token_id=pad_id).scores[0][0]
+                     for ids, m in ((alone, torch.ones_like(alone)), (padded, mask))] if widened else None
+    except Exception as exc:  # a model generate() cannot run: the run's own generation will say so
+        log.debug("left-padding check could not run: %s", first_line(exc))
+        return True
+    respected = first is not None and float((first[0].float() - first[1].float()).abs().max()) <= 1e-3
+    if not respected:
+        log.warning("%s: %s; it generates one prompt at a time", key[0], "left padding changes its outputs"
+                    if first is not None else "no free memory to check left padding in float32")
+    _PADDING[key] = respected
+    return respected
+
+
+def _probe(requests: list[tuple[list[int], list[int]]]) -> list[tuple[list[int], list[int]]]:
+    """The first requests, about two packs' worth of tokens, and the longest."""
+    probe: list[tuple[list[int], list[int]]] = []
+    tokens = 0
+    for context, continuation in requests:
+        tokens += len(context) + len(continuation)
+        if probe and tokens > 2 * PACK_TOKENS:
+            break
+        probe.append((context, continuation))
+    longest = max(requests, key=lambda r: len(r[0]) + len(r[1]))
+    return probe if longest in probe else [*probe, longest]
+
+
+@contextmanager
+def _in_float32(model) -> Iterator[bool]:
+    """Within: every floating parameter and buffer of `model` in float32, narrowed back exactly
+    on exit. Yields False (and changes nothing) where the widening would take more than half the
+    free memory of the model's device."""
+    import torch
+
+    low = [(t, t.dtype) for t in {id(t): t for t in chain(model.parameters(), model.buffers())}.values()
+           if t.is_floating_point() and t.dtype != torch.float32]
+    extra = sum(t.numel() * (4 - t.element_size()) for t, _ in low)
+    if extra > _free_bytes(next(model.parameters()).device) / 2:
+        yield False
+        return
+    for t, _ in low:
+        t.data = t.data.float()
+    try:
+        yield True
+    finally:
+        for t, dtype in low:
+            t.data = t.data.to(dtype)
+
+
+def _free_bytes(device) -> int:
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):  # not Linux
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (OSError, ValueError):
+            return 0
