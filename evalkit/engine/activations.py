@@ -10,6 +10,7 @@ from typing import Any, Optional
 import numpy as np
 
 from evalkit.engine.cache import ScoreCache
+from evalkit.engine.packing_check import left_padding_respected
 from evalkit.files import stable_hash
 
 
@@ -42,6 +43,8 @@ def prompt_ends(model: Any, tokenizer: Any, prompts: list[str], batch_size: int,
             todo.append(k)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
+    if todo and not left_padding_respected(model, pad):  # RWKV takes the padding into its state
+        batch_size = 1
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         encoded = [tokenizer(prompts[k])["input_ids"] for k in batch]
