@@ -105,7 +105,8 @@ class RunSettings(_Settings):
 
     def decoding(self) -> dict[str, Any]:
         """What the numbers depend on (part of the score cache's key); the executor is not."""
-        engine = "lm-eval vllm" if self.backend == "vllm" else "lm-eval evalkit-hf (shared-prefix packing)"
+        engine = ("lm-eval vllm" if self.backend == "vllm"
+                  else "lm-eval evalkit-hf (shared-prefix packing where its check passes)")
         # A CPU's and a GPU's kernels round differently: scores from one are not the other's.
         return {"dtype": self.dtype, "device": self.device.split(":")[0], "batch_size": self.batch_size,
                 "greedy": True, "engine": engine}

@@ -115,6 +115,7 @@ def test_swapped_adapters_score_like_fresh_loads(arch_models, tmp_path):
                 assert a.subject["generation"] == b.subject["generation"]
 
 
+@pytest.mark.filterwarnings("ignore:PiSSA changes the base weights")  # peft's own warning, the point here
 @pytest.mark.parametrize("first", [True, False], ids=["first-adapter", "later-adapter"])
 def test_an_adapter_whose_attaching_changes_the_base_is_refused(tiny_llama, honesty_adapter, tmp_path, first):
     """The config checks refuse PiSSA and its kind; past them (a peft initialisation they do not
