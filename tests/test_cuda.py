@@ -64,7 +64,7 @@ def test_cuda_scores_match_the_cpu(tmp_path, tiny_base):
                                       settings.but(device=device), log=lambda _: None, use_cache=False)
             for device in ("cpu", GPU)}
     # The GPU ran its own packing check (kernels differ by device), and it passed.
-    assert [v for k, v in packing_check.verdicts().items() if k[-1] == GPU] == [True]
+    assert [v for k, v in packing_check.verdicts().items() if k[3] == GPU] == [True]
     assert len(runs["cpu"]) == len(runs[GPU]) == 2
     for cpu, gpu in zip(runs["cpu"], runs[GPU]):
         assert len(cpu.items) == len(gpu.items) > 0

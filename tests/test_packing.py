@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -221,7 +222,6 @@ def test_a_model_that_cannot_take_the_packed_layout_is_scored_one_sequence_at_a_
     """Bloom builds its alibi from a 2-D mask, so a packed 4-D mask raises inside it: choices fall
     back to lm-eval's unpacked path and continuations' distributions to one sequence at a time,
     with one warning, and the numbers are the unpacked ones."""
-    import logging
 
     import torch
     from transformers import AutoModelForCausalLM, BloomConfig
@@ -269,7 +269,23 @@ def _sliding_window_mistral(tokenizer, folder: Path, window: int) -> Path:
     return folder
 
 
-def test_a_sliding_window_in_bfloat16_is_caught_by_the_float32_check(world_tokenizer, tmp_path, monkeypatch):
+def test_a_bfloat16_model_with_an_adapter_passes_the_float32_check(tiny_llama, honesty_adapter, monkeypatch):
+    """The common path: a bf16 Llama, its residual stream and head in float32, an adapter attached,
+    widened for the check and narrowed back, is scored packed."""
+    from evalkit.engine.adapters import AttachedAdapters
+
+    base = load_base(tiny_llama, dtype="bfloat16")
+    model = AttachedAdapters(base, {"honesty": honesty_adapter}).model
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    monkeypatch.setattr(packing_check, "_VERDICTS", {})
+    lm = EvalkitLM(pretrained=model, tokenizer=base.tokenizer, batch_size=8)
+    lm._loglikelihood_tokens(suite_requests(lm))
+    assert list(packing_check.verdicts().values()) == [True]
+    assert {name: p.dtype for name, p in model.named_parameters()} == dtypes
+
+
+def test_a_sliding_window_in_bfloat16_is_caught_by_the_float32_check(world_tokenizer, tmp_path, monkeypatch,
+                                                                      caplog):
     """bf16 rounds the two layouts apart by as much as an ignored window errs, so the check runs
     in float32 (widening the model for a moment): the window is caught and bf16 scores one
     sequence at a time; the model comes back with every weight in its own dtype, unchanged."""
@@ -283,7 +299,9 @@ def test_a_sliding_window_in_bfloat16_is_caught_by_the_float32_check(world_token
     lm = EvalkitLM(pretrained=base.model, tokenizer=base.tokenizer, batch_size=8)
     requests = suite_requests(lm)[:40]
     assert max(len(c) + len(t) for _, c, t in requests) > 8
-    ours = lm._loglikelihood_tokens(requests)
+    with caplog.at_level(logging.WARNING, logger="evalkit"):
+        ours = lm._loglikelihood_tokens(requests)
+    assert "disagrees with one-sequence scoring on MistralForCausalLM" in caplog.text  # caught, not failed to run
     assert list(packing_check.verdicts().values()) == [False]
     plain = forward_unpacked(base.model, [(list(c), list(t)) for _, c, t in requests])
     assert [s for s, _ in ours] == pytest.approx([plain[i].logprob_sum for i in range(len(requests))], abs=0.05)

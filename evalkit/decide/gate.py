@@ -274,9 +274,10 @@ def check_testable(baseline: RunRecord, policy: Policy, where: str) -> None:
 def _require_units(check: Check, n: int, unit: str, spread: stats.Spread, where: str) -> None:
     """A check on one unit (one item, or items all in one cluster) could never fail: refused, not 'pass'."""
     if not spread.testable:
-        raise EvalkitError(f"{check.suite}/{check.metric}: its {n} {unit} are one unit of evidence ({spread.kind} "
-                           f"SE over {spread.units}), so no regression could be shown; gate a suite of at least two "
-                           "units (items without a cluster, or several clusters)", where=where)
+        what = f"its {n} {unit} are" if n != 1 else f"its one {unit.removesuffix('s')} is"
+        raise EvalkitError(f"{check.suite}/{check.metric}: {what} one unit of evidence ({spread.kind} SE over "
+                           f"{spread.units}), so no regression could be shown; gate a suite of at least two units "
+                           "(items without a cluster, or several clusters)", where=where)
 
 
 def _p_worse_than(mean: float, margin: float, spread: stats.Spread) -> float:

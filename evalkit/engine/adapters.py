@@ -4,6 +4,7 @@ must pass before a run uses it, and attaching, switching and detaching adapters 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
@@ -88,9 +89,11 @@ UNSUPPORTED_FIELDS = ("modules_to_save", "trainable_token_indices", "layers_to_t
 VARIANT_FIELDS = ("kasa_config", "velora_config", "monteclora_config", "arrow_config", "use_bdlora", "use_qalora",
                   "target_parameters", "megatron_config")
 
-# The initialisations that leave the base as it is; the others (PiSSA, OLoRA, CorDA, LoftQ, MiCA,
-# orthogonal, LoRA-GA, EVA) rewrite or read the base's weights when peft attaches the adapter.
-PLAIN_INITS = (True, False, "gaussian")
+# Initialisations that subtract the adapter's starting point from the base (PiSSA, OLoRA, CorDA,
+# LoRA-GA) or quantise it (LoftQ): peft redoes that when attaching, and the saved weights are relative
+# to that changed base. (Gaussian, EVA, orthogonal, MiCA leave the base as it is; an initialisation
+# this list does not know that changes the base is caught when attached, see _check_base_kept.)
+BASE_CHANGING_INITS = ("pissa", "olora", "corda", "lora_ga", "loftq")
 
 # What cannot be checked about an adapter trained by another tool (no evalkit manifest).
 UNVERIFIED = ("trained without evalkit: its base could not be verified by weight fingerprint (checked: a LoRA "
@@ -149,17 +152,21 @@ def _adapter_config(adapter_dir: Path) -> dict[str, Any]:
         if config.get(name):
             raise EvalkitError(f"field '{name}': {config[name]!r}: evalkit runs plain LoRA layers on the base's "
                                "modules as they are, not this", where=str(path))
+    defaults = _lora_defaults()
     for name in (*VARIANT_FIELDS, *_declared_variants()):
+        value = config.get(name)
         # peft saves target_parameters as [] for transformers 5's fused-expert (MoE) models: nothing targeted
-        if config.get(name) not in (None, False) and not (name == "target_parameters" and config[name] == []):
-            raise EvalkitError(f"field '{name}': {config[name]!r} turns on a LoRA variant evalkit does not run "
+        if value not in (None, False, defaults.get(name)) and not (name == "target_parameters" and value == []):
+            raise EvalkitError(f"field '{name}': {value!r} turns on a LoRA variant evalkit does not run "
                                "(plain LoRA and DoRA only); null or absent is plain LoRA", where=str(path))
     init = config.get("init_lora_weights", True)
-    if not any(init is plain or (isinstance(init, str) and init == plain) for plain in PLAIN_INITS):
-        raise EvalkitError(f"field 'init_lora_weights': {init!r}: peft would change the base's weights (or need "
-                           "data) when attaching this adapter, and its weights are relative to that changed base; "
-                           "save it converted to plain LoRA (peft: path_initial_model_for_weight_conversion), "
-                           "or set true if its weights are plain LoRA already", where=str(path))
+    if not isinstance(init, (bool, str)):
+        raise EvalkitError(f"field 'init_lora_weights': {init!r} is not true, false or a method name", where=str(path))
+    if isinstance(init, str) and init.lower().startswith(BASE_CHANGING_INITS):
+        raise EvalkitError(f"field 'init_lora_weights': {init!r}: peft would change the base's weights when "
+                           "attaching this adapter, and its weights are relative to that changed base; save it "
+                           "converted to plain LoRA (peft: path_initial_model_for_weight_conversion), or set true "
+                           "if its weights are plain LoRA already", where=str(path))
     for name in ("use_rslora", "use_dora", "fan_in_fan_out", "lora_bias"):
         if not isinstance(config.get(name, False), bool):
             raise EvalkitError(f"field '{name}': {config[name]!r} is not true or false", where=str(path))
@@ -179,14 +186,25 @@ def _adapter_config(adapter_dir: Path) -> dict[str, Any]:
     return config
 
 
-def _declared_variants() -> list[str]:
+@cache
+def _declared_variants() -> tuple[str, ...]:
     """The variant switches this peft declares (a newer one may have more), DoRA aside."""
     import dataclasses
 
     from peft import LoraConfig
 
-    return [f.name for f in dataclasses.fields(LoraConfig)
-            if f.metadata.get("is_lora_variant") and f.name != "use_dora"]
+    return tuple(f.name for f in dataclasses.fields(LoraConfig)
+                 if f.metadata.get("is_lora_variant") and f.name != "use_dora")
+
+
+@cache
+def _lora_defaults() -> dict[str, Any]:
+    """This peft's LoraConfig defaults: a field at its default is off, whatever that default is."""
+    import dataclasses
+
+    from peft import LoraConfig
+
+    return {f.name: f.default for f in dataclasses.fields(LoraConfig) if f.default is not dataclasses.MISSING}
 
 
 def _targeted(names: set[str], targets: str | list[str], regex_matches: dict[tuple[str, str], set[str]]) -> set[str]:

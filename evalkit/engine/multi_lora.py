@@ -29,8 +29,9 @@ def can_group(model) -> bool:
     from peft.tuners.lora import Linear
 
     layers = _lora_layers(model) if hasattr(model, "disable_adapter") else []
-    return bool(layers) and all(isinstance(m, Linear) and not m.merged and not m.lora_variant
-                                and not any(m.lora_bias.values()) for m in layers)
+    return bool(layers) and all(isinstance(m, Linear) and not m.merged and not getattr(m, "lora_variant", {})
+                                and not any(m.use_dora.values()) and not any(getattr(m, "lora_bias", {}).values())
+                                for m in layers)
 
 
 def _stacked_updates(module, groups: list[str | None]) -> tuple:

@@ -33,10 +33,19 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
+from pathlib import Path
 from typing import Iterator
 
-from evalkit.engine.packing import PACK_TOKENS, build_packs, forward_rows, forward_unpacked
+from evalkit.engine.packing import (
+    MIN_ROW_TOKENS,
+    PACK_TOKENS,
+    build_packs,
+    fill_rows,
+    forward_rows,
+    forward_unpacked,
+)
 from evalkit.errors import first_line
+from evalkit.files import stable_hash
 
 log = logging.getLogger("evalkit")
 
@@ -51,26 +60,24 @@ class Verdict:
     """The longest request (context + continuation tokens) the check covered."""
 
 
-# Per (model class, attention implementation, dtype, device type). A GPU's attention kernels are
-# not a CPU's, so each device is checked.
-_VERDICTS: dict[tuple[str, str, str, str], Verdict] = {}
+Key = tuple[str, str, str, str, str]
+
+# Per (model class, attention implementation, dtype, device type, config). A GPU's attention
+# kernels are not a CPU's, so each device is checked; a checkpoint of the same class with another
+# window is another config.
+_VERDICTS: dict[Key, Verdict] = {}
 
 
-def packing_key(model) -> tuple[str, str, str, str]:
+def packing_key(model) -> Key:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = inner.config.to_json_string(use_diff=False) if hasattr(inner.config, "to_json_string") else ""
     return (type(inner).__name__, str(getattr(inner.config, "_attn_implementation", "")), str(inner.dtype),
-            inner.device.type)
+            inner.device.type, stable_hash(config))
 
 
-def verdicts() -> dict[tuple[str, str, str, str], bool]:
+def verdicts() -> dict[Key, bool]:
     """What the checks of this process found, per kind of model."""
     return {key: v.ok for key, v in _VERDICTS.items()}
-
-
-def packing_failed(model) -> bool:
-    """The check found packed scoring wrong, or unable to run, on this kind of model."""
-    known = _VERDICTS.get(packing_key(model))
-    return known is not None and not known.ok
 
 
 def record_packing_failure(model, reason: str) -> None:
@@ -92,15 +99,18 @@ def packing_verified(model, requests: list[tuple[list[int], list[int]]], pad_id:
             if not widened:
                 record_packing_failure(model, "no free memory to check it in float32")
                 return False
-            packed = forward_rows(model, [build_packs(probe, max_length)], pad_id)
+            packs = build_packs(probe, max_length)  # laid out in rows as forward_packs lays them
+            packed = forward_rows(model, fill_rows(packs, max(max(len(p.tokens) for p in packs), MIN_ROW_TOKENS)),
+                                  pad_id)
             plain = forward_unpacked(model, probe)
     except Exception as exc:  # Bloom, for one, builds its alibi from a 2-D mask and cannot take a 4-D one
         record_packing_failure(model, first_line(exc))
         return False
-    worst = max(abs(a - b) for i in range(len(probe))
-                for a, b in zip(packed[i].token_logprobs, plain[i].token_logprobs))
-    if not math.isfinite(worst):  # the outputs are not numbers: the run refuses them (check_finite)
+    differences = [abs(a - b) for i in range(len(probe))
+                   for a, b in zip(packed[i].token_logprobs, plain[i].token_logprobs)]
+    if not all(math.isfinite(d) for d in differences):  # not numbers: the run refuses the model (check_finite)
         return True
+    worst = max(differences)
     ok = worst <= TOLERANCE
     if not ok:
         log.warning("shared-prefix scoring disagrees with one-sequence scoring on %s (up to %.2g nats per token "
@@ -109,35 +119,38 @@ def packing_verified(model, requests: list[tuple[list[int], list[int]]], pad_id:
     return ok
 
 
-_PADDING: dict[tuple[str, str, str, str], bool] = {}
+_PADDING: dict[Key, bool] = {}
 
 
 def left_padding_respected(model, pad_id: int) -> bool:
     """Does generate() give a left-padded prompt the same next-token logits as the prompt alone?
-    Once per kind of model, in float32."""
+    Once per kind of model, in float32. Where that cannot be checked (no memory to widen, a
+    generate() that fails here), batches stay as they were."""
     import torch
 
     key = packing_key(model)
     if key in _PADDING:
         return _PADDING[key]
-    vocab = model.get_output_embeddings().weight.shape[0]
-    prompt = [(7 * k + 3) % vocab for k in range(1, 9)]
-    device = next(model.parameters()).device
-    alone = torch.tensor([prompt], device=device)
-    padded = torch.tensor([[pad_id] * 4 + prompt], device=device)
-    mask = torch.tensor([[0] * 4 + [1] * len(prompt)], device=device)
+    _PADDING[key] = True
     try:
+        vocab = int(model.config.vocab_size)
+        prompt = [(7 * k + 3) % vocab for k in range(1, 9)]
+        device = next(model.parameters()).device
+        alone = torch.tensor([prompt], device=device)
+        padded = torch.tensor([[pad_id] * 4 + prompt], device=device)
+        mask = torch.tensor([[0] * 4 + [1] * len(prompt)], device=device)
         with _in_float32(model) as widened, torch.no_grad():
+            if not widened:
+                return True
             first = [model.generate(input_ids=ids, attention_mask=m, max_new_tokens=1, do_sample=False,
                                     output_scores=True, return_dict_in_generate=True, pad_token_id=pad_id).scores[0][0]
-                     for ids, m in ((alone, torch.ones_like(alone)), (padded, mask))] if widened else None
-    except Exception as exc:  # a model generate() cannot run: the run's own generation will say so
+                     for ids, m in ((alone, torch.ones_like(alone)), (padded, mask))]
+    except Exception as exc:  # the run's own generation says what is wrong with the model
         log.debug("left-padding check could not run: %s", first_line(exc))
         return True
-    respected = first is not None and float((first[0].float() - first[1].float()).abs().max()) <= 1e-3
+    respected = float((first[0].float() - first[1].float()).abs().max()) <= 1e-3
     if not respected:
-        log.warning("%s: %s; it generates one prompt at a time", key[0], "left padding changes its outputs"
-                    if first is not None else "no free memory to check left padding in float32")
+        log.warning("%s: left padding changes its outputs; it generates one prompt at a time", key[0])
     _PADDING[key] = respected
     return respected
 
@@ -164,20 +177,26 @@ def _in_float32(model) -> Iterator[bool]:
 
     low = [(t, t.dtype) for t in {id(t): t for t in chain(model.parameters(), model.buffers())}.values()
            if t.is_floating_point() and t.dtype != torch.float32]
-    extra = sum(t.numel() * (4 - t.element_size()) for t, _ in low)
-    if extra > _free_bytes(next(model.parameters()).device) / 2:
+    device = next(model.parameters()).device
+    if sum(t.numel() * (4 - t.element_size()) for t, _ in low) > _free_bytes(device) / 2:
         yield False
         return
-    for t, _ in low:
-        t.data = t.data.float()
+    widened = []
     try:
+        for t, dtype in low:  # each narrowed back below, even if a later one fails to widen
+            t.data = t.data.float()
+            widened.append((t, dtype))
         yield True
     finally:
-        for t, dtype in low:
+        for t, dtype in widened:
             t.data = t.data.to(dtype)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the float32 copies' blocks, else counted as used by the next check
 
 
 def _free_bytes(device) -> int:
+    """Memory the device has free: on a GPU, what CUDA reports; on a CPU, Linux's MemAvailable,
+    within the container's (cgroup v2) limit."""
     import torch
 
     if device.type == "cuda":
@@ -185,9 +204,15 @@ def _free_bytes(device) -> int:
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             fields = dict(line.split(":", 1) for line in meminfo)
-        return int(fields["MemAvailable"].split()[0]) * 1024
+        free = int(fields["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):  # not Linux
         try:
             return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
         except (OSError, ValueError):
             return 0
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        return min(free, int(limit) - used) if limit != "max" else free
+    except (OSError, ValueError):
+        return free
