@@ -66,6 +66,7 @@ Key = tuple[str, str, str, str, str]
 # kernels are not a CPU's, so each device is checked; a checkpoint of the same class with another
 # window is another config.
 _VERDICTS: dict[Key, Verdict] = {}
+_PADDING: dict[Key, bool] = {}  # does left padding leave the outputs as they are
 
 
 def packing_key(model) -> Key:
@@ -93,12 +94,15 @@ def packing_verified(model, requests: list[tuple[list[int], list[int]]], pad_id:
     known = _VERDICTS.get(key)
     if known is not None and (not known.ok or longest <= known.longest):
         return known.ok
-    probe = _probe(requests)
+    # Checked again for a longer request: that request alone (the layout passed already).
+    probe = _probe(requests) if known is None else [max(requests, key=lambda r: len(r[0]) + len(r[1]))]
     try:
         with _in_float32(model) as widened:
             if not widened:
                 record_packing_failure(model, "no free memory to check it in float32")
                 return False
+            if key not in _PADDING:  # while the model is wide: generation will ask
+                _PADDING[key] = _padding_respected(model, pad_id)
             packs = build_packs(probe, max_length)  # laid out in rows as forward_packs lays them
             packed = forward_rows(model, fill_rows(packs, max(max(len(p.tokens) for p in packs), MIN_ROW_TOKENS)),
                                   pad_id)
@@ -119,19 +123,20 @@ def packing_verified(model, requests: list[tuple[list[int], list[int]]], pad_id:
     return ok
 
 
-_PADDING: dict[Key, bool] = {}
-
-
 def left_padding_respected(model, pad_id: int) -> bool:
     """Does generate() give a left-padded prompt the same next-token logits as the prompt alone?
-    Once per kind of model, in float32. Where that cannot be checked (no memory to widen, a
-    generate() that fails here), batches stay as they were."""
+    Once per kind of model, in float32 (with the packing check where that runs first). Where that
+    cannot be checked (no memory to widen, a generate() that fails here), batches stay as they were."""
+    key = packing_key(model)
+    if key not in _PADDING:
+        with _in_float32(model) as widened:
+            _PADDING[key] = _padding_respected(model, pad_id) if widened else True
+    return _PADDING[key]
+
+
+def _padding_respected(model, pad_id: int) -> bool:
     import torch
 
-    key = packing_key(model)
-    if key in _PADDING:
-        return _PADDING[key]
-    _PADDING[key] = True
     try:
         vocab = int(model.config.vocab_size)
         prompt = [(7 * k + 3) % vocab for k in range(1, 9)]
@@ -139,9 +144,7 @@ def left_padding_respected(model, pad_id: int) -> bool:
         alone = torch.tensor([prompt], device=device)
         padded = torch.tensor([[pad_id] * 4 + prompt], device=device)
         mask = torch.tensor([[0] * 4 + [1] * len(prompt)], device=device)
-        with _in_float32(model) as widened, torch.no_grad():
-            if not widened:
-                return True
+        with torch.no_grad():
             first = [model.generate(input_ids=ids, attention_mask=m, max_new_tokens=1, do_sample=False,
                                     output_scores=True, return_dict_in_generate=True, pad_token_id=pad_id).scores[0][0]
                      for ids, m in ((alone, torch.ones_like(alone)), (padded, mask))]
@@ -150,8 +153,7 @@ def left_padding_respected(model, pad_id: int) -> bool:
         return True
     respected = float((first[0].float() - first[1].float()).abs().max()) <= 1e-3
     if not respected:
-        log.warning("%s: left padding changes its outputs; it generates one prompt at a time", key[0])
-    _PADDING[key] = respected
+        log.warning("%s: left padding changes its outputs; it generates one prompt at a time", packing_key(model)[0])
     return respected
 
 
