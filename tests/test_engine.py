@@ -64,6 +64,10 @@ def test_all_suites_run_with_and_without_an_adapter(arch, arch_models, tmp_path)
     assert all(isinstance(i.subject["generation"], str) for i in cont)
     assert {e.suite for e in record.effects} == {"tension", "novel_axis", "consistency", "continuation"}
     assert weights_fingerprint(base.model) == before, "a run must leave the base as it was"
+    # The record says how both sides were scored and generated (these architectures take packing).
+    decoding = record.manifest.decoding
+    assert decoding["layout_reference"] == decoding["layout_subject"] == (
+        "scoring shared-prefix packed, generation batched, left-padded")
 
 
 def direct_logprob(model, tokenizer, prompt: str, completion: str) -> float:

@@ -303,6 +303,7 @@ def test_a_sliding_window_in_bfloat16_is_caught_by_the_float32_check(world_token
         ours = lm._loglikelihood_tokens(requests)
     assert "disagrees with one-sequence scoring on MistralForCausalLM" in caplog.text  # caught, not failed to run
     assert list(packing_check.verdicts().values()) == [False]
+    assert packing_check.layout(base.model).startswith("scoring one sequence at a time")
     plain = forward_unpacked(base.model, [(list(c), list(t)) for _, c, t in requests])
     assert [s for s, _ in ours] == pytest.approx([plain[i].logprob_sum for i in range(len(requests))], abs=0.05)
     after = dict(base.model.named_parameters())

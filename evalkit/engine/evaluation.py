@@ -13,6 +13,7 @@ import numpy as np
 from evalkit.engine.cache import ScoreCache
 from evalkit.engine.distributions import along_continuations, kept_tokens, mean_kl
 from evalkit.engine.identity import vocabulary_key
+from evalkit.engine.packing_check import layout
 from evalkit.engine.tasks import (
     choice_hash,
     choice_task,
@@ -56,6 +57,9 @@ class Evaluated:
     scored along."""
     tokenizer: str = ""
     """Identity of the vocabulary those ids (and the distributions' columns) refer to."""
+    layout: str = ""
+    """How evalkit's HF path scored and generated for this model (`packing_check.layout`); empty
+    with the vLLM backend."""
 
 
 def check_context(suites: list[LoadedSuite], tokenizer, limit: int) -> None:
@@ -226,6 +230,8 @@ def evaluate_model(model, tokenizer, lm, suites: list[LoadedSuite], *, batch_siz
             evaluated.generations[s.name] = {k: v["generation"] for k, v in generations[s.name].items()}
             evaluated.generated.update({(s.name, k): (v["prompt_ids"], v["token_ids"])
                                         for k, v in generations[s.name].items()})
+    if hasattr(lm, "generated_ids"):  # evalkit's HF class, not vLLM's
+        evaluated.layout = layout(model)
     if cache:
         cache.save()
     return evaluated

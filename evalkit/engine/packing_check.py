@@ -81,6 +81,18 @@ def verdicts() -> dict[Key, bool]:
     return {key: v.ok for key, v in _VERDICTS.items()}
 
 
+def layout(model) -> str:
+    """How this process scored and generated for this kind of model, as far as it had to decide
+    (a run whose scores all came from the cache decided nothing)."""
+    key = packing_key(model)
+    said = []
+    if key in _VERDICTS:
+        said.append(f"scoring {'shared-prefix packed' if _VERDICTS[key].ok else 'one sequence at a time'}")
+    if key in _PADDING:
+        said.append(f"generation {'batched, left-padded' if _PADDING[key] else 'one prompt at a time'}")
+    return ", ".join(said) or "not decided here (scores from the cache)"
+
+
 def record_packing_failure(model, reason: str) -> None:
     _VERDICTS[packing_key(model)] = Verdict(ok=False, longest=0)
     log.warning("shared-prefix scoring cannot run on %s (%s); scoring one sequence at a time",

@@ -83,6 +83,13 @@ def evaluate_paired(base: Base, subjects: list[Subject], suites: list[LoadedSuit
     return runs
 
 
+def _decoding(settings: RunSettings, ref: Evaluated, sub: Evaluated) -> dict:
+    """The settings, and how each side was scored and generated here (packing and batching are
+    decided per kind of model)."""
+    said = {f"layout_{side}": e.layout for side, e in (("reference", ref), ("subject", sub)) if e.layout}
+    return {**settings.decoding(), **said}
+
+
 def paired_run(run_id: str, reference: ModelRef, subject: ModelRef, suites: list[LoadedSuite], ref: Evaluated,
                sub: Evaluated, settings: RunSettings, requests: dict[str, int]) -> PairedRun:
     """The subject's items paired with the reference's, with the manifest of how they were made."""
@@ -94,7 +101,7 @@ def paired_run(run_id: str, reference: ModelRef, subject: ModelRef, suites: list
         run_id=run_id,
         manifest=Manifest(
             evalkit_version=__version__, git_commit=git_commit(Path(__file__).parent), created=now(),
-            packages=package_versions(), seeds=seeds, decoding=settings.decoding(), scoring=SCORING,
+            packages=package_versions(), seeds=seeds, decoding=_decoding(settings, ref, sub), scoring=SCORING,
             suites=[SuiteRef(name=s.name, kind=s.spec.kind, path=s.path, hash=s.hash, n_items=len(s.item_ids()),
                              normalization=s.spec.normalization, scoring=s.scoring()) for s in suites],
             requests=requests,

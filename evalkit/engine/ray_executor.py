@@ -62,6 +62,8 @@ def merge(parts: list[tuple[Evaluated, str, Counts]]) -> tuple[Evaluated, str, C
         evaluated.tokenizer = part.tokenizer
         counts.computed += part_counts.computed
         counts.cached += part_counts.cached
+    # One worker per suite, each deciding for itself: every distinct account is kept.
+    evaluated.layout = "; ".join(dict.fromkeys(part.layout for part, _, _ in parts if part.layout))
     return evaluated, parts[0][1], counts
 
 
