@@ -210,6 +210,11 @@ def fill_rows(packs: list[Pack], width: int) -> list[list[Pack]]:
     return [[packs[k] for k in row] for row in first_fit([len(p.tokens) for p in packs], width)]
 
 
+def row_width(packs: list[Pack]) -> int:
+    """Rows are as wide as the longest pack, and at least MIN_ROW_TOKENS."""
+    return max(max(len(p.tokens) for p in packs), MIN_ROW_TOKENS)
+
+
 # A forward pass takes about batch_size * PASS_TOKENS_PER_BATCH tokens (1,024 at the default
 # --batch-size 32), or one row where a row is wider. Larger passes ran slower on SmolLM2 (LoRA
 # layers' elementwise work falls out of cache): choice scoring with an adapter took 9.7 s at 1,024
@@ -229,7 +234,7 @@ def forward_packs(model, packs: list[Pack], batch_size: int, pad_id: int,
     as many rows a pass as hold batch_size * PASS_TOKENS_PER_BATCH tokens (at least one)."""
     if not packs:
         return {}
-    width = max(max(len(p.tokens) for p in packs), MIN_ROW_TOKENS)
+    width = row_width(packs)
     rows = fill_rows(packs, width)
     per_forward = max(1, batch_size * PASS_TOKENS_PER_BATCH // width)
     results: dict[int, PackedLogprobs] = {}

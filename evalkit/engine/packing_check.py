@@ -37,12 +37,12 @@ from pathlib import Path
 from typing import Iterator
 
 from evalkit.engine.packing import (
-    MIN_ROW_TOKENS,
     PACK_TOKENS,
     build_packs,
     fill_rows,
     forward_rows,
     forward_unpacked,
+    row_width,
 )
 from evalkit.errors import first_line
 from evalkit.files import stable_hash
@@ -94,20 +94,20 @@ def layout(model) -> str:
 
 
 def record_packing_failure(model, reason: str) -> None:
-    _VERDICTS[packing_key(model)] = Verdict(ok=False, longest=0)
-    log.warning("shared-prefix scoring cannot run on %s (%s); scoring one sequence at a time",
-                packing_key(model)[0], reason)
+    key = packing_key(model)
+    _VERDICTS[key] = Verdict(ok=False, longest=0)
+    log.warning("shared-prefix scoring cannot run on %s (%s); scoring one sequence at a time", key[0], reason)
 
 
 def packing_verified(model, requests: list[tuple[list[int], list[int]]], pad_id: int, max_length: int) -> bool:
     """May these (context, continuation) requests be scored packed on `model`?"""
     key = packing_key(model)
-    longest = max(len(c) + len(t) for c, t in requests)
+    longest = max(requests, key=_length)
     known = _VERDICTS.get(key)
-    if known is not None and (not known.ok or longest <= known.longest):
+    if known is not None and (not known.ok or _length(longest) <= known.longest):
         return known.ok
     # Checked again for a longer request: that request alone (the layout passed already).
-    probe = _probe(requests) if known is None else [max(requests, key=lambda r: len(r[0]) + len(r[1]))]
+    probe = _probe(requests) if known is None else [longest]
     try:
         with _in_float32(model) as widened:
             if not widened:
@@ -116,8 +116,7 @@ def packing_verified(model, requests: list[tuple[list[int], list[int]]], pad_id:
             if key not in _PADDING:  # while the model is wide: generation will ask
                 _PADDING[key] = _padding_respected(model, pad_id)
             packs = build_packs(probe, max_length)  # laid out in rows as forward_packs lays them
-            packed = forward_rows(model, fill_rows(packs, max(max(len(p.tokens) for p in packs), MIN_ROW_TOKENS)),
-                                  pad_id)
+            packed = forward_rows(model, fill_rows(packs, row_width(packs)), pad_id)
             plain = forward_unpacked(model, probe)
     except Exception as exc:  # Bloom, for one, builds its alibi from a 2-D mask and cannot take a 4-D one
         record_packing_failure(model, first_line(exc))
@@ -131,7 +130,7 @@ def packing_verified(model, requests: list[tuple[list[int], list[int]]], pad_id:
     if not ok:
         log.warning("shared-prefix scoring disagrees with one-sequence scoring on %s (up to %.2g nats per token "
                     "over %d requests, in float32); scoring one sequence at a time", key[0], worst, len(probe))
-    _VERDICTS[key] = Verdict(ok=ok, longest=max(len(c) + len(t) for c, t in probe))
+    _VERDICTS[key] = Verdict(ok=ok, longest=max(map(_length, probe)))
     return ok
 
 
@@ -178,8 +177,13 @@ def _probe(requests: list[tuple[list[int], list[int]]]) -> list[tuple[list[int],
         if probe and tokens > 2 * PACK_TOKENS:
             break
         probe.append((context, continuation))
-    longest = max(requests, key=lambda r: len(r[0]) + len(r[1]))
+    longest = max(requests, key=_length)
     return probe if longest in probe else [*probe, longest]
+
+
+def _length(request: tuple[list[int], list[int]]) -> int:
+    context, continuation = request
+    return len(context) + len(continuation)
 
 
 @contextmanager
