@@ -56,6 +56,40 @@ def test_packed_scores_equal_lm_eval_unpacked(arch, arch_models, monkeypatch):
     assert sum(len(p.tokens) for p in build_packs(pairs, 10_000)) < 0.7 * sum(len(c) + len(t) - 1 for c, t in pairs)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_unpacked_scores_equal_lm_eval_unpacked(arch, arch_models):
+    """The fallback and the packing check's reference: requests of similar length share a pass,
+    right-padded with no mask, and score as lm-eval scores each."""
+    from evalkit.engine.packing import forward_unpacked
+
+    base = load_base(arch_models[arch])
+    lm = EvalkitLM(pretrained=base.model, tokenizer=base.tokenizer, batch_size=8)
+    requests = suite_requests(lm)[:60]
+    plain = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
+    ours = forward_unpacked(base.model, [(list(c), list(t)) for _, c, t in requests], pad_id=0, batch_size=1)
+    assert len({len(c) + len(t) for _, c, t in requests}) > 3  # passes of several widths, padded
+    for k, (u_sum, u_greedy) in enumerate(plain):
+        assert ours[k].logprob_sum == pytest.approx(u_sum, abs=1e-5)
+        assert ours[k].greedy == u_greedy
+
+
+def test_greedy_is_lm_evals_argmax_where_logits_tie():
+    """torch's argmax (lm-eval's greedy test) takes the first of tied largest logits."""
+    import torch
+
+    from evalkit.engine.packing import _is_argmax
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 6, (400, 50), generator=generator).float()  # many ties for the largest
+    rows = torch.randint(0, 400, (300,), generator=generator)
+    targets = torch.randint(0, 50, (300,), generator=generator)
+    targets[:100] = logits[rows[:100]].argmax(dim=-1)  # some targets are the argmax
+    got = _is_argmax(logits, rows, targets, logits[rows, targets], logits.amax(dim=-1))
+    expected = logits[rows].argmax(dim=-1) == targets
+    assert torch.equal(got, expected) and 0 < int(expected.sum()) < 300
+    assert int((logits[rows, targets] == logits[rows].amax(dim=-1)).sum()) > int(expected.sum())  # ties lost
+
+
 def test_rows_split_at_the_context_limit_score_the_same(arch_models):
     base = load_base(arch_models["llama"])
     context = base.tokenizer("Mira found a coin near the market, and she")["input_ids"]
@@ -100,7 +134,7 @@ def test_a_model_that_ignores_the_packed_mask_falls_back_to_lm_eval(arch_models,
     plain = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
     assert list(packing_check.verdicts().values()) == [False]
     assert [round(s, 6) for s, _ in ours] == [round(s, 6) for s, _ in plain]
-    # Continuations' distributions (KL, NLL) are then scored one sequence at a time too.
+    # Continuations' distributions (KL, NLL) are then scored unpacked too.
     from evalkit.engine.distributions import along_continuations
 
     along = along_continuations(base.model, base.tokenizer, [(list(c), list(t)) for _, c, t in requests[:20]], 8)
@@ -217,10 +251,10 @@ def test_options_after_a_passage_longer_than_a_pack_share_it():
     assert len(packs) == 1 and len(packs[0].tokens) == 1000 + 4 * 9
 
 
-def test_a_model_that_cannot_take_the_packed_layout_is_scored_one_sequence_at_a_time(world_tokenizer, tmp_path,
-                                                                                      monkeypatch, caplog):
+def test_a_model_that_cannot_take_the_packed_layout_is_scored_unpacked(world_tokenizer, tmp_path, monkeypatch,
+                                                                         caplog):
     """Bloom builds its alibi from a 2-D mask, so a packed 4-D mask raises inside it: choices fall
-    back to lm-eval's unpacked path and continuations' distributions to one sequence at a time,
+    back to lm-eval's unpacked path and continuations' distributions to their own sequences,
     with one warning, and the numbers are the unpacked ones."""
 
     import torch
@@ -303,8 +337,8 @@ def test_a_sliding_window_in_bfloat16_is_caught_by_the_float32_check(world_token
         ours = lm._loglikelihood_tokens(requests)
     assert "disagrees with one-sequence scoring on MistralForCausalLM" in caplog.text  # caught, not failed to run
     assert list(packing_check.verdicts().values()) == [False]
-    assert packing_check.layout(base.model).startswith("scoring one sequence at a time")
-    plain = forward_unpacked(base.model, [(list(c), list(t)) for _, c, t in requests])
+    assert packing_check.layout(base.model).startswith("scoring unpacked")
+    plain = forward_unpacked(base.model, [(list(c), list(t)) for _, c, t in requests], base.tokenizer.pad_token_id)
     assert [s for s, _ in ours] == pytest.approx([plain[i].logprob_sum for i in range(len(requests))], abs=0.05)
     after = dict(base.model.named_parameters())
     assert {n: p.dtype for n, p in after.items()} == {n: p.dtype for n, p in before.items()}

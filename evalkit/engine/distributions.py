@@ -38,7 +38,7 @@ def along_continuations(model, tokenizer, pairs: list[tuple[list[int], list[int]
 
     Scored with the same shared-prefix packing as lm-eval's requests (`evalkit/engine/packing.py`):
     only the continuation positions go through the output head. A model on which packing failed
-    its check, or cannot run, is scored one sequence at a time.
+    its check, or cannot run, is scored unpacked: each request its own sequence.
     """
     vocab = model.get_output_embeddings().weight.shape[0]
     requests = [(list(prompt), list(cont)) for prompt, cont in pairs if cont]
@@ -52,7 +52,7 @@ def along_continuations(model, tokenizer, pairs: list[tuple[list[int], list[int]
         except Exception as exc:  # a model that cannot take the packed layout after all
             record_packing_failure(model, first_line(exc))
     if scored is None:
-        scored = forward_unpacked(model, requests, keep_rows=True)
+        scored = forward_unpacked(model, requests, pad, batch_size, keep_rows=True)
     out = [Along([], np.zeros((0, vocab), dtype=np.float32), 0.0, []) for _ in pairs]
     for r, k in enumerate(which):
         s = scored[r]

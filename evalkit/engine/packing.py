@@ -248,13 +248,12 @@ def forward_rows(model, rows: list[list[Pack]], pad_id: int, keep_rows: bool = F
     """One forward pass over `rows`, each a list of packs laid end to end; a pack sees only itself."""
     import torch
 
-    first = next(model.parameters())
-    dtype, device = first.dtype, first.device
+    dtype = next(model.parameters()).dtype
     width = max(sum(len(p.tokens) for p in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     visible = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1)  # padding sees only itself
-    placed = []  # (row, offset, pack)
+    spans = []  # (request index, flat positions whose logits predict its continuation, continuation)
     for r, row in enumerate(rows):
         offset = 0
         for pack in row:
@@ -262,15 +261,53 @@ def forward_rows(model, rows: list[list[Pack]], pad_id: int, keep_rows: bool = F
             ids[r, offset:end] = torch.tensor(pack.tokens)
             positions[r, offset:end] = torch.tensor(pack.positions)
             visible[r, offset:end, offset:end] = torch.from_numpy(_ancestors(pack.parent))
-            placed.append((r, offset, pack))
+            spans += [(index, [r * width + offset + p for p in at], continuation)
+                      for index, continuation, at in pack.requests]
             offset = end
     mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)[:, None]
-    # Flat (row * width + column) indices of the positions whose logits some request needs.
-    needed = sorted({r * width + offset + p for r, offset, pack in placed for _, _, at in pack.requests for p in at})
+    return _score(model, {"input_ids": ids, "attention_mask": mask, "position_ids": positions}, spans, keep_rows)
+
+
+def forward_unpacked(model, requests: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32,
+                     keep_rows: bool = False) -> dict[int, PackedLogprobs]:
+    """Each (context, continuation) as its own sequence, as lm-eval's HF path scores them: for a
+    model that cannot take the packed layout. Sequences of similar length share a pass, padded on
+    the right with no attention mask: a causal model's tokens never see what comes after them, so
+    the padding touches nothing that is scored, and no model's own padding logic is relied on."""
+    import torch
+
+    fed = [context + continuation[:-1] for context, continuation in requests]
+    if any(not context for context, _ in requests):
+        raise RuntimeError("a request with no context cannot be scored")
+    order = sorted(range(len(requests)), key=lambda k: -len(fed[k]))
+    results: dict[int, PackedLogprobs] = {}
+    start = 0
+    while start < len(order):
+        width = len(fed[order[start]])  # the longest left: a pass's rows are as wide as its first
+        batch = order[start : start + max(1, batch_size * PASS_TOKENS_PER_BATCH // width)]
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        spans = []
+        for r, k in enumerate(batch):
+            context, continuation = requests[k]
+            ids[r, : len(fed[k])] = torch.tensor(fed[k])
+            first = r * width + len(context) - 1
+            spans.append((k, list(range(first, first + len(continuation))), continuation))
+        results.update(_score(model, {"input_ids": ids}, spans, keep_rows))
+        start += len(batch)
+    return results
+
+
+def _score(model, inputs: dict, spans: list[tuple[int, list[int], list[int]]],
+           keep_rows: bool) -> dict[int, PackedLogprobs]:
+    """One forward pass of `inputs` ((rows, width) tensors); each span (request index, flat
+    row * width + column positions whose logits predict its continuation, continuation) scored."""
+    import torch
+
+    device = next(model.parameters()).device
+    needed = sorted({p for _, at, _ in spans for p in at})
     flat = torch.tensor(needed, device=device)
-    with torch.no_grad(), _head_reads_only(model, flat, ids.numel()) as gathered:
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                       position_ids=positions.to(device), use_cache=False).logits
+    with torch.no_grad(), _head_reads_only(model, flat, inputs["input_ids"].numel()) as gathered:
+        logits = model(**{name: t.to(device) for name, t in inputs.items()}, use_cache=False).logits
     if not gathered:
         logits = logits.reshape(-1, logits.shape[-1])[flat]
     elif logits.shape[:2] == (1, len(needed)):
@@ -278,26 +315,26 @@ def forward_rows(model, rows: list[list[Pack]], pad_id: int, keep_rows: bool = F
     else:
         raise RuntimeError(f"the model reshaped the head's output to {tuple(logits.shape)}; cannot score packed")
     logits = logits.float()
-    # Without keep_rows only each position's log-normaliser, argmax and target logits are needed,
-    # not a written-out (needed, V) log-softmax (189 ms for SmolLM2's 3,216 scored positions). The
-    # normaliser goes in blocks of 64 rows (12 MiB, cache-sized): 95 ms, against 251 ms at once.
-    normaliser = torch.cat([torch.logsumexp(block, dim=-1) for block in logits.split(64)])
-    best = logits.argmax(dim=-1)
+    # Without keep_rows only each position's log-normaliser, largest logit and target logits are
+    # needed, not a written-out (needed, V) log-softmax (189 ms for SmolLM2's 3,216 scored
+    # positions). They go in blocks of 64 rows (12 MiB, cache-sized): 95 ms, against 251 ms at once.
+    blocks = logits.split(64)
+    normaliser = torch.cat([torch.logsumexp(block, dim=-1) for block in blocks])
+    peak = torch.cat([block.amax(dim=-1) for block in blocks])
     # Every request's (position, target token) gathered where the logits are, in one go: on a GPU
     # only the picked values (and, with keep_rows, the requests' log-softmax rows) reach the host.
     row_of = {n: k for k, n in enumerate(needed)}
-    spans = [(index, [row_of[r * width + offset + p] for p in at], continuation)
-             for r, offset, pack in placed for index, continuation, at in pack.requests]
     flat_targets = [t for _, _, continuation in spans for t in continuation]
     # Checked here: on a GPU an index out of range is a device-side assert that ends the CUDA context.
     if any(len(at) != len(continuation) for _, at, continuation in spans):
         raise RuntimeError("a packed request's scored positions do not match its continuation")
     if max(flat_targets, default=0) >= logits.shape[-1] or min(flat_targets, default=0) < 0:
         raise IndexError(f"a continuation token lies outside the model's {logits.shape[-1]} logits")
-    at_rows = torch.tensor([k for _, at, _ in spans for k in at], dtype=torch.long, device=device)
+    at_rows = torch.tensor([row_of[p] for _, at, _ in spans for p in at], dtype=torch.long, device=device)
     targets = torch.tensor(flat_targets, dtype=torch.long, device=device)
-    picked_all = (logits[at_rows, targets] - normaliser[at_rows]).cpu()
-    hits_all = (best[at_rows] == targets).cpu()
+    target_logits = logits[at_rows, targets]
+    picked_all = (target_logits - normaliser[at_rows]).cpu()
+    hits_all = _is_argmax(logits, at_rows, targets, target_logits, peak).cpu()
     rows_all = torch.log_softmax(logits[at_rows], dim=-1).cpu().numpy() if keep_rows else None
     results: dict[int, PackedLogprobs] = {}
     start = 0
@@ -310,24 +347,19 @@ def forward_rows(model, rows: list[list[Pack]], pad_id: int, keep_rows: bool = F
     return results
 
 
-def forward_unpacked(model, requests: list[tuple[list[int], list[int]]],
-                     keep_rows: bool = False) -> dict[int, PackedLogprobs]:
-    """Each (context, continuation) as its own sequence, one at a time: for a model that cannot
-    take the packed layout (no custom mask or position ids)."""
+def _is_argmax(logits, rows, targets, target_logits, peak):
+    """logits[rows].argmax(-1) == targets, as lm-eval decides greedy (the first of tied largest
+    logits wins), without torch's argmax: on CPU it took 18 ms for 400 x 49,152 logits, amax 3 ms.
+    A target is the argmax where its logit is its row's largest and no earlier logit equals it."""
     import torch
 
-    device = next(model.parameters()).device
-    results: dict[int, PackedLogprobs] = {}
-    for index, (context, continuation) in enumerate(requests):
-        ids = torch.tensor([context + continuation[:-1]], device=device)
-        with torch.no_grad():
-            logits = model(input_ids=ids, use_cache=False).logits[0, len(context) - 1 :].float()
-        rows = torch.log_softmax(logits, dim=-1).cpu()
-        target = torch.tensor(continuation)
-        picked = rows[torch.arange(len(continuation)), target]
-        results[index] = PackedLogprobs(float(picked.sum()), bool((rows.argmax(dim=-1) == target).all()),
-                                        picked.tolist(), rows.numpy() if keep_rows else None)
-    return results
+    top = target_logits == peak[rows]
+    tied = top.nonzero().flatten()
+    if len(tied):
+        row_logits = logits[rows[tied]]
+        earlier = torch.arange(logits.shape[-1], device=logits.device)[None] < targets[tied, None]
+        top[tied] = ~((row_logits == peak[rows[tied], None]) & earlier).any(dim=-1)
+    return top
 
 
 def _ancestors(parent: list[int]) -> "np.ndarray":

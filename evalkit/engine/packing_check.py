@@ -5,7 +5,7 @@ explicit position ids. Models that do not - ALiBi biases taken from column indic
 attention window the custom mask overrides (Mistral, Qwen2 and Gemma 2/3 with sliding windows,
 GPT-Neo's local layers), state that ignores the mask (RWKV, RecurrentGemma) - score differently
 packed. So a probe of the requests is scored packed into one row, as scoring lays them out, and
-one sequence at a time, and every token's log-probability must agree.
+each as its own sequence, and every token's log-probability must agree.
 
 The probe is the first requests (a few packs sharing a row: a wrong mask or position shows) and
 the longest one (a window shorter than it shows); a later call with a longer request than any
@@ -18,7 +18,7 @@ apart; in float32 they differ by summation order alone (up to 1.5e-5 per token o
 2.9e-5 on Gemma 3's 262k vocabulary) and a token that sees the wrong tokens moves 1e-2 and more.
 A lower-precision model is widened in place for the check and narrowed back exactly (every
 bf16 or fp16 value is a float32 value); where that would not fit in free memory, the model is
-scored one sequence at a time.
+scored unpacked.
 
 Generation and prompt-end activations batch prompts left-padded, which a model must also
 honour: `left_padding_respected` compares a padded prompt's next-token logits with the prompt's
@@ -49,7 +49,7 @@ from evalkit.files import stable_hash
 
 log = logging.getLogger("evalkit")
 
-# Largest per-token difference, packed against one sequence at a time, in float32.
+# Largest per-token difference, packed against each request as its own sequence, in float32.
 TOLERANCE = 1e-4
 
 
@@ -87,7 +87,8 @@ def layout(model) -> str:
     key = packing_key(model)
     said = []
     if key in _VERDICTS:
-        said.append(f"scoring {'shared-prefix packed' if _VERDICTS[key].ok else 'one sequence at a time'}")
+        scoring = "shared-prefix packed" if _VERDICTS[key].ok else "unpacked, each request its own sequence"
+        said.append(f"scoring {scoring}")
     if key in _PADDING:
         said.append(f"generation {'batched, left-padded' if _PADDING[key] else 'one prompt at a time'}")
     return ", ".join(said) or "not decided here (scores from the cache)"
@@ -96,7 +97,7 @@ def layout(model) -> str:
 def record_packing_failure(model, reason: str) -> None:
     key = packing_key(model)
     _VERDICTS[key] = Verdict(ok=False, longest=0)
-    log.warning("shared-prefix scoring cannot run on %s (%s); scoring one sequence at a time", key[0], reason)
+    log.warning("shared-prefix scoring cannot run on %s (%s); scoring each request as its own sequence", key[0], reason)
 
 
 def packing_verified(model, requests: list[tuple[list[int], list[int]]], pad_id: int, max_length: int) -> bool:
@@ -117,7 +118,7 @@ def packing_verified(model, requests: list[tuple[list[int], list[int]]], pad_id:
                 _PADDING[key] = _padding_respected(model, pad_id)
             packs = build_packs(probe, max_length)  # laid out in rows as forward_packs lays them
             packed = forward_rows(model, fill_rows(packs, row_width(packs)), pad_id)
-            plain = forward_unpacked(model, probe)
+            plain = forward_unpacked(model, probe, pad_id)
     except Exception as exc:  # Bloom, for one, builds its alibi from a 2-D mask and cannot take a 4-D one
         record_packing_failure(model, first_line(exc))
         return False
@@ -129,7 +130,8 @@ def packing_verified(model, requests: list[tuple[list[int], list[int]]], pad_id:
     ok = worst <= TOLERANCE
     if not ok:
         log.warning("shared-prefix scoring disagrees with one-sequence scoring on %s (up to %.2g nats per token "
-                    "over %d requests, in float32); scoring one sequence at a time", key[0], worst, len(probe))
+                    "over %d requests, in float32); scoring each request as its own sequence",
+                    key[0], worst, len(probe))
     _VERDICTS[key] = Verdict(ok=ok, longest=max(map(_length, probe)))
     return ok
 

@@ -20,7 +20,7 @@ SCORING = (
     "(multiple_choice and generate_until through evalkit's lm-eval model class, lm-eval's HFLM "
     "wrapping the already-loaded model with log-likelihoods scored by shared-prefix packing: each "
     "prompt computed once for all of its options, where a float32 check on the model found packed "
-    "scores equal to one sequence at a time (else lm-eval's unpacked path); generations in batches "
+    "scores equal to each request scored as its own sequence (else lm-eval's unpacked path); generations in batches "
     "of left-padded prompts, or one prompt at a time for a model whose outputs left padding changes; "
     "adapters switched with peft set_adapter, the "
     "base under disable_adapter; or lm-eval's vLLM class with --backend vllm; chat suites with "
