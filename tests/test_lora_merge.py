@@ -1,5 +1,5 @@
 """Scoring with the active adapter folded into the weights: the same scores as peft's LoRA path,
-the base's weights untouched afterwards, and nothing folded where it would lose precision."""
+the base's weights untouched afterwards, and in bf16 the adapter added inside the product instead."""
 
 from __future__ import annotations
 
@@ -63,17 +63,45 @@ def test_folded_scores_equal_peft_and_leave_the_base_as_it_was(model_and_adapter
     assert not any(m.merged for m in _foldable(model))
 
 
-def test_nothing_is_folded_when_disabled_or_in_bfloat16(model_and_adapter):
+def test_nothing_is_folded_when_disabled(model_and_adapter):
     path, adapter = model_and_adapter
     adapters = AttachedAdapters(load_base(path), {"a": adapter})
     adapters.activate("a")
     with adapters.model.disable_adapter():
         assert _foldable(adapters.model) == []
-    low = AttachedAdapters(load_base(path, dtype="bfloat16"), {"a": adapter})
-    low.activate("a")
-    assert _foldable(low.model) == []
-    with folded_lora(low.model):
-        assert not any(getattr(m, "merged", False) for m in low.model.modules())
+
+
+def test_in_bfloat16_the_adapter_is_added_inside_the_product_not_folded(model_and_adapter, monkeypatch):
+    """W + delta would round the update away in bf16: the weights stay as they are and the rank-r
+    product adds into the layer's output, rounded once; the scores are as close to float32's as
+    peft's path (whose A, B, scaling and sum each round to bf16) brings them."""
+    path, adapter = model_and_adapter
+    pairs = None
+    scores = {}
+    for dtype, fold in (("float32", False), ("bfloat16", True), ("bfloat16", False)):
+        monkeypatch.setattr(packing, "FOLD_MIN_TOKENS", 0 if fold else 10**9)
+        adapters = AttachedAdapters(load_base(path, dtype=dtype), {"a": adapter})
+        adapters.activate("a")
+        model = adapters.model
+        lm = EvalkitLM(pretrained=model, tokenizer=load_base(path).tokenizer, batch_size=8)
+        pairs = pairs or [(ctx, cont) for _, ctx, cont in suite_requests(lm)]
+        before = {n: p for n, p in model.named_parameters()}
+        values = {n: p.detach().clone() for n, p in model.named_parameters()}
+        layers = _foldable(model)
+        assert len(layers) == 14
+        added: list[bool] = []
+        hook = layers[0].get_base_layer().register_forward_hook(lambda m, args, out: added.append("forward" in m.__dict__))
+        scored = packing.forward_packs(model, packing.build_packs(pairs, 10_000), 8, 0)
+        hook.remove()
+        assert added and all(added) == (dtype == "bfloat16" and fold) and any(added) == all(added)
+        assert dict(model.named_parameters()) == before  # the same Parameter objects, values unchanged
+        assert all(torch.equal(values[n], p) for n, p in model.named_parameters())
+        assert not any("forward" in m.get_base_layer().__dict__ or m.merged for m in layers)
+        scores[(dtype, fold)] = torch.tensor([scored[i].logprob_sum for i in range(len(pairs))])
+    exact = scores[("float32", False)]
+    inside, peft_path = (scores[("bfloat16", f)] - exact for f in (True, False))
+    assert 0 < inside.abs().mean() <= 1.25 * peft_path.abs().mean()
+    assert inside.abs().max() < 0.05
 
 
 def test_an_error_inside_leaves_the_model_as_it_was(model_and_adapter):
