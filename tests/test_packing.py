@@ -74,20 +74,17 @@ def test_unpacked_scores_equal_lm_eval_unpacked(arch, arch_models):
 
 
 def test_greedy_is_lm_evals_argmax_where_logits_tie():
-    """torch's argmax (lm-eval's greedy test) takes the first of tied largest logits."""
+    """torch's argmax (lm-eval's greedy test) takes the first of tied largest logits; so must the
+    blockwise argmax packed scoring uses, across block boundaries too."""
     import torch
 
-    from evalkit.engine.packing import _is_argmax
+    from evalkit.engine.packing import _normaliser_and_argmax
 
-    generator = torch.Generator().manual_seed(0)
-    logits = torch.randint(0, 6, (400, 50), generator=generator).float()  # many ties for the largest
-    rows = torch.randint(0, 400, (300,), generator=generator)
-    targets = torch.randint(0, 50, (300,), generator=generator)
-    targets[:100] = logits[rows[:100]].argmax(dim=-1)  # some targets are the argmax
-    got = _is_argmax(logits, rows, targets, logits[rows, targets], logits.amax(dim=-1))
-    expected = logits[rows].argmax(dim=-1) == targets
-    assert torch.equal(got, expected) and 0 < int(expected.sum()) < 300
-    assert int((logits[rows, targets] == logits[rows].amax(dim=-1)).sum()) > int(expected.sum())  # ties lost
+    logits = torch.randint(0, 6, (400, 50), generator=torch.Generator().manual_seed(0)).float()  # ties
+    normaliser, best = _normaliser_and_argmax(logits)
+    assert torch.equal(best, logits.argmax(dim=-1))
+    assert torch.allclose(normaliser, torch.logsumexp(logits, dim=-1))
+    assert int((logits == logits.amax(dim=-1, keepdim=True)).sum(dim=-1).gt(1).sum()) > 300  # most rows tie
 
 
 def test_rows_split_at_the_context_limit_score_the_same(arch_models):
