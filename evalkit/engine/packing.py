@@ -215,11 +215,17 @@ def row_width(packs: list[Pack]) -> int:
     return max(max(len(p.tokens) for p in packs), MIN_ROW_TOKENS)
 
 
-# A forward pass takes about batch_size * PASS_TOKENS_PER_BATCH tokens (1,024 at the default
-# --batch-size 32), or one row where a row is wider. Larger passes ran slower on SmolLM2 (LoRA
-# layers' elementwise work falls out of cache): choice scoring with an adapter took 9.7 s at 1,024
-# tokens a pass, 10.0 s at 4,096 and 11.9 s at 8,192 in fp32; bf16 4.4 and 5.9 s.
+# A forward pass takes about batch_size * PASS_TOKENS_PER_BATCH tokens in float32 (1,024 at the
+# default --batch-size 32), twice as many in a 2-byte dtype (the same bytes of activations), or one
+# row where a row is wider. Larger passes ran slower on SmolLM2 (activations fall out of cache):
+# choice scoring with an adapter, fp32, 5.9 s at 1,024 tokens a pass, 6.5 s at 2,048, 7.8 s at
+# 4,096; bf16 (the adapter added inside the product) 3.1 s at 1,024, 2.8 s at 2,048, 3.3 s at 4,096.
 PASS_TOKENS_PER_BATCH = 32
+
+
+def pass_tokens(model, batch_size: int) -> int:
+    """How many tokens a scoring pass holds: PASS_TOKENS_PER_BATCH per batch slot in float32."""
+    return batch_size * PASS_TOKENS_PER_BATCH * 4 // next(model.parameters()).element_size()
 
 
 # Folding an adapter into the weights (lora_merge) costs about as much as peft's LoRA path does
@@ -231,12 +237,12 @@ FOLD_MIN_TOKENS = 2048
 def forward_packs(model, packs: list[Pack], batch_size: int, pad_id: int,
                 keep_rows: bool = False) -> dict[int, PackedLogprobs]:
     """Request index -> its scores. Packs share rows of max(longest pack, MIN_ROW_TOKENS) tokens,
-    as many rows a pass as hold batch_size * PASS_TOKENS_PER_BATCH tokens (at least one)."""
+    as many rows a pass as `pass_tokens` allows (at least one)."""
     if not packs:
         return {}
     width = row_width(packs)
     rows = fill_rows(packs, width)
-    per_forward = max(1, batch_size * PASS_TOKENS_PER_BATCH // width)
+    per_forward = max(1, pass_tokens(model, batch_size) // width)
     results: dict[int, PackedLogprobs] = {}
     with folded_lora(model) if sum(len(p.tokens) for p in packs) >= FOLD_MIN_TOKENS else nullcontext():
         for start in range(0, len(rows), per_forward):
@@ -284,7 +290,7 @@ def forward_unpacked(model, requests: list[tuple[list[int], list[int]]], pad_id:
     start = 0
     while start < len(order):
         width = len(fed[order[start]])  # the longest left: a pass's rows are as wide as its first
-        batch = order[start : start + max(1, batch_size * PASS_TOKENS_PER_BATCH // width)]
+        batch = order[start : start + max(1, pass_tokens(model, batch_size) // width)]
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         spans = []
         for r, k in enumerate(batch):
