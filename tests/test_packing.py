@@ -302,7 +302,7 @@ def _sliding_window_mistral(tokenizer, folder: Path, window: int) -> Path:
 
 def test_a_bfloat16_model_with_an_adapter_passes_the_float32_check(tiny_llama, honesty_adapter, monkeypatch):
     """The common path: a bf16 Llama, its residual stream and head in float32, an adapter attached,
-    widened for the check and narrowed back, is scored packed."""
+    widened for the check and given its own tensors back, is scored packed."""
     from evalkit.engine.adapters import AttachedAdapters
 
     base = load_base(tiny_llama, dtype="bfloat16")
@@ -315,11 +315,26 @@ def test_a_bfloat16_model_with_an_adapter_passes_the_float32_check(tiny_llama, h
     assert {name: p.dtype for name, p in model.named_parameters()} == dtypes
 
 
+def test_the_float32_check_gives_a_model_its_own_tensors_back(tiny_llama):
+    """Widened for the check, every weight holds its own bf16 tensor again after it (the same
+    storage, nothing converted back), even when the check fails inside."""
+    import torch
+
+    base = load_base(tiny_llama, dtype="bfloat16")
+    before = {name: (p.data_ptr(), p.dtype) for name, p in base.model.named_parameters()}
+    assert torch.bfloat16 in {dtype for _, dtype in before.values()}
+    with pytest.raises(RuntimeError, match="inside"):
+        with packing_check._in_float32(base.model) as widened:
+            assert widened and {p.dtype for p in base.model.parameters()} == {torch.float32}
+            raise RuntimeError("inside")
+    assert {name: (p.data_ptr(), p.dtype) for name, p in base.model.named_parameters()} == before
+
+
 def test_a_sliding_window_in_bfloat16_is_caught_by_the_float32_check(world_tokenizer, tmp_path, monkeypatch,
                                                                       caplog):
     """bf16 rounds the two layouts apart by as much as an ignored window errs, so the check runs
-    in float32 (widening the model for a moment): the window is caught and bf16 scores one
-    sequence at a time; the model comes back with every weight in its own dtype, unchanged."""
+    in float32 (widening the model for a moment): the window is caught and bf16 scores
+    unpacked; the model comes back with every weight in its own dtype, unchanged."""
     import torch
 
     from evalkit.engine.packing import forward_unpacked
