@@ -90,18 +90,40 @@ def test_in_bfloat16_the_adapter_is_added_inside_the_product_not_folded(model_an
         layers = _foldable(model)
         assert len(layers) == 14
         added: list[bool] = []
-        hook = layers[0].get_base_layer().register_forward_hook(lambda m, args, out: added.append("forward" in m.__dict__))
+        hook = layers[0].register_forward_hook(lambda m, args, out: added.append("forward" in m.__dict__))
         scored = packing.forward_packs(model, packing.build_packs(pairs, 10_000), 8, 0)
         hook.remove()
         assert added and all(added) == (dtype == "bfloat16" and fold) and any(added) == all(added)
         assert dict(model.named_parameters()) == before  # the same Parameter objects, values unchanged
         assert all(torch.equal(values[n], p) for n, p in model.named_parameters())
-        assert not any("forward" in m.get_base_layer().__dict__ or m.merged for m in layers)
+        assert not any("forward" in m.__dict__ or m.merged for m in layers)
         scores[(dtype, fold)] = torch.tensor([scored[i].logprob_sum for i in range(len(pairs))])
     exact = scores[("float32", False)]
     inside, peft_path = (scores[("bfloat16", f)] - exact for f in (True, False))
     assert 0 < inside.abs().mean() <= 1.25 * peft_path.abs().mean()
     assert inside.abs().max() < 0.05
+
+
+def test_in_bfloat16_disabling_or_switching_adapters_inside_leaves_the_base_as_it_was(model_and_adapter):
+    """peft unmerges a merged adapter from the base's own weights when adapters are disabled or
+    switched; the bf16 path never says merged, so that cannot happen, and a disabled adapter
+    gives the base's own outputs inside as outside."""
+    path, adapter = model_and_adapter
+    adapters = AttachedAdapters(load_base(path, dtype="bfloat16"), {"a": adapter})
+    adapters.activate("a")
+    model = adapters.model
+    ids = torch.tensor([[5, 9, 14, 3, 7, 21]])
+    values = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        with model.disable_adapter():
+            base_logits = model(input_ids=ids).logits
+        with folded_lora(model):
+            with model.disable_adapter():
+                assert torch.equal(model(input_ids=ids).logits, base_logits)
+            model.set_adapter("a")
+            model(input_ids=ids)
+    assert all(torch.equal(values[n], p) for n, p in model.named_parameters())
+    assert not any("forward" in m.__dict__ for m in _foldable_layers(model))
 
 
 def test_an_error_inside_leaves_the_model_as_it_was(model_and_adapter):

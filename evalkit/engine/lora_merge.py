@@ -14,9 +14,11 @@ lasts, so an adapter whose weights would take more than FOLD_MAX_BYTES is not fo
 
 In bf16 (or fp16), W + delta would round a small trained update away (bf16 keeps 3 significant
 digits of W), so nothing is folded: the layer computes base(x), then adds (x A^T)(scaling B)^T
-into that output inside the rank-r matrix product (`addmm_`, accumulated in float32 and rounded
-once), instead of peft's four operations, each rounded to bf16 (A, B, the scaling, the sum). On
-SmolLM2 in bf16, peft's path made an adapter's choice scoring 0.55 s slower than the base's.
+into that output inside the rank-r matrix product (`addmm_`: the product accumulated in float32
+and added before the one rounding of the sum), where peft rounds lora_B's output, its scaling and
+the sum each to bf16. On SmolLM2 in bf16, peft's path made an adapter's choice scoring 0.55 s
+slower than the base's. The layer's forward is replaced for the while, not its base layer's:
+peft is not told the adapter is merged, so nothing inside can unmerge it from the base's weights.
 
 Plain LoRA on linear layers only; anything else (DoRA and the other variants, a LoRA bias,
 embeddings, several active adapters, adapters disabled, an adapter whose weights are not in the
@@ -39,7 +41,7 @@ def _foldable(model) -> list:
 
     layers: list[Any] = []  # peft LoRA layers (untyped: their base layer's weight is what is read)
     for module in model.modules():
-        if not isinstance(module, Linear) or module.disable_adapters or module.merged:
+        if not isinstance(module, Linear) or module.disable_adapters or module.merged or module.training:
             continue
         active = module.active_adapters
         if len(active) != 1 or active[0] not in module.lora_A or active[0] not in module.lora_B:
@@ -49,57 +51,70 @@ def _foldable(model) -> list:
             continue
         base = module.get_base_layer()
         if base.weight.dtype != torch.float32 and not (
-                isinstance(base, torch.nn.Linear)  # not GPT-2's Conv1D, whose weight is stored transposed
+                type(base) is torch.nn.Linear  # not GPT-2's Conv1D (its weight is stored transposed) or a subclass
+                and not (base._forward_hooks or base._forward_pre_hooks or "forward" in base.__dict__)  # offloading
                 and module.lora_A[name].weight.dtype == module.lora_B[name].weight.dtype == base.weight.dtype):
             continue
         layers.append(module)
-    folded = [m for m in layers if m.get_base_layer().weight.dtype == torch.float32]
-    if sum(m.get_base_layer().weight.nbytes for m in folded) > FOLD_MAX_BYTES:
-        return [m for m in layers if m not in folded]
+    folded = {id(m) for m in layers if m.get_base_layer().weight.dtype == torch.float32}
+    if sum(m.get_base_layer().weight.nbytes for m in layers if id(m) in folded) > FOLD_MAX_BYTES:
+        return [m for m in layers if id(m) not in folded]
     return layers
 
 
 @contextmanager
 def folded_lora(model):
-    """Inside, every foldable LoRA layer of `model` runs its base layer on merged weights (float32)
-    or with the adapter's product added inside it (lower precision)."""
+    """Inside, every foldable LoRA layer of `model` runs faster with the same adapter: a float32
+    one on merged weights, a lower-precision one with the adapter's product added inside."""
     import torch
 
     layers = _foldable(model) if hasattr(model, "disable_adapter") else []
-    swapped = []
+    merged, added = [], []
     try:
         with torch.no_grad():
             for module in layers:
                 name = module.active_adapters[0]
                 base = module.get_base_layer()
-                original = base.weight
-                swapped.append((module, name, original))
-                if original.dtype == torch.float32:
-                    base.weight = torch.nn.Parameter(original + module.get_delta_weight(name).to(original.dtype),
+                if base.weight.dtype == torch.float32:
+                    merged.append((module, name, base.weight))
+                    base.weight = torch.nn.Parameter(base.weight + module.get_delta_weight(name).to(torch.float32),
                                                      requires_grad=False)
+                    module.merged_adapters.append(name)  # peft's forward then runs the base layer only
                 else:
-                    base.forward = _with_lora_added(base, module.lora_A[name].weight,
-                                                    module.lora_B[name].weight * module.scaling[name])
-                module.merged_adapters.append(name)  # peft's forward then runs the base layer only
+                    added.append((module, module.__dict__.get("forward")))
+                    module.forward = _with_lora_added(module, name)
         yield
     finally:
-        for module, name, original in swapped:  # every weight back first, whatever peft did inside
-            base = module.get_base_layer()
-            base.weight = original
-            base.__dict__.pop("forward", None)
-        for module, name, _ in swapped:
+        for module, name, original in merged:  # every weight back first, whatever peft did inside
+            module.get_base_layer().weight = original
+        for module, name, _ in merged:
             if name in module.merged_adapters:
                 module.merged_adapters.remove(name)
+        for module, own in added:
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own
 
 
-def _with_lora_added(base, lora_a, scaled_b):
-    """`base`'s forward with (x A^T)(scaled B)^T added into its output by the rank-r product."""
+def _with_lora_added(module, name: str):
+    """The forward of `module` (peft's LoRA layer) with (x A^T)(scaling B)^T added into the base
+    layer's output by the rank-r product itself. peft's own forward runs instead wherever the layer
+    is no longer as it was when this was made (adapters disabled or switched, merged, arguments
+    beyond the input): peft's merge and unmerge would then act on the base's own weights."""
     import torch
 
-    def forward(x):
+    peft_forward = module.forward
+    base = module.get_base_layer()
+    lora_a = module.lora_A[name].weight
+    scaled_b = (module.lora_B[name].weight * module.scaling[name]).t()  # exact for a power-of-two scaling
+
+    def forward(x, *args, **kwargs):
+        if args or kwargs or module.disable_adapters or module.merged or list(module.active_adapters) != [name]:
+            return peft_forward(x, *args, **kwargs)
         out = torch.nn.functional.linear(x, base.weight, base.bias)
         low = torch.nn.functional.linear(x, lora_a)
-        out.view(-1, out.shape[-1]).addmm_(low.reshape(-1, low.shape[-1]), scaled_b.t())
+        out.view(-1, out.shape[-1]).addmm_(low.reshape(-1, low.shape[-1]), scaled_b)
         return out
 
     return forward
