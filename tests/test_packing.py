@@ -57,17 +57,23 @@ def test_packed_scores_equal_lm_eval_unpacked(arch, arch_models, monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_unpacked_scores_equal_lm_eval_unpacked(arch, arch_models):
+def test_unpacked_scores_equal_lm_eval_unpacked(arch, arch_models, monkeypatch):
     """The fallback and the packing check's reference: requests of similar length share a pass,
     right-padded with no mask, and score as lm-eval scores each."""
+    from evalkit.engine import packing
     from evalkit.engine.packing import forward_unpacked
 
     base = load_base(arch_models[arch])
     lm = EvalkitLM(pretrained=base.model, tokenizer=base.tokenizer, batch_size=8)
     requests = suite_requests(lm)[:60]
     plain = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
-    ours = forward_unpacked(base.model, [(list(c), list(t)) for _, c, t in requests], pad_id=0, batch_size=1)
-    assert len({len(c) + len(t) for _, c, t in requests}) > 3  # passes of several widths, padded
+    passes = []
+    score = packing._score
+    monkeypatch.setattr(packing, "_score", lambda model, inputs, spans, keep: passes.append(spans) or score(
+        model, inputs, spans, keep))
+    ours = forward_unpacked(base.model, [(list(c), list(t)) for _, c, t in requests], batch_size=4)
+    lengths = {k: len(c) + len(t) for k, (_, c, t) in enumerate(requests)}
+    assert any(len({lengths[k] for k, _, _ in spans}) > 1 for spans in passes)  # a pass with padded rows
     for k, (u_sum, u_greedy) in enumerate(plain):
         assert ours[k].logprob_sum == pytest.approx(u_sum, abs=1e-5)
         assert ours[k].greedy == u_greedy
@@ -302,7 +308,7 @@ def _sliding_window_mistral(tokenizer, folder: Path, window: int) -> Path:
 
 def test_a_bfloat16_model_with_an_adapter_passes_the_float32_check(tiny_llama, honesty_adapter, monkeypatch):
     """The common path: a bf16 Llama, its residual stream and head in float32, an adapter attached,
-    widened for the check and given its own tensors back, is scored packed."""
+    widened for the check and narrowed back, is scored packed."""
     from evalkit.engine.adapters import AttachedAdapters
 
     base = load_base(tiny_llama, dtype="bfloat16")
@@ -315,19 +321,20 @@ def test_a_bfloat16_model_with_an_adapter_passes_the_float32_check(tiny_llama, h
     assert {name: p.dtype for name, p in model.named_parameters()} == dtypes
 
 
-def test_the_float32_check_gives_a_model_its_own_tensors_back(tiny_llama):
-    """Widened for the check, every weight holds its own bf16 tensor again after it (the same
-    storage, nothing converted back), even when the check fails inside."""
+def test_the_float32_check_narrows_a_model_back_exactly(tiny_llama):
+    """Widened for the check, every weight is back in its own dtype with its own values after it,
+    even when the check fails inside."""
     import torch
 
     base = load_base(tiny_llama, dtype="bfloat16")
-    before = {name: (p.data_ptr(), p.dtype) for name, p in base.model.named_parameters()}
-    assert torch.bfloat16 in {dtype for _, dtype in before.values()}
+    before = {name: p.detach().clone() for name, p in base.model.named_parameters()}
+    assert torch.bfloat16 in {p.dtype for p in before.values()}
     with pytest.raises(RuntimeError, match="inside"):
         with packing_check._in_float32(base.model) as widened:
             assert widened and {p.dtype for p in base.model.parameters()} == {torch.float32}
             raise RuntimeError("inside")
-    assert {name: (p.data_ptr(), p.dtype) for name, p in base.model.named_parameters()} == before
+    after = dict(base.model.named_parameters())
+    assert all(after[name].dtype == p.dtype and torch.equal(after[name], p) for name, p in before.items())
 
 
 def test_a_sliding_window_in_bfloat16_is_caught_by_the_float32_check(world_tokenizer, tmp_path, monkeypatch,
@@ -350,7 +357,7 @@ def test_a_sliding_window_in_bfloat16_is_caught_by_the_float32_check(world_token
     assert "disagrees with one-sequence scoring on MistralForCausalLM" in caplog.text  # caught, not failed to run
     assert list(packing_check.verdicts().values()) == [False]
     assert packing_check.layout(base.model).startswith("scoring unpacked")
-    plain = forward_unpacked(base.model, [(list(c), list(t)) for _, c, t in requests], base.tokenizer.pad_token_id)
+    plain = forward_unpacked(base.model, [(list(c), list(t)) for _, c, t in requests])
     assert [s for s, _ in ours] == pytest.approx([plain[i].logprob_sum for i in range(len(requests))], abs=0.05)
     after = dict(base.model.named_parameters())
     assert {n: p.dtype for n, p in after.items()} == {n: p.dtype for n, p in before.items()}

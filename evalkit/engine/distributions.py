@@ -52,7 +52,7 @@ def along_continuations(model, tokenizer, pairs: list[tuple[list[int], list[int]
         except Exception as exc:  # a model that cannot take the packed layout after all
             record_packing_failure(model, first_line(exc))
     if scored is None:
-        scored = forward_unpacked(model, requests, pad, batch_size, keep_rows=True)
+        scored = forward_unpacked(model, requests, batch_size, keep_rows=True)
     out = [Along([], np.zeros((0, vocab), dtype=np.float32), 0.0, []) for _ in pairs]
     for r, k in enumerate(which):
         s = scored[r]

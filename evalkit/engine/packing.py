@@ -217,15 +217,18 @@ def row_width(packs: list[Pack]) -> int:
 
 # A forward pass takes about batch_size * PASS_TOKENS_PER_BATCH tokens in float32 (1,024 at the
 # default --batch-size 32), twice as many in a 2-byte dtype (the same bytes of activations), or one
-# row where a row is wider. Larger passes ran slower on SmolLM2 (activations fall out of cache):
+# row where a row is wider; a pass that keeps every scored position's log-softmax (KL) keeps the
+# float32 count, since those rows are float32 in any dtype (1,024 x 262k vocabulary: 1 GiB).
+# Larger passes ran slower on SmolLM2 (activations fall out of cache):
 # choice scoring with an adapter, fp32, 5.9 s at 1,024 tokens a pass, 6.5 s at 2,048, 7.8 s at
 # 4,096; bf16 (the adapter added inside the product) 3.1 s at 1,024, 2.8 s at 2,048, 3.3 s at 4,096.
 PASS_TOKENS_PER_BATCH = 32
 
 
-def pass_tokens(model, batch_size: int) -> int:
+def pass_tokens(model, batch_size: int, keep_rows: bool) -> int:
     """How many tokens a scoring pass holds: PASS_TOKENS_PER_BATCH per batch slot in float32."""
-    return batch_size * PASS_TOKENS_PER_BATCH * 4 // next(model.parameters()).element_size()
+    size = 4 if keep_rows else next(model.parameters()).element_size()
+    return batch_size * PASS_TOKENS_PER_BATCH * 4 // size
 
 
 # Folding an adapter into the weights (lora_merge) costs about as much as peft's LoRA path does
@@ -242,7 +245,7 @@ def forward_packs(model, packs: list[Pack], batch_size: int, pad_id: int,
         return {}
     width = row_width(packs)
     rows = fill_rows(packs, width)
-    per_forward = max(1, pass_tokens(model, batch_size) // width)
+    per_forward = max(1, pass_tokens(model, batch_size, keep_rows) // width)
     results: dict[int, PackedLogprobs] = {}
     with folded_lora(model) if sum(len(p.tokens) for p in packs) >= FOLD_MIN_TOKENS else nullcontext():
         for start in range(0, len(rows), per_forward):
@@ -274,24 +277,25 @@ def forward_rows(model, rows: list[list[Pack]], pad_id: int, keep_rows: bool = F
     return _score(model, {"input_ids": ids, "attention_mask": mask, "position_ids": positions}, spans, keep_rows)
 
 
-def forward_unpacked(model, requests: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32,
+def forward_unpacked(model, requests: list[tuple[list[int], list[int]]], batch_size: int = 32,
                      keep_rows: bool = False) -> dict[int, PackedLogprobs]:
     """Each (context, continuation) as its own sequence, as lm-eval's HF path scores them: for a
     model that cannot take the packed layout. Sequences of similar length share a pass, padded on
-    the right with no attention mask: a causal model's tokens never see what comes after them, so
-    the padding touches nothing that is scored, and no model's own padding logic is relied on."""
+    the right with token 0 (as lm-eval pads; every vocabulary has it) and no attention mask: a
+    causal model's tokens never see what comes after them, so the padding touches nothing that is
+    scored, and no model's own padding logic is relied on."""
     import torch
 
-    fed = [context + continuation[:-1] for context, continuation in requests]
     if any(not context for context, _ in requests):
-        raise RuntimeError("a request with no context cannot be scored")
+        raise ValueError("a request with no context cannot be scored")
+    fed = [context + continuation[:-1] for context, continuation in requests]
     order = sorted(range(len(requests)), key=lambda k: -len(fed[k]))
     results: dict[int, PackedLogprobs] = {}
     start = 0
     while start < len(order):
         width = len(fed[order[start]])  # the longest left: a pass's rows are as wide as its first
-        batch = order[start : start + max(1, pass_tokens(model, batch_size) // width)]
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        batch = order[start : start + max(1, pass_tokens(model, batch_size, keep_rows) // width)]
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
         spans = []
         for r, k in enumerate(batch):
             context, continuation = requests[k]
@@ -348,8 +352,8 @@ def _score(model, inputs: dict, spans: list[tuple[int, list[int], list[int]]],
 
 
 def _normaliser_and_argmax(logits):
-    """Each row's log-normaliser and argmax (the first of tied largest logits, as lm-eval decides
-    greedy), not a written-out log-softmax (189 ms for SmolLM2's 3,216 scored positions). In blocks
+    """Each row's log-normaliser and argmax (the first of tied largest logits, as argmax gives
+    lm-eval's greedy test), not a written-out log-softmax (189 ms for SmolLM2's 3,216 scored positions). In blocks
     of 64 rows (12 MiB, cache-sized): the normaliser took 95 ms so, 251 ms at once; and max(dim)'s
     indices, which take the first of ties as argmax does, at half argmax's time on CPU (112 ms
     against 212 ms for 3,400 x 49,152 logits)."""

@@ -16,9 +16,9 @@ as much as a broken layout errs (SmolLM2: median 0.009 nats per token, largest 0
 16 ignored on a tiny Mistral: median 0.011, largest 0.087), so no bf16 tolerance tells them
 apart; in float32 they differ by summation order alone (up to 1.5e-5 per token on SmolLM2,
 2.9e-5 on Gemma 3's 262k vocabulary) and a token that sees the wrong tokens moves 1e-2 and more.
-A lower-precision model is widened in place for the check (every bf16 or fp16 value is a
-float32 value) and given its own tensors back after it; where the float32 copies would not fit
-in free memory, the model is scored unpacked.
+A lower-precision model is widened in place for the check and narrowed back exactly (every
+bf16 or fp16 value is a float32 value); where that would not fit in free memory, the model is
+scored unpacked.
 
 Generation and prompt-end activations batch prompts left-padded, which a model must also
 honour: `left_padding_respected` compares a padded prompt's next-token logits with the prompt's
@@ -118,7 +118,7 @@ def packing_verified(model, requests: list[tuple[list[int], list[int]]], pad_id:
                 _PADDING[key] = _padding_respected(model, pad_id)
             packs = build_packs(probe, max_length)  # laid out in rows as forward_packs lays them
             packed = forward_rows(model, fill_rows(packs, row_width(packs)), pad_id)
-            plain = forward_unpacked(model, probe, pad_id)
+            plain = forward_unpacked(model, probe)
     except Exception as exc:  # Bloom, for one, builds its alibi from a 2-D mask and cannot take a 4-D one
         record_packing_failure(model, first_line(exc))
         return False
@@ -190,27 +190,27 @@ def _length(request: tuple[list[int], list[int]]) -> int:
 
 @contextmanager
 def _in_float32(model) -> Iterator[bool]:
-    """Within: every floating parameter and buffer of `model` in float32; on exit each holds its
-    own low-precision tensor again (kept aside, not converted back). Yields False (and changes
-    nothing) where the float32 copies would take more than half the free memory of the model's
-    device."""
+    """Within: every floating parameter and buffer of `model` in float32, narrowed back exactly
+    on exit (each one converted as it goes: the widening takes 2 more bytes a bf16 value, where
+    keeping the originals aside would take 4). Yields False (and changes nothing) where that would
+    take more than half the free memory of the model's device."""
     import torch
 
-    low = [t for t in {id(t): t for t in chain(model.parameters(), model.buffers())}.values()
+    low = [(t, t.dtype) for t in {id(t): t for t in chain(model.parameters(), model.buffers())}.values()
            if t.is_floating_point() and t.dtype != torch.float32]
     device = next(model.parameters()).device
-    if sum(t.numel() * 4 for t in low) > _free_bytes(device) / 2:
+    if sum(t.numel() * (4 - t.element_size()) for t, _ in low) > _free_bytes(device) / 2:
         yield False
         return
-    kept = []
+    widened = []
     try:
-        for t in low:  # each given back below, even if a later one fails to widen
-            kept.append((t, t.data))
+        for t, dtype in low:  # each narrowed back below, even if a later one fails to widen
             t.data = t.data.float()
+            widened.append((t, dtype))
         yield True
     finally:
-        for t, own in kept:
-            t.data = own
+        for t, dtype in widened:
+            t.data = t.data.to(dtype)
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the float32 copies' blocks, else counted as used by the next check
 
