@@ -99,9 +99,9 @@ def folded_lora(model):
 
 def _with_lora_added(module, name: str):
     """The forward of `module` (peft's LoRA layer) with (x A^T)(scaling B)^T added into the base
-    layer's output by the rank-r product itself. peft's own forward runs instead wherever the layer
-    is no longer as it was when this was made (adapters disabled or switched, merged, arguments
-    beyond the input): peft's merge and unmerge would then act on the base's own weights."""
+    layer's output by the rank-r product itself. The layer's own forward runs instead wherever the
+    layer is no longer as it was when this was made (adapters disabled or switched, merged,
+    arguments beyond the input)."""
     import torch
 
     peft_forward = module.forward
