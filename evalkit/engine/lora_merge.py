@@ -49,17 +49,25 @@ def _foldable(model) -> list:
         name = active[0]
         if module.use_dora.get(name, False) or name in module.lora_variant or module.lora_bias.get(name, False):
             continue
-        base = module.get_base_layer()
-        if base.weight.dtype != torch.float32 and not (
-                type(base) is torch.nn.Linear  # not GPT-2's Conv1D (its weight is stored transposed) or a subclass
-                and not (base._forward_hooks or base._forward_pre_hooks or "forward" in base.__dict__)  # offloading
-                and module.lora_A[name].weight.dtype == module.lora_B[name].weight.dtype == base.weight.dtype):
+        if module.get_base_layer().weight.dtype != torch.float32 and not _can_add_inside(module, name):
             continue
         layers.append(module)
     folded = {id(m) for m in layers if m.get_base_layer().weight.dtype == torch.float32}
     if sum(m.get_base_layer().weight.nbytes for m in layers if id(m) in folded) > FOLD_MAX_BYTES:
         return [m for m in layers if id(m) not in folded]
     return layers
+
+
+def _can_add_inside(module, name: str) -> bool:
+    """May a lower-precision layer's adapter be added inside its base's product? The base is a
+    plain Linear (not GPT-2's Conv1D, whose weight is stored transposed, nor a subclass with a
+    forward of its own), nothing hooks it (offloading does), and the adapter is in its dtype."""
+    import torch
+
+    base = module.get_base_layer()
+    return (type(base) is torch.nn.Linear
+            and not (base._forward_hooks or base._forward_pre_hooks or "forward" in base.__dict__)
+            and module.lora_A[name].weight.dtype == module.lora_B[name].weight.dtype == base.weight.dtype)
 
 
 @contextmanager

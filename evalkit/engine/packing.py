@@ -323,7 +323,7 @@ def _score(model, inputs: dict, spans: list[tuple[int, list[int], list[int]]],
     elif logits.shape[:2] == (1, len(needed)):
         logits = logits[0]
     else:
-        raise RuntimeError(f"the model reshaped the head's output to {tuple(logits.shape)}; cannot score packed")
+        raise RuntimeError(f"the model reshaped the head's output to {tuple(logits.shape)}; cannot score it")
     logits = logits.float()
     normaliser, best = _normaliser_and_argmax(logits)
     # Every request's (position, target token) gathered where the logits are, in one go: on a GPU
@@ -332,7 +332,7 @@ def _score(model, inputs: dict, spans: list[tuple[int, list[int], list[int]]],
     flat_targets = [t for _, _, continuation in spans for t in continuation]
     # Checked here: on a GPU an index out of range is a device-side assert that ends the CUDA context.
     if any(len(at) != len(continuation) for _, at, continuation in spans):
-        raise RuntimeError("a packed request's scored positions do not match its continuation")
+        raise RuntimeError("a request's scored positions do not match its continuation")
     if max(flat_targets, default=0) >= logits.shape[-1] or min(flat_targets, default=0) < 0:
         raise IndexError(f"a continuation token lies outside the model's {logits.shape[-1]} logits")
     at_rows = torch.tensor([row_of[p] for _, at, _ in spans for p in at], dtype=torch.long, device=device)
@@ -353,10 +353,10 @@ def _score(model, inputs: dict, spans: list[tuple[int, list[int], list[int]]],
 
 def _normaliser_and_argmax(logits):
     """Each row's log-normaliser and argmax (the first of tied largest logits, as argmax gives
-    lm-eval's greedy test), not a written-out log-softmax (189 ms for SmolLM2's 3,216 scored positions). In blocks
-    of 64 rows (12 MiB, cache-sized): the normaliser took 95 ms so, 251 ms at once; and max(dim)'s
-    indices, which take the first of ties as argmax does, at half argmax's time on CPU (112 ms
-    against 212 ms for 3,400 x 49,152 logits)."""
+    lm-eval's greedy test), not a written-out log-softmax (189 ms for SmolLM2's 3,216 scored
+    positions). In blocks of 64 rows (12 MiB, cache-sized): the normaliser took 95 ms so, 251 ms
+    at once; max(dim)'s indices, which take the first of ties as argmax does, half argmax's time
+    on CPU (112 ms against 212 ms for 3,400 x 49,152 logits)."""
     import torch
 
     normaliser, best = [], []
