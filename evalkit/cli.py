@@ -197,7 +197,7 @@ def run(
     suite_paths = suite or [default_folder("probes")]
     gating = None
     if gate_policy is not None and baseline is not None:
-        gating = prepare_gate(baseline, gate_policy, load_suites(suite_paths), junit)
+        gating = prepare_gate(baseline, gate_policy, load_suites(suite_paths), junit, settings.dtype)
     if not discover and (control or prompts):
         raise EvalkitError("--control and --prompts go with --discover")
     discovery = DiscoveryRequest(controls=tuple(control or []), prompts=prompts) if discover else None

@@ -128,3 +128,25 @@ def test_bad_gate_input_is_one_line_exit_2(runs, tmp_path, case, expected):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in done.stderr
     assert not (tmp_path / "j.xml").exists()
+
+
+def _in_dtype(source: Path, out: Path, dtype: str) -> Path:
+    record = json.loads(source.read_text())
+    record["manifest"]["decoding"]["dtype"] = dtype
+    out.write_text(json.dumps(record))
+    return out
+
+
+def test_a_baseline_in_another_dtype_is_refused_before_any_model_work(runs, tmp_path):
+    """bf16 moves every score: across dtypes the gate would judge the precision, not the change."""
+    policy = ROOT / "evalkit" / "decide" / "policies" / "default.yaml"
+    candidate = _in_dtype(runs["s1"], tmp_path / "bf16.json", "bfloat16")
+    done = evalkit("gate", "--baseline", runs["s0"], "--candidate", candidate, "--policy", policy)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "the baseline's scores were computed in float32 but the candidate's in bfloat16" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    # run --gate: refused from the baseline alone, before the model is loaded or anything is written
+    done = evalkit("run", "--adapter", runs["work"] / "honesty-s1", "--base", runs["tiny"], "--out", tmp_path / "out",
+                   "--gate", policy, "--baseline", candidate)
+    assert done.returncode == 2 and "but this run's in float32" in done.stderr, done.stdout + done.stderr
+    assert not (tmp_path / "out").exists()

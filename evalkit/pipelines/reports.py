@@ -14,6 +14,7 @@ from evalkit.decide.gate import (
     check_item_sets,
     check_outputs,
     check_policy,
+    check_same_dtype,
     check_same_questions,
     check_same_scoring,
     check_testable,
@@ -83,8 +84,8 @@ def gate(baseline: Path, candidate: Path, policy_path: Optional[Path], junit: Op
     return outcomes
 
 
-def prepare_gate(baseline: Path, policy_path: Path, suites: list[LoadedSuite],
-                 junit: Optional[Path]) -> tuple[Policy, RunRecord]:
+def prepare_gate(baseline: Path, policy_path: Path, suites: list[LoadedSuite], junit: Optional[Path],
+                 dtype: str) -> tuple[Policy, RunRecord]:
     """`run --gate`: the policy, the baseline and the JUnit path are checked before any model work,
     against the suites the run will evaluate."""
     policy = load_policy(policy_path)
@@ -94,6 +95,7 @@ def prepare_gate(baseline: Path, policy_path: Path, suites: list[LoadedSuite],
     planned = {(s.name, item_id): (c.prompt, list(c.options)) for s in suites for item_id, c in s.questions().items()}
     where = f"{baseline} vs the suites of this run"
     check_item_sets({(i.suite, i.item_id) for i in record.items}, set(planned), policy.item_tolerance, where=where)
+    check_same_dtype(record, dtype, "this run", where)
     check_same_scoring(record, {s.name: s.scoring() for s in suites}, "this run's suites", where)
     check_same_questions(record, planned, "this run's suites", where)
     check_testable(record, policy, where)
