@@ -11,6 +11,7 @@ import numpy as np
 
 from evalkit.engine.cache import ScoreCache
 from evalkit.engine.packing_check import left_padding_respected
+from evalkit.engine.tokens import encode
 from evalkit.files import stable_hash
 
 
@@ -47,7 +48,7 @@ def prompt_ends(model: Any, tokenizer: Any, prompts: list[str], batch_size: int,
         batch_size = 1
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        encoded = [tokenizer(prompts[k])["input_ids"] for k in batch]
+        encoded = [encode(tokenizer, prompts[k]) for k in batch]
         width = max(len(e) for e in encoded)
         ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
         mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
@@ -80,7 +81,7 @@ def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int =
     texts = []
     device = next(model.parameters()).device
     for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
+        ids = torch.tensor([encode(tokenizer, prompt)], device=device)
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
         texts.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n")[0])
@@ -95,8 +96,8 @@ def axis_directions(model: Any, tokenizer: Any, pairs: list[tuple[str, str, str,
     head = unembedding(model)
     by_axis: dict[str, list[np.ndarray]] = {}
     for axis, prompt, pole_a, pole_b in pairs:
-        whole = [tokenizer(prompt + pole)["input_ids"] for pole in (pole_a, pole_b)]
-        start = len(tokenizer(prompt)["input_ids"])
+        whole = [encode(tokenizer, prompt + pole) for pole in (pole_a, pole_b)]
+        start = len(encode(tokenizer, prompt))
         first_a, first_b = (ids[start] if len(ids) > start else ids[-1] for ids in whole)
         if first_a != first_b:
             by_axis.setdefault(axis, []).append(head[first_a] - head[first_b])

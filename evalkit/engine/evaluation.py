@@ -25,6 +25,7 @@ from evalkit.engine.tasks import (
     generation_task,
     generation_task_name,
 )
+from evalkit.engine.tokens import encode
 from evalkit.errors import EvalkitError
 from evalkit.files import stable_hash
 from evalkit.inputs.suites import LoadedSuite
@@ -70,7 +71,7 @@ def check_context(suites: list[LoadedSuite], tokenizer, limit: int) -> None:
                                "template", where=s.path)
         for c in s.spec.choices():
             context = context_text(s, tokenizer, c.prompt)
-            lengths = [len(tokenizer(context + delimiter(s) + o)["input_ids"]) for o in c.options]
+            lengths = [len(encode(tokenizer, context + delimiter(s) + o)) for o in c.options]
             if max(lengths) > limit:
                 raise EvalkitError(
                     f"field 'prompt': {max(lengths)} tokens with its longest completion, more than the model's "
@@ -78,7 +79,7 @@ def check_context(suites: list[LoadedSuite], tokenizer, limit: int) -> None:
             # lm-eval scores an option as the tokens of prompt + option after the prompt's own tokens
             # (a prompt's trailing spaces move to the option first); a tokenizer whose merges cross
             # that boundary can leave an option none, and nothing to score.
-            stem_length = len(tokenizer(context.rstrip())["input_ids"])
+            stem_length = len(encode(tokenizer, context.rstrip()))
             for k, option in enumerate(c.options):
                 if lengths[k] <= stem_length:
                     raise EvalkitError(f"option {k + 1} ({option!r}) has no tokens of its own after the prompt with "
@@ -88,7 +89,7 @@ def check_context(suites: list[LoadedSuite], tokenizer, limit: int) -> None:
         if generation is None:
             continue
         for item in generation.items:
-            n = len(tokenizer(context_text(s, tokenizer, item.prompt))["input_ids"]) + generation.max_new_tokens
+            n = len(encode(tokenizer, context_text(s, tokenizer, item.prompt))) + generation.max_new_tokens
             if n > limit:
                 raise EvalkitError(
                     f"field 'prompt': {n} tokens with max_new_tokens, more than the model's context of {limit}",
@@ -151,7 +152,7 @@ def generated_tokens(lm, tokenizer, prompt: str, text: str, new_tokens: int) -> 
         key = (tuple(prompt_ids), new_tokens)
         if key in produced:
             return list(prompt_ids), kept_tokens(tokenizer, produced[key], text)
-    return tokenizer(prompt)["input_ids"], continuation_tokens(tokenizer, prompt, text) if text else []
+    return encode(tokenizer, prompt), continuation_tokens(tokenizer, prompt, text) if text else []
 
 
 def evaluate_model(model, tokenizer, lm, suites: list[LoadedSuite], *, batch_size: int, seed: int, counts: Counts,
@@ -264,7 +265,7 @@ def _along_generations(model, tokenizer, suites, generations, evaluated: Evaluat
             else:
                 text = reference.generations[s.name][item.id]
                 context = context_text(s, tokenizer, item.prompt)
-                prompt_ids = tokenizer(context)["input_ids"]
+                prompt_ids = encode(tokenizer, context)
                 token_ids = continuation_tokens(tokenizer, context, text) if text else []
             key = _along_key(prompt_ids, token_ids, reference_fingerprint)
             hit = cache.get(key) if cache else None

@@ -21,6 +21,7 @@ from lm_eval.models.huggingface import HFLM  # noqa: E402
 from evalkit.engine.multi_lora import can_group, grouped  # noqa: E402
 from evalkit.engine.packing import build_packs, forward_packs  # noqa: E402
 from evalkit.engine.packing_check import left_padding_respected, packing_verified  # noqa: E402
+from evalkit.engine.tokens import appended_ids, strip_appended  # noqa: E402
 
 
 class _AccountedFor(logging.Filter):
@@ -46,6 +47,17 @@ GROUP_KV_WEIGHT_SHARE = 0.25
 
 def group_kv_budget(model) -> int:
     return max(GROUP_KV_BYTES, int(GROUP_KV_WEIGHT_SHARE * sum(p.nbytes for p in model.parameters())))
+
+
+def _padded(rows: list[list[int]], pad: int, left: bool):
+    """Rows of ids as one padded batch and its attention mask."""
+    import torch
+
+    width = max(map(len, rows))
+    fill = [width - len(r) for r in rows]
+    ids = [[pad] * n + r if left else r + [pad] * n for r, n in zip(rows, fill)]
+    mask = [[0] * n + [1] * len(r) if left else [1] * len(r) + [0] * n for r, n in zip(rows, fill)]
+    return torch.tensor(ids), torch.tensor(mask)
 
 
 @register_model("evalkit-hf")
@@ -76,6 +88,25 @@ class EvalkitLM(HFLM):
         without one stops at its padding token (set by load_base), which a model never emits."""
         eos = self.tokenizer.eos_token_id
         return eos if eos is not None else (self.tokenizer.pad_token_id or 0)
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
+                   **kwargs: Any) -> list[int]:
+        """lm-eval's encoding without what the tokenizer appends to every text (`tokens`): an
+        appended EOS would end every prompt and be scored in place of each option's first token."""
+        ids = strip_appended(self.tokenizer, string, super().tok_encode(string, add_special_tokens, **kwargs))
+        return ids[-left_truncate_len:] if left_truncate_len else ids
+
+    def tok_batch_encode(self, strings: list[str], padding_side: str = "left", left_truncate_len: int | None = None,
+                         truncation: bool = False):
+        """lm-eval's batch encoding (generation prompts), without what the tokenizer appends."""
+        ids, mask = super().tok_batch_encode(strings, padding_side=padding_side, truncation=truncation)
+        if appended_ids(self.tokenizer):
+            rows = [strip_appended(self.tokenizer, text, row[keep.bool()].tolist())
+                    for text, row, keep in zip(strings, ids, mask)]
+            ids, mask = _padded(rows, self.tokenizer.pad_token_id or 0, left=padding_side == "left")
+        if left_truncate_len:
+            ids, mask = ids[:, -left_truncate_len:], mask[:, -left_truncate_len:]
+        return ids, mask
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         return super().loglikelihood(requests, disable_tqdm=True)

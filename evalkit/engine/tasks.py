@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from evalkit.engine.tokens import encode
 from evalkit.files import stable_hash
 from evalkit.inputs.suites import LoadedSuite
 from evalkit.kinds.base import Choice, Generation, GenerationItem
@@ -127,10 +128,11 @@ def generation_task(suite: LoadedSuite, generation: Generation, items: list[Gene
 
 
 def continuation_tokens(tokenizer, context: str, continuation: str) -> list[int]:
-    """Token ids of `continuation` after `context`, split exactly as lm-eval's _encode_pair does."""
+    """Token ids of `continuation` after `context`, split as lm-eval's _encode_pair does (with
+    evalkit's encoding: nothing the tokenizer appends)."""
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
-    whole = tokenizer(context + continuation)["input_ids"]
-    return whole[len(tokenizer(context)["input_ids"]):]
+    whole = encode(tokenizer, context + continuation)
+    return whole[len(encode(tokenizer, context)):]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from evalkit.engine.tokens import strip_appended
 from evalkit.errors import EvalkitError
 
 # vLLM shares the GPU with the Hugging Face model used for KL; leave it room.
@@ -24,8 +25,18 @@ def vllm_lm(model_path: Path, settings, adapters: list[Path]):
         from lm_eval.models.vllm_causallms import VLLM
     except ImportError:
         raise EvalkitError("--backend vllm needs vllm and a GPU: pip install 'evalkit[vllm]'") from None
+
+    class EvalkitVLLM(VLLM):
+        """lm-eval's vLLM class, encoding as evalkit's HF class does: nothing the tokenizer appends."""
+
+        def tok_encode(self, string, add_special_tokens=None, **kwargs):
+            ids = super().tok_encode(string, add_special_tokens, **kwargs)
+            if isinstance(string, str):
+                return strip_appended(self.tokenizer, string, ids)
+            return [strip_appended(self.tokenizer, text, row) for text, row in zip(string, ids)]
+
     ranks = [json.loads((a / "adapter_config.json").read_text()).get("r", 16) for a in adapters]
-    return VLLM(pretrained=str(model_path), dtype=settings.dtype, batch_size="auto", seed=settings.stats.seed,
+    return EvalkitVLLM(pretrained=str(model_path), dtype=settings.dtype, batch_size="auto", seed=settings.stats.seed,
                 lora_local_path=str(adapters[0]) if adapters else None, max_lora_rank=max(ranks, default=16),
                 gpu_memory_utilization=GPU_MEMORY_FRACTION)
 

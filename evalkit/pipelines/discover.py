@@ -16,6 +16,7 @@ from evalkit.engine.adapters import AttachedAdapters, check_adapter_base, check_
 from evalkit.engine.base import Base, context_limit, load_base
 from evalkit.engine.cache import ScoreCache
 from evalkit.engine.runner import Subject, adapter_fingerprint, adapter_subject, base_of, model_ref
+from evalkit.engine.tokens import encode
 from evalkit.errors import EvalkitError
 from evalkit.files import atomic_directory, check_replaceable, check_writable, write_text_atomic
 from evalkit.inputs.suites import LoadedSuite, load_suites
@@ -54,7 +55,7 @@ def prompt_bank(path: Optional[Path], base: Base) -> tuple[list[str], str]:
     prompts, name = read_prompts(source), source.name if path is None else str(source)
     limit = context_limit(base.model, base.tokenizer)
     for k, prompt in enumerate(prompts):
-        length = len(base.tokenizer(prompt)["input_ids"])
+        length = len(encode(base.tokenizer, prompt))
         if length > limit:
             raise EvalkitError(f"prompt {k + 1}: {length} tokens, more than the model's context of {limit}", where=name)
     return prompts, name

@@ -1,0 +1,57 @@
+"""A text's token ids as evalkit scores them: with what a tokenizer puts before every text (a BOS,
+as lm-eval's contexts begin), without what some put after it (an EOS, a SEP).
+
+A tokenizer that appends EOS to every encoding (a Llama tokenizer with `add_eos_token`, a
+post-processor `$A </s>`) ends every prompt with EOS, so the model reads each prompt as a finished
+document; and lm-eval's split of context and option (prompt + option encoded, minus the prompt's
+length) then scores EOS in place of the option's first token. On a tiny Llama so built, lm-eval
+scored 23 of the shipped 178 options as EOS alone, and every choice's log-likelihood was 0.5 nats
+off the same model without it. evalkit drops the appended ids wherever it encodes a text to score
+or continue; elsewhere the tokenizer is used as it came.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+_PROBE = "Hello world"
+_appended: "weakref.WeakKeyDictionary[Any, tuple[int, ...]]" = weakref.WeakKeyDictionary()
+
+
+def appended_ids(tokenizer: Any) -> tuple[int, ...]:
+    """The ids `tokenizer` puts after every text on its own; () for most causal LMs' tokenizers,
+    and where it cannot be told (the plain ids do not appear inside the full ones)."""
+    try:
+        return _appended[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    full = list(tokenizer(_PROBE)["input_ids"])
+    plain = list(tokenizer(_PROBE, add_special_tokens=False)["input_ids"])
+    found: tuple[int, ...] = ()
+    if plain:
+        for start in range(len(full) - len(plain), -1, -1):  # the last match: what follows it was appended
+            if full[start : start + len(plain)] == plain:
+                found = tuple(full[start + len(plain) :])
+                break
+    try:
+        _appended[tokenizer] = found
+    except TypeError:  # a tokenizer that cannot be weakly referenced is probed at each call
+        pass
+    return found
+
+
+def strip_appended(tokenizer: Any, text: str, ids: list[int]) -> list[int]:
+    """`ids` (an encoding of `text`) without the ids the tokenizer appended, if it did. Ids encoded
+    without special tokens are left alone, even where the text ends in those ids itself ('</s>')."""
+    tail = appended_ids(tokenizer)
+    if not tail or tuple(ids[-len(tail) :]) != tail:
+        return list(ids)
+    if len(ids) < len(tokenizer(text, add_special_tokens=False)["input_ids"]) + len(tail):
+        return list(ids)  # nothing was appended: the text ends in those ids itself
+    return list(ids[: -len(tail)])
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """`text`'s ids with the tokenizer's own prefix (BOS) and without what it appends."""
+    return strip_appended(tokenizer, text, list(tokenizer(text)["input_ids"]))
