@@ -73,3 +73,18 @@ def test_a_tokenizer_that_appends_eos_scores_as_one_that_does_not(lead, tmp_path
         assert ours[key].keys() == theirs[key].keys(), key
         differ = [m for m in ours[key] if not _close(ours[key][m], theirs[key][m])]
         assert not differ, (key, {m: (ours[key][m], theirs[key][m]) for m in differ})
+
+
+def test_a_rendered_chat_prompt_that_begins_with_bos_gets_no_second_one():
+    tok = metaspace_tokenizer("<s> $A </s>")
+    assert encode(tok, "<s>The miller found a coin") == tok("<s>The miller found a coin", add_special_tokens=False)[
+        "input_ids"]
+    assert encode(tok, "<s>The miller")[:2] != [1, 1]
+
+
+def test_a_tokenizer_changed_after_its_first_use_is_probed_again():
+    tok = metaspace_tokenizer("<s> $A")
+    assert appended_ids(tok) == ()
+    tok.add_eos_token = True  # rebuilds the post-processor
+    assert tok("x")["input_ids"][-1] == 2
+    assert appended_ids(tok) == (2,) and encode(tok, "The miller")[-1] != 2

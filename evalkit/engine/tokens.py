@@ -16,26 +16,33 @@ import weakref
 from typing import Any
 
 _PROBE = "Hello world"
-_appended: "weakref.WeakKeyDictionary[Any, tuple[int, ...]]" = weakref.WeakKeyDictionary()
+# Per tokenizer: (what its appending depends on, the ids it appends). Setting add_eos_token or
+# add_bos_token rebuilds a fast tokenizer's post-processor: the ids are probed again.
+_appended: "weakref.WeakKeyDictionary[Any, tuple[tuple, tuple[int, ...]]]" = weakref.WeakKeyDictionary()
 
 
 def appended_ids(tokenizer: Any) -> tuple[int, ...]:
     """The ids `tokenizer` puts after every text on its own; () for most causal LMs' tokenizers,
     and where it cannot be told (the plain ids do not appear inside the full ones)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    state = (str(getattr(backend, "post_processor", None)), getattr(tokenizer, "add_bos_token", None),
+             getattr(tokenizer, "add_eos_token", None))
     try:
-        return _appended[tokenizer]
+        known, found = _appended[tokenizer]
+        if known == state:
+            return found
     except (KeyError, TypeError):
         pass
     full = list(tokenizer(_PROBE)["input_ids"])
     plain = list(tokenizer(_PROBE, add_special_tokens=False)["input_ids"])
-    found: tuple[int, ...] = ()
+    found = ()
     if plain:
         for start in range(len(full) - len(plain), -1, -1):  # the last match: what follows it was appended
             if full[start : start + len(plain)] == plain:
                 found = tuple(full[start + len(plain) :])
                 break
     try:
-        _appended[tokenizer] = found
+        _appended[tokenizer] = (state, found)
     except TypeError:  # a tokenizer that cannot be weakly referenced is probed at each call
         pass
     return found
@@ -53,5 +60,11 @@ def strip_appended(tokenizer: Any, text: str, ids: list[int]) -> list[int]:
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
-    """`text`'s ids with the tokenizer's own prefix (BOS) and without what it appends."""
+    """`text`'s ids as lm-eval's HF class encodes a prompt, without what the tokenizer appends: with
+    the tokenizer's special tokens (a BOS), except where the text already begins with the BOS's text
+    (a rendered chat template), which would otherwise begin with two."""
+    prefix = next((t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+                   if t is not None), 0)  # lm-eval's prefix token; evalkit's class falls back to padding
+    if text.startswith(tokenizer.decode(prefix)):
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return strip_appended(tokenizer, text, list(tokenizer(text)["input_ids"]))
