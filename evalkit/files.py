@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import tempfile
@@ -251,10 +252,11 @@ def check_writable(path: Path) -> None:
         raise cannot_write(path, exc) from None
 
 
-# File systems allow 255 bytes a name; a folder written whole is made as .NAME.<8 chars>.tmp beside it.
+# File systems allow 255 bytes a name; a folder written whole is made as .NAME.<8 chars>.tmp beside it
+# (and the folder it replaces is moved aside as .NAME.<8 hex digits>.old).
 NAME_BYTES = 255 - len("..12345678.tmp")
 # What a write or swap in progress (or killed) leaves beside its target: not a finished output.
-IN_PROGRESS = re.compile(r"\..+\.([A-Za-z0-9_]{8}\.tmp|old)")
+IN_PROGRESS = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.(tmp|old)")
 
 
 def check_name_length(path: Path) -> None:
@@ -488,11 +490,23 @@ def _locked(final: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _swapped_out(final: Path) -> re.Pattern[str]:
+    """The name a swap gives the folder it replaces: .NAME.<8 hex digits>.old, a name no user gives."""
+    return re.compile(re.escape(f".{final.name}.") + r"[0-9a-f]{8}\.old")
+
+
 def recover_swap(final: Path) -> None:
-    """Finish or roll back a swap that was killed: between its two renames it left `.NAME.old`
-    and no NAME (the old folder goes back); after them, both (the old one goes)."""
-    old = final.with_name(f".{final.name}.old")
-    if old.is_dir() and not old.is_symlink() and made_by_evalkit(old):  # a user's own .NAME.old is theirs
+    """Finish or roll back a swap that was killed: between its two renames it left the old folder
+    as .NAME.<8 hex digits>.old and no NAME (the old folder goes back); after them, both (the old
+    one goes). Only a folder evalkit marked, holding nothing it did not write, is moved or removed."""
+    pattern = _swapped_out(final)
+    try:
+        found = [p for p in final.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return
+    for old in sorted(found, key=lambda p: p.lstat().st_mtime, reverse=True):  # the latest goes back
+        if not old.is_dir() or old.is_symlink() or not made_by_evalkit(old) or _unlisted(old):
+            continue
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -525,7 +539,7 @@ def atomic_directory(final: Path, inputs: Iterable[Path] = (), *, kind: str) -> 
             if _foreign(final):  # made while we worked, by someone else: never replaced
                 raise EvalkitError("holds files evalkit did not write; refusing to replace it", where=str(final))
             if final.exists():
-                old = final.with_name(f".{final.name}.old")
+                old = final.with_name(f".{final.name}.{secrets.token_hex(4)}.old")
                 final.rename(old)
                 tmp.rename(final)
                 shutil.rmtree(old, ignore_errors=True)

@@ -25,7 +25,7 @@ def test_a_swap_killed_between_its_renames_is_finished_by_the_next_command(tmp_p
     final = tmp_path / "adapter"
     write_folder(final, "first")
     # kill -9 after the first rename and before the second leaves exactly this:
-    final.rename(tmp_path / ".adapter.old")
+    final.rename(tmp_path / ".adapter.0123abcd.old")
     leftover = tmp_path / ".adapter.x1y2.tmp"
     leftover.mkdir()
     write_folder(final, "second")  # the same command again
@@ -36,9 +36,26 @@ def test_a_swap_killed_between_its_renames_is_finished_by_the_next_command(tmp_p
 def test_a_swap_killed_after_its_renames_leaves_no_old_folder(tmp_path):
     final = tmp_path / "adapter"
     write_folder(final, "first")
-    shutil.copytree(final, tmp_path / ".adapter.old")
+    shutil.copytree(final, tmp_path / ".adapter.0123abcd.old")
     write_folder(final, "second")
     assert not list(tmp_path.glob(".*.old"))
+
+
+@pytest.mark.parametrize("final_exists", [True, False])
+def test_a_users_own_dot_old_folders_beside_the_output_are_left_alone(tmp_path, final_exists):
+    """A copy the user saved as .NAME.old, and a swapped-out folder the user added a file to, are
+    theirs: neither removed nor moved into NAME."""
+    final = tmp_path / "adapter"
+    write_folder(final, "first")
+    shutil.copytree(final, tmp_path / ".adapter.old")  # the user's backup, as evalkit wrote it
+    shutil.copytree(final, tmp_path / ".adapter.0123abcd.old")
+    (tmp_path / ".adapter.0123abcd.old" / "notes.txt").write_text("keep")
+    if not final_exists:
+        shutil.rmtree(final)
+    write_folder(final, "second")
+    assert (final / "content.txt").read_text() == "second"
+    assert (tmp_path / ".adapter.old" / "content.txt").read_text() == "first"
+    assert (tmp_path / ".adapter.0123abcd.old" / "notes.txt").read_text() == "keep"
 
 
 def _writer(args: tuple[str, int]) -> str | None:

@@ -56,7 +56,7 @@ def compare(results: list[Path], out: Path) -> Path:
             found.append(path)
         elif (path / "results.json").is_file():
             found.append(path / "results.json")
-        elif path.is_dir():  # not an interrupted run's '.NAME.<8 chars>.tmp' (or a swap's '.NAME.old')
+        elif path.is_dir():  # not an interrupted run's '.NAME.<8 chars>.tmp' (or a swap's '.NAME.<8>.old')
             found += sorted(p for p in path.glob("*/results.json") if not IN_PROGRESS.fullmatch(p.parent.name))
         else:
             raise EvalkitError("no such results file or run folder", where=str(path))
