@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evalkit.errors import EvalkitError
 from evalkit.files import read_json, validation_error, write_text_atomic
@@ -87,6 +87,13 @@ class Manifest(_Record):
     seeds: dict[str, int]
     decoding: dict[str, Any]
     """Settings that change per-item scores: dtype, device, batch size, lm-eval request settings."""
+
+    @field_validator("decoding")
+    @classmethod
+    def _named_dtype(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "dtype" in value and not isinstance(value["dtype"], str):  # the gate compares it across records
+            raise ValueError(f"dtype {value['dtype']!r} is not a dtype's name")
+        return value
     scoring: str
     """How scores were computed (which engine produced which number)."""
     suites: list[SuiteRef]
@@ -128,9 +135,9 @@ class Effect(_Record):
     """None when the effect is untestable (one unit)."""
     ci_high: float | None
     ci_method: str
-    p_value: float | None
+    p_value: float | None = Field(ge=0, le=1)
     """None when the effect is untestable; such effects are left out of the BH family."""
-    q_value: float | None
+    q_value: float | None = Field(ge=0, le=1)
     test: str
     effect_size: float | None
     effect_size_kind: str
@@ -159,6 +166,14 @@ class Effect(_Record):
     this effect's mean difference across those seeds."""
     within_seed_noise: bool | None = None
     """|mean difference| <= seed_spread: seeds disagree by as much as the effect itself."""
+
+    @model_validator(mode="after")
+    def _ordered_intervals(self) -> "Effect":
+        for low, high in (("ci_low", "ci_high"), ("reference_ci_low", "reference_ci_high")):
+            a, b = getattr(self, low), getattr(self, high)
+            if a is not None and b is not None and a > b:
+                raise ValueError(f"{low} {a} lies above {high} {b}")
+        return self
 
 
 class PairedRun(_Record):

@@ -98,6 +98,25 @@ def _mismatched(source: Path, out: Path) -> Path:
     return out
 
 
+def _edited(source: Path, out: Path, edit) -> Path:
+    record = json.loads(source.read_text())
+    edit(record)
+    out.write_text(json.dumps(record))
+    return out
+
+
+def _recluster(record: dict) -> None:
+    next(i for i in record["items"] if i["kind"] == "tension")["cluster"] = "elsewhere"
+
+
+def _p_above_one(record: dict) -> None:
+    next(e for e in record["effects"] if e["p_value"] is not None)["p_value"] = 7
+
+
+def _dtype_list(record: dict) -> None:
+    record["manifest"]["decoding"]["dtype"] = ["float32"]
+
+
 def test_a_margin_in_exponent_notation_is_a_number(tmp_path):
     """YAML 1.1 reads 5e-2 as text (it wants 5.0e-2); evalkit reads it as YAML 1.2 does."""
     policy = tmp_path / "policy.yaml"
@@ -112,6 +131,10 @@ def test_a_margin_in_exponent_notation_is_a_number(tmp_path):
     ("not yaml", "policy.yaml: not valid YAML"),
     ("missing file", "nope.json: no such results file"),
     ("mismatched items", "baseline and candidate differ in 2 items: tension/door-mill-closed (baseline only)"),
+    ("another cluster", "has another cluster ('elsewhere'; "),
+    ("metric of another kind", "policy.yaml: field 'checks.0.metric': 'nll' is not a tested metric of tension"),
+    ("p above 1", "p_value"),
+    ("dtype not a name", "is not a dtype's name"),
 ])
 def test_bad_gate_input_is_one_line_exit_2(runs, tmp_path, case, expected):
     policy = tmp_path / "policy.yaml"
@@ -119,9 +142,14 @@ def test_bad_gate_input_is_one_line_exit_2(runs, tmp_path, case, expected):
         "unknown key": "checks: [{suite: tension, metric: entropy, worse: higher, margin: 0.1, tolerance: 2}]\n",
         "bad direction": "checks: [{suite: tension, metric: entropy, worse: sideways, margin: 0.1}]\n",
         "not yaml": "checks: [{suite: tension\n",
+        "metric of another kind": "checks: [{suite: tension, metric: nll, worse: higher, margin: 0.1}]\n",
     }.get(case, "checks: [{suite: tension, metric: entropy, worse: higher, margin: 0.1}]\n"))
-    candidate = {"missing file": tmp_path / "nope.json",
-                 "mismatched items": _mismatched(runs["s0"], tmp_path / "fewer.json")}.get(case, runs["s1"])
+    candidate = {"missing file": lambda: tmp_path / "nope.json",
+                 "mismatched items": lambda: _mismatched(runs["s0"], tmp_path / "fewer.json"),
+                 "another cluster": lambda: _edited(runs["s1"], tmp_path / "c.json", _recluster),
+                 "p above 1": lambda: _edited(runs["s1"], tmp_path / "p.json", _p_above_one),
+                 "dtype not a name": lambda: _edited(runs["s1"], tmp_path / "d.json", _dtype_list),
+                 }.get(case, lambda: runs["s1"])()
     done = evalkit("gate", "--baseline", runs["s0"], "--candidate", candidate, "--policy", policy,
                    "--junit", tmp_path / "j.xml")
     assert done.returncode == 2, done.stdout + done.stderr

@@ -127,7 +127,7 @@ def pair_records(baseline: RunRecord, candidate: RunRecord, tolerance: float,
     check_item_sets(set(a), set(b), tolerance, where)
     check_same_dtype(baseline, candidate.manifest.decoding.get("dtype"), "the candidate", where)
     check_same_scoring(baseline, {s.name: suite_scoring(s) for s in candidate.manifest.suites}, "the candidate", where)
-    check_same_questions(baseline, {k: (i.prompt, i.options) for k, i in b.items()}, "the candidate", where)
+    check_same_questions(baseline, {k: (i.prompt, i.options, i.cluster) for k, i in b.items()}, "the candidate", where)
     return [(a[k], b[k]) for k in sorted(set(a) & set(b))]
 
 
@@ -166,15 +166,19 @@ def check_same_scoring(baseline: RunRecord, scoring: dict[str, dict[str, Any]], 
                                hint="run the baseline again on this version of the suite")
 
 
-def check_same_questions(baseline: RunRecord, questions: dict[tuple[str, str], tuple[str, list[str]]],
+def check_same_questions(baseline: RunRecord, questions: dict[tuple[str, str], tuple[str, list[str], str | None]],
                          other: str, where: str) -> None:
-    """The same (suite, item id) asks the same prompt with the same options in the baseline as in
-    `other` (a candidate run, or the suites a run will evaluate): else its scores are not comparable."""
+    """The same (suite, item id) asks the same prompt with the same options, in the same cluster, in
+    the baseline as in `other` (a candidate run, or the suites a run will evaluate): else its scores
+    are not comparable, or (another cluster) the check's SE and degrees of freedom would depend on
+    which run is the baseline."""
     changed = [(i, questions[k]) for k, i in _items(baseline).items()
-               if k in questions and (i.prompt, list(i.options)) != (questions[k][0], list(questions[k][1]))]
+               if k in questions and (i.prompt, list(i.options), i.cluster) != (questions[k][0], list(questions[k][1]),
+                                                                                questions[k][2])]
     if changed:
-        item, (prompt, _) = changed[0]
-        what = "another prompt" if item.prompt != prompt else "other options"
+        item, (prompt, options, cluster) = changed[0]
+        what = ("another prompt" if item.prompt != prompt else "other options" if list(item.options) != list(options)
+                else f"another cluster ({cluster!r}; {item.cluster!r} in the baseline)")
         raise EvalkitError(f"item {item.suite}/{item.item_id} has {what} in {other} than in the baseline "
                            f"({len(changed)} such items): they ran different versions of the suite", where=where,
                            hint="run the baseline again on this version of the suite")

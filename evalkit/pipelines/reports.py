@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from evalkit.decide.gate import (
+    DEFAULT_POLICY,
     Outcome,
     Policy,
     check_item_sets,
@@ -75,6 +76,7 @@ def gate(baseline: Path, candidate: Path, policy_path: Optional[Path], junit: Op
     summary = summary or (Path(os.environ["GITHUB_STEP_SUMMARY"]) if os.environ.get("GITHUB_STEP_SUMMARY") else None)
     check_outputs(junit, summary, [baseline, candidate, *([policy_path] if policy_path else [])], summary_named=named)
     base, cand = read_record(baseline), read_record(candidate)
+    check_policy(policy, {s.name: s.kind for s in cand.manifest.suites}, where=str(policy_path or DEFAULT_POLICY))
     outcomes = decide(base, cand, policy, where=f"{baseline} vs {candidate}", sides=(str(baseline), str(candidate)))
     for o in outcomes:
         log(o.line())
@@ -92,7 +94,8 @@ def prepare_gate(baseline: Path, policy_path: Path, suites: list[LoadedSuite], j
     check_outputs(junit, None, [baseline, policy_path])
     record = read_record(baseline)
     check_policy(policy, {s.name: s.spec.kind for s in suites}, where=str(policy_path))
-    planned = {(s.name, item_id): (c.prompt, list(c.options)) for s in suites for item_id, c in s.questions().items()}
+    planned = {(s.name, item_id): (c.prompt, list(c.options), c.cluster) for s in suites
+               for item_id, c in s.questions().items()}
     where = f"{baseline} vs the suites of this run"
     check_item_sets({(i.suite, i.item_id) for i in record.items}, set(planned), policy.item_tolerance, where=where)
     check_same_dtype(record, dtype, "this run", where)
