@@ -186,6 +186,8 @@ def validation_error(path: Path, exc: ValidationError, item: str | None = None, 
         message = f"field '{field}' is required"
     else:
         message = f"field '{field}': {text}" if field else text
+    if err["type"] == "string_type" and isinstance(err.get("input"), bool):  # yes, no, on, off unquoted
+        message += f" (YAML reads it as {str(err['input']).lower()}; quote it to mean the word)"
     where = f"{path} [{item}]" if item else str(path)
     more = len(exc.errors()) - 1
     return EvalkitError(message + (f" (and {more} more)" if more else ""), where=where)

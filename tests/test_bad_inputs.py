@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -220,7 +221,8 @@ CASES += [
     ("gate --baseline {results} --candidate {manifest_kind_results} --policy {tmp}/policy-ok.yaml", "field 'manifest.suites.0.kind': 'riddle'"),
     ("gate --baseline {results} --candidate {swapped_results} --policy {tmp}/policy-ok.yaml", "other options in the candidate than in the baseline"),
     ("gate --baseline {one_cluster_results} --candidate {one_cluster_results} --policy {tmp}/policy-ok.yaml", "tension/entropy: its 24 items are one unit of evidence"),
-    ("run --adapter {adapter} --base {base} --suite {tension} --out {out} --gate {tmp}/policy-ok.yaml --baseline {one_cluster_results}", "tension/entropy: its 24 items are one unit of evidence"),
+    ("run --adapter {adapter} --base {base} --suite {tmp}/one-cluster/tension.yaml --out {out} --gate {tmp}/policy-ok.yaml --baseline {one_cluster_results}", "tension/entropy: its 24 items are one unit of evidence"),
+    ("run --adapter {adapter} --base {base} --suite {tension} --out {out} --gate {tmp}/policy-ok.yaml --baseline {one_cluster_results}", "has another cluster ('found'; 'all' in the baseline)"),
     ("power {negative_se_results} --shift 0.5", "se': Input should be greater than or equal to 0"),
     ("gate --baseline {results} --candidate {delimiter_results} --policy {tmp}/policy-ok.yaml", "suite tension scores with delimiter '\\n' in the candidate but ' ' in the baseline"),
     ("run --adapter {adapter} --base {base} --suite {tmp}/per-token/tension.yaml --out {out} --gate {tmp}/policy-ok.yaml --baseline {results}", "suite tension scores with normalization 'per_token' in this run's suites but 'sum' in the baseline"),
@@ -394,6 +396,8 @@ def places(tmp_path_factory, honesty_adapter, tiny_llama, other_tiny_llama, resu
     os.mkfifo(tmp / "summary-fifo")  # appending would block for ever
     (tmp / "per-token").mkdir()  # the same items, scored per token
     (tmp / "per-token" / "tension.yaml").write_text(TENSION.read_text().replace("normalization: sum", "normalization: per_token"))
+    (tmp / "one-cluster").mkdir()  # the same items, all in one cluster (as one-cluster.json has them)
+    (tmp / "one-cluster" / "tension.yaml").write_text(re.sub(r"cluster: [\w-]+", "cluster: all", TENSION.read_text()))
     (tmp / "collide").mkdir()  # 'my-suite' and 'my_suite' would be one lm-eval task
     for name in ("my-suite", "my_suite"):
         (tmp / "collide" / f"{name}.yaml").write_text(TENSION.read_text().replace("suite: tension", f"suite: {name}"))

@@ -57,15 +57,15 @@ class Check(BaseModel):
     """Which direction is a regression."""
     margin: float = Field(ge=0, allow_inf_nan=False, strict=True)
     """Tolerated worsening, in the metric's unit (a number: `true` or "0.1" is refused, not read as one)."""
-    alpha: float | None = Field(default=None, ge=1e-12, lt=1)  # a denormal alpha could never be reached
+    alpha: float | None = Field(default=None, ge=1e-12, lt=1, strict=True)  # a denormal alpha could never be reached
     """Overrides the policy's alpha for this check."""
 
 
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    alpha: float = Field(default=0.05, ge=1e-12, lt=1)
-    item_tolerance: float = Field(default=0.0, ge=0, le=1)
+    alpha: float = Field(default=0.05, ge=1e-12, lt=1, strict=True)  # a number, as margins are
+    item_tolerance: float = Field(default=0.0, ge=0, le=1, strict=True)
     """Share of items (of the larger side) allowed to be on one side only; those are skipped."""
     checks: list[Check] = Field(min_length=1)
 

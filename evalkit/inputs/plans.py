@@ -29,9 +29,9 @@ class _Strict(BaseModel):
 
 
 class StackPlan(_Strict):
-    cumulative: bool = True
+    cumulative: bool = Field(default=True, strict=True)
     """Stacks 1..k over `scenes` in order: how each added scene moves the model."""
-    leave_one_out: bool = True
+    leave_one_out: bool = Field(default=True, strict=True)
     """The full stack without scene j, for every j: what removing (or replacing) j undoes."""
     named: dict[Id, Members] = {}
     """Extra stacks by name; members are scene ids or other named stacks (expanded in order)."""

@@ -82,7 +82,7 @@ class SuiteSpec(Strict):
     """Which log-probability margins use: summed over the completion's tokens, or per token."""
     delimiter: str = " "
     """Put between the prompt and each completion (lm-eval's target_delimiter; none in chat suites)."""
-    chat: bool = False
+    chat: bool = Field(default=False, strict=True)  # 'yes' in quotes is not a yes
     """For instruct models: each prompt is the user's turn, rendered with the tokenizer's chat
     template and a generation prompt, and each option or continuation is the assistant's reply
     (as lm-eval does with --apply_chat_template)."""

@@ -30,7 +30,7 @@ class ContinuationSuite(SuiteSpec):
     """How generations changed: greedy text, KL(subject||reference), NLL of the reference's text."""
 
     kind: Literal["continuation"]
-    max_new_tokens: int = Field(default=24, ge=1, le=512)
+    max_new_tokens: int = Field(default=24, ge=1, le=512, strict=True)  # not true (1) nor '20'
     until: list[Annotated[str, Field(min_length=1)]] = ["\n"]
     """Stop sequences for greedy generation (the end-of-text token always stops too)."""
     items: list[ContinuationItem] = Field(min_length=1)
