@@ -18,7 +18,7 @@ from evalkit.engine.cache import ScoreCache
 from evalkit.engine.runner import Subject, adapter_fingerprint, adapter_subject, base_of, model_ref
 from evalkit.engine.tokens import encode
 from evalkit.errors import EvalkitError
-from evalkit.files import atomic_directory, check_replaceable, check_writable, write_text_atomic
+from evalkit.files import atomic_directory, check_replaceable, check_writable, seen_as, visible, write_text_atomic
 from evalkit.inputs.suites import LoadedSuite, load_suites
 from evalkit.kinds.novel_axis import NovelAxisSuite
 from evalkit.paths import bundled, default_folder
@@ -34,15 +34,20 @@ EXAMPLES = 2
 
 
 def read_prompts(source: Path) -> list[str]:
-    """A prompt bank: one prompt a line, at least 20."""
+    """A prompt bank: one prompt a line, at least 20 a reader can tell apart (a line of spaces or
+    invisible characters is blank; a repeated line is one prompt, as discovery merges repeats)."""
     if not source.is_file():
         raise EvalkitError("no such prompt file", where=str(source))
     try:
-        prompts = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = source.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
         raise EvalkitError("not a UTF-8 text file", where=str(source)) from None
-    if len(prompts) < 20:
-        raise EvalkitError(f"{len(prompts)} prompts: discovery needs at least 20 (one a line)", where=str(source))
+    prompts = [line.strip() for line in lines if visible(line)]
+    distinct = len({seen_as(p) for p in prompts})
+    if distinct < 20:
+        repeated = f" ({len(prompts) - distinct} lines repeat another)" if distinct < len(prompts) else ""
+        raise EvalkitError(f"{distinct} distinct prompts{repeated}: discovery needs at least 20 (one a line)",
+                           where=str(source))
     return prompts
 
 
