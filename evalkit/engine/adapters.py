@@ -3,6 +3,9 @@ must pass before a run uses it, and attaching, switching and detaching adapters 
 
 from __future__ import annotations
 
+import logging
+import os
+import warnings
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -14,6 +17,8 @@ from evalkit.errors import EvalkitError, first_line
 from evalkit.files import read_json
 from evalkit.record import MANIFEST_NAME, AdapterManifest, read_manifest
 from evalkit.settings import TrainSettings
+
+log = logging.getLogger("evalkit")
 
 # LoRA targets per architecture family; other models fall back to every linear layer but the head.
 LORA_TARGETS: dict[str, list[str]] = {
@@ -298,15 +303,24 @@ def _sizes(module: Any) -> tuple[int | None, int | None]:
 @contextmanager
 def _attaching(path: Path) -> Iterator[None]:
     """peft's own refusal of an adapter the checks above let through (a rank pattern, layers to
-    transform, ...) as one line naming the folder."""
+    transform, ...) as one line naming the folder; what peft warns of while attaching (a setting
+    it overrides, such as fan_in_fan_out on plain Linear layers) as one note naming the folder,
+    not a Python warning with its source line."""
     try:
-        yield
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            yield
     except EvalkitError:
         raise
     except Exception as exc:  # whatever peft raises on a folder it cannot attach
         said = " ".join(str(exc).split())  # peft's size errors name the weight on their second line
         raise EvalkitError(f"peft cannot attach this adapter: {said[:300] or type(exc).__name__}",
                            where=str(path)) from None
+    for w in caught:
+        if issubclass(w.category, UserWarning) and f"{os.sep}peft{os.sep}" in w.filename:
+            log.warning("%s: peft: %s", path, " ".join(str(w.message).split()))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _base_weights(model: Any) -> dict[str, tuple[int, int, int]]:
