@@ -320,12 +320,31 @@ def read_record(path: Path) -> RunRecord:
         record = RunRecord.model_validate(data)
     except ValidationError as exc:
         raise validation_error(path, exc) from None
+    check_consistent(record, path)
+    return record
+
+
+def check_consistent(record: RunRecord, path: Path) -> None:
+    """What pydantic cannot see field by field: each suite listed once, each item once, and every
+    item and effect of a suite the record lists (a report or gate would show or pair it alone)."""
+    suites: set[str] = set()
+    for k, suite in enumerate(record.manifest.suites):
+        if suite.name in suites:
+            raise EvalkitError(f"field 'manifest.suites.{k}': suite '{suite.name}' is listed twice", where=str(path))
+        suites.add(suite.name)
     seen: set[tuple[str, str]] = set()
     for item in record.items:
+        where = f"{path} [{item.suite}/{item.item_id}]"
         if (item.suite, item.item_id) in seen:
-            raise EvalkitError("field 'items': item given twice", where=f"{path} [{item.suite}/{item.item_id}]")
+            raise EvalkitError("field 'items': item given twice", where=where)
+        if item.suite not in suites:
+            raise EvalkitError(f"field 'suite': '{item.suite}' is not one of the record's suites (manifest.suites)",
+                               where=where)
         seen.add((item.suite, item.item_id))
-    return record
+    for k, effect in enumerate(record.effects):
+        if effect.suite not in suites:
+            raise EvalkitError(f"field 'effects.{k}.suite': '{effect.suite}' is not one of the record's suites "
+                               "(manifest.suites)", where=str(path))
 
 
 # --- manifests of trained models --------------------------------------------------------------

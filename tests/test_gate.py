@@ -113,6 +113,14 @@ def _p_above_one(record: dict) -> None:
     next(e for e in record["effects"] if e["p_value"] is not None)["p_value"] = 7
 
 
+def _suite_twice(record: dict) -> None:
+    record["manifest"]["suites"].insert(1, record["manifest"]["suites"][0])
+
+
+def _ghost_effect(record: dict) -> None:
+    record["effects"][0]["suite"] = "ghost"
+
+
 def _dtype_list(record: dict) -> None:
     record["manifest"]["decoding"]["dtype"] = ["float32"]
 
@@ -135,6 +143,8 @@ def test_a_margin_in_exponent_notation_is_a_number(tmp_path):
     ("metric of another kind", "policy.yaml: field 'checks.0.metric': 'nll' is not a tested metric of tension"),
     ("p above 1", "p_value"),
     ("dtype not a name", "is not a dtype's name"),
+    ("suite listed twice", "field 'manifest.suites.1': suite 'consistency' is listed twice"),
+    ("effect of no suite", "field 'effects.0.suite': 'ghost' is not one of the record's suites"),
 ])
 def test_bad_gate_input_is_one_line_exit_2(runs, tmp_path, case, expected):
     policy = tmp_path / "policy.yaml"
@@ -149,6 +159,8 @@ def test_bad_gate_input_is_one_line_exit_2(runs, tmp_path, case, expected):
                  "another cluster": lambda: _edited(runs["s1"], tmp_path / "c.json", _recluster),
                  "p above 1": lambda: _edited(runs["s1"], tmp_path / "p.json", _p_above_one),
                  "dtype not a name": lambda: _edited(runs["s1"], tmp_path / "d.json", _dtype_list),
+                 "suite listed twice": lambda: _edited(runs["s1"], tmp_path / "s.json", _suite_twice),
+                 "effect of no suite": lambda: _edited(runs["s1"], tmp_path / "e.json", _ghost_effect),
                  }.get(case, lambda: runs["s1"])()
     done = evalkit("gate", "--baseline", runs["s0"], "--candidate", candidate, "--policy", policy,
                    "--junit", tmp_path / "j.xml")
