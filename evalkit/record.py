@@ -87,6 +87,11 @@ class Manifest(_Record):
     seeds: dict[str, int]
     decoding: dict[str, Any]
     """Settings that change per-item scores: dtype, device, batch size, lm-eval request settings."""
+    scoring: str
+    """How scores were computed (which engine produced which number)."""
+    suites: list[SuiteRef]
+    requests: dict[str, int] = {}
+    """Requests computed and taken from the reference cache in this run."""
 
     @field_validator("decoding")
     @classmethod
@@ -94,11 +99,6 @@ class Manifest(_Record):
         if "dtype" in value and not isinstance(value["dtype"], str):  # the gate compares it across records
             raise ValueError(f"dtype {value['dtype']!r} is not a dtype's name")
         return value
-    scoring: str
-    """How scores were computed (which engine produced which number)."""
-    suites: list[SuiteRef]
-    requests: dict[str, int] = {}
-    """Requests computed and taken from the reference cache in this run."""
 
 
 class ItemRecord(_Record):

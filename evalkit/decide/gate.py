@@ -173,15 +173,22 @@ def check_same_questions(baseline: RunRecord, questions: dict[tuple[str, str], t
     are not comparable, or (another cluster) the check's SE and degrees of freedom would depend on
     which run is the baseline."""
     changed = [(i, questions[k]) for k, i in _items(baseline).items()
-               if k in questions and (i.prompt, list(i.options), i.cluster) != (questions[k][0], list(questions[k][1]),
-                                                                                questions[k][2])]
+               if k in questions and _asked(i.prompt, i.options, i.cluster) != _asked(*questions[k])]
     if changed:
         item, (prompt, options, cluster) = changed[0]
-        what = ("another prompt" if item.prompt != prompt else "other options" if list(item.options) != list(options)
-                else f"another cluster ({cluster!r}; {item.cluster!r} in the baseline)")
+        if item.prompt != prompt:
+            what = "another prompt"
+        elif list(item.options) != list(options):
+            what = "other options"
+        else:
+            what = f"another cluster ({cluster!r}; {item.cluster!r} in the baseline)"
         raise EvalkitError(f"item {item.suite}/{item.item_id} has {what} in {other} than in the baseline "
                            f"({len(changed)} such items): they ran different versions of the suite", where=where,
                            hint="run the baseline again on this version of the suite")
+
+
+def _asked(prompt: str, options: list[str], cluster: str | None) -> tuple[str, list[str], str | None]:
+    return prompt, list(options), cluster
 
 
 def check_item_sets(a: set[tuple[str, str]], b: set[tuple[str, str]], tolerance: float, where: str) -> None:

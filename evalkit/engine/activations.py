@@ -11,7 +11,7 @@ import numpy as np
 
 from evalkit.engine.cache import ScoreCache
 from evalkit.engine.packing_check import left_padding_respected
-from evalkit.engine.tokens import encode
+from evalkit.engine.tokens import encode, padded
 from evalkit.files import stable_hash
 
 
@@ -49,9 +49,7 @@ def prompt_ends(model: Any, tokenizer: Any, prompts: list[str], batch_size: int,
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         encoded = [encode(tokenizer, prompts[k]) for k in batch]
-        width = max(len(e) for e in encoded)
-        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+        ids, mask = (t.to(device) for t in padded(encoded, pad))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True)

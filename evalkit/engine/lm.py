@@ -21,7 +21,7 @@ from lm_eval.models.huggingface import HFLM  # noqa: E402
 from evalkit.engine.multi_lora import can_group, grouped  # noqa: E402
 from evalkit.engine.packing import build_packs, forward_packs  # noqa: E402
 from evalkit.engine.packing_check import left_padding_respected, packing_verified  # noqa: E402
-from evalkit.engine.tokens import appended_ids, strip_appended  # noqa: E402
+from evalkit.engine.tokens import appended_ids, padded, strip_appended  # noqa: E402
 
 
 class _AccountedFor(logging.Filter):
@@ -47,17 +47,6 @@ GROUP_KV_WEIGHT_SHARE = 0.25
 
 def group_kv_budget(model) -> int:
     return max(GROUP_KV_BYTES, int(GROUP_KV_WEIGHT_SHARE * sum(p.nbytes for p in model.parameters())))
-
-
-def _padded(rows: list[list[int]], pad: int, left: bool):
-    """Rows of ids as one padded batch and its attention mask."""
-    import torch
-
-    width = max(map(len, rows))
-    fill = [width - len(r) for r in rows]
-    ids = [[pad] * n + r if left else r + [pad] * n for r, n in zip(rows, fill)]
-    mask = [[0] * n + [1] * len(r) if left else [1] * len(r) + [0] * n for r, n in zip(rows, fill)]
-    return torch.tensor(ids), torch.tensor(mask)
 
 
 @register_model("evalkit-hf")
@@ -103,7 +92,7 @@ class EvalkitLM(HFLM):
         if appended_ids(self.tokenizer):
             rows = [strip_appended(self.tokenizer, text, row[keep.bool()].tolist())
                     for text, row, keep in zip(strings, ids, mask)]
-            ids, mask = _padded(rows, self.tokenizer.pad_token_id or 0, left=padding_side == "left")
+            ids, mask = padded(rows, self.tokenizer.pad_token_id or 0, left=padding_side == "left")
         if left_truncate_len:
             ids, mask = ids[:, -left_truncate_len:], mask[:, -left_truncate_len:]
         return ids, mask

@@ -13,6 +13,7 @@ or continue; elsewhere the tokenizer is used as it came.
 from __future__ import annotations
 
 import weakref
+from contextlib import suppress
 from typing import Any
 
 _PROBE = "Hello world"
@@ -27,24 +28,21 @@ def appended_ids(tokenizer: Any) -> tuple[int, ...]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     state = (str(getattr(backend, "post_processor", None)), getattr(tokenizer, "add_bos_token", None),
              getattr(tokenizer, "add_eos_token", None))
-    try:
-        known, found = _appended[tokenizer]
-        if known == state:
-            return found
-    except (KeyError, TypeError):
-        pass
+    known = None
+    with suppress(TypeError):  # a tokenizer that cannot be weakly referenced is probed at each call
+        known = _appended.get(tokenizer)
+    if known is not None and known[0] == state:
+        return known[1]
     full = list(tokenizer(_PROBE)["input_ids"])
     plain = list(tokenizer(_PROBE, add_special_tokens=False)["input_ids"])
-    found = ()
+    found: tuple[int, ...] = ()
     if plain:
         for start in range(len(full) - len(plain), -1, -1):  # the last match: what follows it was appended
             if full[start : start + len(plain)] == plain:
                 found = tuple(full[start + len(plain) :])
                 break
-    try:
+    with suppress(TypeError):
         _appended[tokenizer] = (state, found)
-    except TypeError:  # a tokenizer that cannot be weakly referenced is probed at each call
-        pass
     return found
 
 
@@ -68,3 +66,14 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     if text.startswith(tokenizer.decode(prefix)):
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return strip_appended(tokenizer, text, list(tokenizer(text)["input_ids"]))
+
+
+def padded(rows: list[list[int]], pad: int, left: bool = True):
+    """Rows of ids as one padded batch (a tensor) and its attention mask."""
+    import torch
+
+    width = max(map(len, rows))
+    fill = [width - len(r) for r in rows]
+    ids = [[pad] * n + r if left else r + [pad] * n for r, n in zip(rows, fill)]
+    mask = [[0] * n + [1] * len(r) if left else [1] * len(r) + [0] * n for r, n in zip(rows, fill)]
+    return torch.tensor(ids), torch.tensor(mask)
