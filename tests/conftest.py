@@ -31,7 +31,7 @@ def world_tokenizer():
 def build_tiny(arch: str, tokenizer, out: Path, seed: int = 0, layers: int = 2, hidden: int = 16) -> Path:
     """A randomly initialised causal LM (by default of hidden size 16 with 2 layers), saved as an HF folder."""
     import torch
-    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig
+    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoConfig, GPTNeoXConfig, LlamaConfig
 
     torch.manual_seed(seed)
     vocab, eos = len(tokenizer), tokenizer.eos_token_id
@@ -44,6 +44,9 @@ def build_tiny(arch: str, tokenizer, out: Path, seed: int = 0, layers: int = 2, 
     elif arch == "gpt_neox":
         config = GPTNeoXConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=2,
                                max_position_embeddings=128, **common)
+    elif arch == "gpt_neo":  # attention not through transformers' attention interface
+        config = GPTNeoConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_layers=layers, num_heads=2,
+                              attention_types=[[["global"], layers]], max_position_embeddings=128, **common)
     else:
         raise ValueError(arch)
     model = AutoModelForCausalLM.from_config(config)

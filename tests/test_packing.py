@@ -10,7 +10,7 @@ import pytest
 from conftest import build_tiny
 from lm_eval.models.huggingface import HFLM
 
-from evalkit.engine import packing_check
+from evalkit.engine import packing_check, row_attention
 from evalkit.engine.base import load_base
 from evalkit.engine.lm import EvalkitLM
 from evalkit.engine.packing import build_packs, forward_packs
@@ -23,7 +23,8 @@ SUITES = load_suites([ROOT / "probes"])
 @pytest.fixture(scope="module")
 def arch_models(tmp_path_factory, world_tokenizer):
     root = tmp_path_factory.mktemp("packing")
-    return {arch: build_tiny(arch, world_tokenizer, root / arch, seed=3) for arch in ("llama", "gpt2", "gpt_neox")}
+    return {arch: build_tiny(arch, world_tokenizer, root / arch, seed=3)
+            for arch in ("llama", "gpt2", "gpt_neox", "gpt_neo")}
 
 
 def suite_requests(lm: HFLM) -> list:
@@ -37,17 +38,19 @@ def suite_requests(lm: HFLM) -> list:
     return requests
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "gpt_neo"])
 def test_packed_scores_equal_lm_eval_unpacked(arch, arch_models, monkeypatch):
     monkeypatch.setattr(packing_check, "_VERDICTS", {})  # this architecture's check runs here
     base = load_base(arch_models[arch])
+    # Packs' tokens alone with attention in rows where the model's attention allows; else padded rows.
+    assert row_attention.supported(base.model) == (arch != "gpt_neo")
     lm = EvalkitLM(pretrained=base.model, tokenizer=base.tokenizer, batch_size=8)
     requests = suite_requests(lm)
     packed = lm._loglikelihood_tokens(requests)
     plain = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
     assert len(packed) == len(plain) == len(requests) > 150
     for (p_sum, p_greedy), (u_sum, u_greedy) in zip(packed, plain):
-        assert p_sum == pytest.approx(u_sum, abs=1e-5)
+        assert p_sum == pytest.approx(u_sum, abs=1e-5, rel=1e-6)  # summation order, over up to ~50 tokens
         assert p_greedy == u_greedy
     # The packed path was used, not the fallback: the one-time check passed for this model.
     assert list(packing_check.verdicts().values()) == [True]
@@ -77,6 +80,58 @@ def test_unpacked_scores_equal_lm_eval_unpacked(arch, arch_models, monkeypatch):
     for k, (u_sum, u_greedy) in enumerate(plain):
         assert ours[k].logprob_sum == pytest.approx(u_sum, abs=1e-5)
         assert ours[k].greedy == u_greedy
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_packs_alone_score_as_padded_rows_do(arch_models, dtype):
+    """The packs' tokens as one sequence, attending in rows of several widths, against the same
+    packs in padded rows: the same numbers (float32: up to summation order), and the model's
+    attention implementation is its own again afterwards."""
+    import random
+
+    from evalkit.engine import packing
+
+    rng = random.Random(0)
+    base = load_base(arch_models["llama"], dtype=dtype)
+    vocab = base.model.config.vocab_size
+    requests = [([rng.randrange(1, vocab) for _ in range(rng.randint(1, 90))],
+                 [rng.randrange(1, vocab) for _ in range(rng.randint(1, 4))]) for _ in range(40)]
+    packs = build_packs(requests, 128)
+    assert len({-(-len(p.tokens) // packing.ROW_STEP) for p in packs}) > 2  # rows of several widths
+    alone = packing.forward_unpadded(base.model, packs)
+    padded = packing.forward_rows(base.model, packing.fill_rows(packs, packing.row_width(packs)), pad_id=0)
+    assert base.model.config._attn_implementation == "sdpa"
+    tolerance = 1e-5 if dtype == "float32" else 0.25  # bf16: the widths round attention differently
+    for k in range(len(requests)):
+        assert alone[k].token_logprobs == pytest.approx(padded[k].token_logprobs, abs=tolerance)
+        if dtype == "float32":
+            assert alone[k].greedy == padded[k].greedy
+
+
+def test_a_model_whose_attention_bypasses_the_interface_is_not_scored_alone(arch_models, monkeypatch, caplog):
+    """Where a model said to dispatch its attention does not (here a Llama whose layers call sdpa
+    whatever the config says), the packs' tokens as one sequence would attend across packs: the
+    pass refuses (no attention call came), the check records it, and the model is scored
+    unpacked, as lm-eval scores it."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.models.llama import modeling_llama
+
+    class Bypassed:
+        def get_interface(self, name, default):
+            return sdpa_attention_forward
+
+    base = load_base(arch_models["llama"])
+    monkeypatch.setattr(modeling_llama, "ALL_ATTENTION_FUNCTIONS", Bypassed())
+    monkeypatch.setattr(packing_check, "_VERDICTS", {})
+    lm = EvalkitLM(pretrained=base.model, tokenizer=base.tokenizer, batch_size=8)
+    requests = suite_requests(lm)[:40]
+    with caplog.at_level(logging.WARNING, logger="evalkit"):
+        ours = lm._loglikelihood_tokens(requests)
+    assert "did not go through transformers' attention interface" in caplog.text
+    assert list(packing_check.verdicts().values()) == [False]
+    assert base.model.config._attn_implementation == "sdpa"
+    plain = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
+    assert [s for s, _ in ours] == pytest.approx([s for s, _ in plain], abs=1e-5)
 
 
 def test_greedy_is_lm_evals_argmax_where_logits_tie():

@@ -25,10 +25,11 @@ from evalkit.files import cannot_write, stable_hash, write_json_atomic
 from evalkit.paths import cache_root
 from evalkit.versions import __version__
 
-# Bump when what an entry holds changes, so old entries are never read as new ones (6: nothing a
+# Bump when what an entry holds changes, so old entries are never read as new ones (7: packs attend
+# in rows of their own width, which bf16 rounds otherwise; 6: nothing a
 # tokenizer appends to a text is scored or continued; 5: bf16
 # keeps the residual stream in fp32, and fp32 scoring folds the adapter into the weights).
-CACHE_VERSION = 6
+CACHE_VERSION = 7
 
 log = logging.getLogger("evalkit")
 

@@ -39,10 +39,8 @@ from typing import Iterator
 from evalkit.engine.packing import (
     PACK_TOKENS,
     build_packs,
-    fill_rows,
-    forward_rows,
+    forward_one_pass,
     forward_unpacked,
-    row_width,
 )
 from evalkit.errors import first_line
 from evalkit.files import stable_hash
@@ -116,8 +114,7 @@ def packing_verified(model, requests: list[tuple[list[int], list[int]]], pad_id:
                 return False
             if key not in _PADDING:  # while the model is wide: generation will ask
                 _PADDING[key] = _padding_respected(model, pad_id)
-            packs = build_packs(probe, max_length)  # laid out in rows as forward_packs lays them
-            packed = forward_rows(model, fill_rows(packs, row_width(packs)), pad_id)
+            packed = forward_one_pass(model, build_packs(probe, max_length), pad_id)
             plain = forward_unpacked(model, probe)
     except Exception as exc:  # Bloom, for one, builds its alibi from a 2-D mask and cannot take a 4-D one
         record_packing_failure(model, first_line(exc))
