@@ -11,7 +11,18 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from evalkit.errors import EvalkitError
 from evalkit.files import read_json, validation_error, write_text_atomic
@@ -26,7 +37,9 @@ MANIFEST_NAME = "evalkit.json"
 if TYPE_CHECKING:
     Score = Any  # validated below at run time; readers convert what they use
 else:
-    Score = Union[float, int, str, list[float], list[int], list[str], None]
+    # A true/false stays one (the kinds refuse it, as written), not read as 1.0.
+    _Number = Union[StrictBool, StrictInt, StrictFloat]
+    Score = Union[_Number, StrictStr, list[_Number], list[StrictStr], None]
 
 
 class _Record(BaseModel):

@@ -25,7 +25,7 @@ EVIL = f"{SCRIPT} and {IMG}"
 
 def _choice(margin: float, entropy: float = 0.9) -> dict:
     return {"margin": margin, "entropy": entropy, "a_wins": int(margin > 0), "winner": 0 if margin > 0 else 1,
-            "agrees": 1, "logprob_sum": [margin, 0.0], "n_tokens": [2, 2]}
+            "agrees": 1, "logprob_sum": [-5.0 + margin / 2, -5.0 - margin / 2], "n_tokens": [2, 2]}
 
 
 def _generation(text: str, kl: float) -> dict:

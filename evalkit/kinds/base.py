@@ -189,11 +189,16 @@ class Kind:
         """What is wrong with one side's scores of an item of this kind, or None."""
         for name, kind in self.scores:
             value = scores.get(name)
+            if name not in scores or value is None:
+                return f"field '{name}' is missing"
             if isinstance(value, bool) or not isinstance(value, kind):
-                return f"field '{name}': {value!r} is missing or not a {getattr(kind, '__name__', 'number')}"
+                return f"field '{name}': {value!r} is not {_TYPE_NAMES.get(kind, 'a number')}"
             odd = [v for v in value if not _finite(v)] if isinstance(value, list) else []
             if odd:
                 return f"field '{name}': holds {odd[0]!r}, not a finite number"
+        for name, value in scores.items():
+            if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
+                return f"field '{name}': {value!r} is true/false, not a score"
         tested = {m.name for m in self.tested}
         for name in (*(n for n, _ in self.scores), *tested):  # every number, and every tested metric given
             value = scores.get(name)
@@ -202,10 +207,45 @@ class Kind:
         winner = scores.get("winner")
         if winner is not None and not (isinstance(winner, int) and 0 <= winner < len(options)):
             return f"field 'winner': {winner!r} is not the index of one of {len(options)} options"
-        return None
+        for metric in self.tested:
+            if metric.binary and metric.name in scores and scores[metric.name] not in (0, 1):
+                return f"field '{metric.name}': {scores[metric.name]!r} is not 0 or 1"
+        return _out_of_range(scores, options)
 
     def metric(self, name: str) -> Optional[Metric]:
         return next((m for m in (*self.tested, *self.group_tested) if m.name == name), None)
+
+
+_TYPE_NAMES: dict[Any, str] = {int: "a whole number", (int, float): "a number", str: "text", list: "a list"}
+
+# Bounds no model's scores leave, whatever the model (a hand-edited record is refused, not
+# rendered or gated): probabilities, log-probabilities (up to float rounding) and the entropy of
+# a choice among its options.
+_ROUNDING = 1e-6
+_PER_OPTION = ("logprob_sum", "logprob_per_token", "n_tokens")
+_LOG_PROBABILITIES = ("logprob_sum", "logprob_per_token", "token_logprobs")
+
+
+def _out_of_range(scores: dict[str, Any], options: list[str]) -> Optional[str]:
+    for name in _PER_OPTION:
+        value = scores.get(name)
+        if value is not None and options and (not isinstance(value, list) or len(value) != len(options)
+                                              or not all(_finite(v) for v in value)):
+            return f"field '{name}': {value!r} is not a list of one number for each of the {len(options)} options"
+    for name in _LOG_PROBABILITIES:
+        value = scores.get(name)
+        positive = next((v for v in value if _number(v) and v > _ROUNDING), None) if isinstance(value, list) else None
+        if positive is not None:
+            return f"field '{name}': holds {positive!r}, above 0, which no log-probability is"
+    bounds = {"p_a": (0.0, 1.0), "kl": (0.0, None), "nll": (0.0, None),
+              "entropy": (0.0, math.log2(len(options)) if options else None)}
+    for name, (low, high) in bounds.items():
+        value = scores.get(name, math.nan)
+        if _finite(value) and value < low - _ROUNDING:
+            return f"field '{name}': {value!r} is below {low:g}, which no model's {name} is"
+        if _finite(value) and high is not None and value > high + _ROUNDING:
+            return f"field '{name}': {value!r} is above {high:.4g}, which no model's {name} is here"
+    return None
 
 
 def _number(value: Any) -> bool:
