@@ -134,6 +134,40 @@ def test_a_model_whose_attention_bypasses_the_interface_is_not_scored_alone(arch
     assert [s for s, _ in ours] == pytest.approx([s for s, _ in plain], abs=1e-5)
 
 
+def test_a_model_that_scales_queries_by_sequence_index_keeps_padded_rows():
+    """Llama 4's layers without rotary embeddings scale queries by the token's index in the
+    sequence given (past floor_scale), not by its position id: one long sequence of packs would
+    scale later packs' tokens wrongly, past what the check's short probe sees. Such a model
+    keeps padded rows, which score as each request alone."""
+    import random
+
+    import torch
+    from transformers import Llama4ForCausalLM, Llama4TextConfig
+
+    from evalkit.engine.packing import forward_unpacked
+
+    config = Llama4TextConfig(vocab_size=300, hidden_size=16, intermediate_size=32, intermediate_size_mlp=32,
+                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=4,
+                              num_local_experts=1, moe_layers=[], no_rope_layers=[0, 1], attention_chunk_size=None,
+                              floor_scale=256, attn_scale=0.1, max_position_embeddings=512,
+                              pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = Llama4ForCausalLM(config).eval()
+    model.config._attn_implementation = "sdpa"
+    with torch.no_grad():  # sharper attention than a fresh init, so a wrong scale shows
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(3.0)
+    assert not row_attention.supported(model)
+    rng = random.Random(0)
+    requests = [([rng.randrange(3, 300) for _ in range(rng.randint(20, 60))], [rng.randrange(3, 300) for _ in range(3)])
+                for _ in range(40)]
+    packed = forward_packs(model, build_packs(requests, 512), batch_size=512, pad_id=0)
+    alone = forward_unpacked(model, requests)
+    for k in range(len(requests)):
+        assert packed[k].token_logprobs == pytest.approx(alone[k].token_logprobs, abs=1e-4)
+
+
 def test_greedy_is_lm_evals_argmax_where_logits_tie():
     """torch's argmax (lm-eval's greedy test) takes the first of tied largest logits; so must the
     blockwise argmax packed scoring uses, across block boundaries too."""

@@ -56,10 +56,15 @@ def supported(model) -> bool:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     name = getattr(inner.config, "_attn_implementation", None)
     # Switched and restored as one name: a model whose parts run different ones keeps padded rows.
-    parts = [getattr(inner.config, key, None) for key in getattr(inner.config, "sub_configs", {})]
+    parts = [part for key in getattr(inner.config, "sub_configs", {})
+             if (part := getattr(inner.config, key, None)) is not None]
+    # Llama 4 scales its queries by each token's index in the sequence it is given, not by its
+    # position id: in one long sequence a token past `floor_scale` (8,192) would be scaled as if
+    # that far in, and the packing check's short probe would not see it.
+    by_index = any(getattr(c, "attn_temperature_tuning", False) for c in (inner.config, *parts))
     return (bool(getattr(type(inner), "_supports_attention_backend", False))
-            and name in AttentionInterface._global_mapping and name != NAME
-            and all(getattr(part, "_attn_implementation", name) == name for part in parts if part is not None))
+            and name in AttentionInterface._global_mapping and name != NAME and not by_index
+            and all(getattr(part, "_attn_implementation", name) == name for part in parts))
 
 
 def _attention_in_rows(module, query, key, value, attention_mask, **kwargs):
