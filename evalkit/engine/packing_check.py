@@ -4,10 +4,10 @@ Packing (`evalkit/engine/packing.py`) relies on the model honouring a 4-D attent
 explicit position ids. Models that do not - ALiBi biases taken from column indices (MPT), an
 attention window the custom mask overrides (Mistral, Qwen2 and Gemma 2/3 with sliding windows,
 GPT-Neo's local layers), state that ignores the mask (RWKV, RecurrentGemma) - score differently
-packed. So a probe of the requests is scored packed into one row, as scoring lays them out, and
+packed. So a probe of the requests is scored packed in one pass, laid out as scoring lays them out, and
 each as its own sequence, and every token's log-probability must agree.
 
-The probe is the first requests (a few packs sharing a row: a wrong mask or position shows) and
+The probe is the first requests (a few packs sharing a pass: a wrong mask or position shows) and
 the longest one (a window shorter than it shows); a later call with a longer request than any
 checked is checked again with it.
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 NAME = "evalkit_rows"
@@ -43,7 +43,7 @@ class _Layout:
     inner: str  # the attention implementation the model runs on the rows
     groups: list[Rows]
     slot: Any  # (tokens,) each sequence token's slot in the groups' rows, laid one after another
-    calls: list[int] = field(default_factory=lambda: [0])
+    calls: int = 0  # attention calls that used this layout
 
 
 _CURRENT: ContextVar[_Layout] = ContextVar("evalkit_rows")
@@ -75,7 +75,7 @@ def _attention_in_rows(module, query, key, value, attention_mask, **kwargs):
     from transformers import AttentionInterface
 
     layout = _CURRENT.get()
-    layout.calls[0] += 1
+    layout.calls += 1
     attend = AttentionInterface._global_mapping[layout.inner]
     outputs = []
     for group in layout.groups:
@@ -105,5 +105,5 @@ def attention_in_rows(model, groups: list[Rows], slot) -> Iterator[None]:
     finally:
         config._attn_implementation = layout.inner
         _CURRENT.reset(token)
-    if not layout.calls[0]:
+    if not layout.calls:
         raise RuntimeError("the model's attention did not go through transformers' attention interface")
